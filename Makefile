@@ -1,0 +1,58 @@
+# regionstream: `make demo` runs the main job, `make test` runs the whole suite.
+# Both set everything up first: a virtualenv with the packages and, as root, the servers.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+DEMO_ARGS ?=
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+.PHONY: help setup system-deps test lint typecheck demo bench bench-quick soak clean
+
+help:
+	@echo "make demo   - producer + consumer group + live view (REGIONSTREAM_REDIS_URL or an embedded Redis)"
+	@echo "make test   - lint, type-check and the whole test suite against a real redis-server"
+	@echo "make bench  - benchmarks, JSON + PNG under bench/results/"
+	@echo "make soak   - the long chaos/soak run (minutes)"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Servers the tests need. As root a missing one is installed; otherwise say what to install.
+system-deps:
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v prometheus >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "missing:$$missing -- install with: sudo apt-get install$$missing"; exit 1; \
+	  fi; \
+	fi
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+test: $(STAMP) system-deps lint typecheck
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The demo needs no root: without redis-server it falls back to an in-process fakeredis.
+demo: $(STAMP)
+	@if ! command -v redis-server >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null || true; \
+	fi
+	$(VENV)/bin/regionstream demo $(DEMO_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

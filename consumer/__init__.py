@@ -1,0 +1,1 @@
+"""The consumer group: read in batches, deduplicate, persist, acknowledge, replay."""

@@ -1,0 +1,97 @@
+-- Persist a batch of snapshots of ONE region, deduplicated, and acknowledge them.
+--
+-- KEYS[1] stream ("" = don't ack here: on a cluster the stream lives in another slot and the
+--         caller sends XACK right after this script in the same pipeline)
+-- KEYS[2] snapshot index (ZSET generated_at -> snapshot_id)   all of one region: one hash tag,
+-- KEYS[3] latest pointer (snapshot_id)                         so one cluster slot
+-- KEYS[4+2i], KEYS[5+2i]  dedup marker, by-id key of message i (i = 0..n-1)
+-- ARGV[1] group, ARGV[2] dedup TTL s, ARGV[3] retention s, ARGV[4] retention ms
+-- ARGV[5+4i .. 8+4i]  entry id, snapshot id, generated_at ms, payload of message i
+--
+-- Returns one status per message: "p" persisted, "d" duplicate (another snapshot owns the
+-- bucket), "r" redelivered (this very snapshot is stored already), or "E<error>" when a write
+-- failed; a failed message is NOT acknowledged, so it is delivered again.
+--
+-- Write order per message: by-id, index, latest, dedup marker LAST. Redis does not roll a
+-- script back when a command fails half-way, so the order is what makes the marker a commit
+-- record: a marker never exists without its data, and a failed message leaves no marker to
+-- make its retry look like a duplicate (upstream's bug). An index entry likewise proves the
+-- by-id key was written, which recognizes a redelivery after the marker expired.
+
+local stream, index, latest = KEYS[1], KEYS[2], KEYS[3]
+local group = ARGV[1]
+local dedup_ttl, retention_s, retention_ms = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local n = (#ARGV - 4) / 4
+
+local function failed(r)
+  return type(r) == 'table' and r.err ~= nil
+end
+
+-- The latest pointer only moves forward in generated_at (ties broken by snapshot id, which is
+-- time-sortable), whatever order parallel workers and replays persist snapshots in.
+local cur_id, cur_gen = nil, nil
+local function load_latest()
+  local id = redis.pcall('GET', latest)
+  if failed(id) then return id end
+  if id then
+    cur_id = id
+    local s = redis.pcall('ZSCORE', index, id)
+    if failed(s) then return s end
+    cur_gen = tonumber(s) or -1  -- pruned from the index: older than anything retained
+  end
+  return nil
+end
+local latest_err = load_latest()
+
+local function persist(dedup, byid, sid, gen, payload)
+  local r = redis.pcall('SET', byid, payload, 'EX', retention_s)
+  if failed(r) then return r end
+  r = redis.pcall('ZADD', index, gen, sid)
+  if failed(r) then return r end
+  if latest_err then return latest_err end
+  if cur_id == nil or gen > cur_gen or (gen == cur_gen and sid > cur_id) then
+    r = redis.pcall('SET', latest, sid, 'EX', retention_s)
+    if failed(r) then return r end
+    cur_id, cur_gen = sid, gen
+  end
+  r = redis.pcall('SET', dedup, sid, 'EX', dedup_ttl)
+  if failed(r) then return r end
+  return nil
+end
+
+local out, acks = {}, {}
+for i = 0, n - 1 do
+  local dedup, byid = KEYS[4 + 2 * i], KEYS[5 + 2 * i]
+  local eid, sid = ARGV[5 + 4 * i], ARGV[6 + 4 * i]
+  local gen, payload = tonumber(ARGV[7 + 4 * i]), ARGV[8 + 4 * i]
+  local status
+  local marker = redis.pcall('GET', dedup)
+  if failed(marker) then
+    status = 'E' .. marker.err
+  elseif marker == sid then
+    status = 'r'
+  elseif marker then
+    status = 'd'
+  else
+    local score = redis.pcall('ZSCORE', index, sid)
+    if not failed(score) and score then
+      status = 'r'  -- stored before; its marker expired (or a replay of old history)
+    else
+      local err = persist(dedup, byid, sid, gen, payload)
+      status = err and ('E' .. err.err) or 'p'
+    end
+  end
+  out[i + 1] = status
+  if string.sub(status, 1, 1) ~= 'E' then acks[#acks + 1] = eid end
+end
+
+-- Prune index entries past retention, once per call.
+local t = redis.call('TIME')
+local cutoff = tonumber(t[1]) * 1000 - retention_ms
+redis.pcall('ZREMRANGEBYSCORE', index, '-inf', '(' .. cutoff)
+
+if stream ~= '' and #acks > 0 then
+  local r = redis.pcall('XACK', stream, group, unpack(acks))
+  if failed(r) then out[#out + 1] = 'A' .. r.err end
+end
+return out

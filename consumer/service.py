@@ -1,0 +1,115 @@
+"""The consumer process: N workers of one group, graceful shutdown, ``--drain``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+
+from consumer import scripts
+from consumer.worker import Worker
+from shared.aio import pause
+from shared.connection import connect
+from shared.group import ensure_group, group_state
+from shared.keys import Keys
+from shared.metrics import ConsumerMetrics
+from shared.settings import Settings
+
+log = logging.getLogger("regionstream.consumer")
+
+# How often --drain asks Redis whether the group is empty while workers are idle.
+DRAIN_POLL_S = 0.2
+EXIT_SECOND_SIGNAL = 130
+
+
+def keys_of(s: Settings) -> Keys:
+    return Keys(prefix=s.prefix, stream=s.stream, group=s.group)
+
+
+@dataclass
+class Consumer:
+    settings: Settings
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.keys = keys_of(self.settings)
+        self.metrics = ConsumerMetrics(self.registry, self.settings.regions)
+        self.workers: list[Worker] = []
+
+    async def prepare(self, redis: aioredis.Redis) -> None:
+        await ensure_group(redis, self.keys)
+        for name in scripts.ALL:  # load once; calls then go out as EVALSHA
+            await redis.script_load(scripts.script(name).body)
+
+    def make_workers(self, redis: aioredis.Redis) -> list[Worker]:
+        s = self.settings
+        self.workers = [
+            Worker(redis, self.keys, s, self.keys.consumer_name(s.name, i), self.metrics,
+                   self.stop)
+            for i in range(s.workers)
+        ]
+        return self.workers
+
+    async def run(self, *, drain: bool = False, redis: aioredis.Redis | None = None) -> None:
+        own = redis is None
+        # One connection per blocked reader, plus room for settles and the drain poll.
+        client = redis or connect(self.settings.redis_url)
+        try:
+            await self.prepare(client)
+            tasks = [asyncio.create_task(w.run(), name=w.name)
+                     for w in self.make_workers(client)]
+            if drain:
+                tasks.append(asyncio.create_task(self._drain_watch(client)))
+            await self._supervise(tasks)
+        finally:
+            if own:
+                await client.aclose()
+
+    async def _supervise(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Wait for the workers; a crashed worker stops the others (then the process exits
+        non-zero and its entries stay pending for replay)."""
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                if not t.cancelled() and t.exception() is not None:
+                    self.stop.set()
+                    raise t.exception()  # type: ignore[misc]
+            grace = self.settings.grace_s
+            _, late = await asyncio.wait(tasks, timeout=grace)
+            for t in late:  # past the grace period: their entries stay pending
+                t.cancel()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _drain_watch(self, redis: aioredis.Redis) -> None:
+        """Stop once the group has no undelivered and no pending entries."""
+        while not self.stop.is_set():
+            state = await group_state(redis, self.keys)
+            if state.drained:
+                log.info("group %s drained", self.keys.group)
+                self.stop.set()
+                return
+            await pause(self.stop, DRAIN_POLL_S)
+
+    def install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
+        """First SIGINT/SIGTERM: stop reading, finish and ack in-flight work, exit 0. Second:
+        exit at once (what is pending is replayed by the next start: nothing is lost)."""
+
+        def on_signal(signum: int) -> None:
+            if self.stop.is_set():
+                log.warning("second %s: exiting now", signal.Signals(signum).name)
+                os._exit(EXIT_SECOND_SIGNAL)
+            log.info("%s: finishing in-flight work (grace %.1fs)",
+                     signal.Signals(signum).name, self.settings.grace_s)
+            self.stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig)

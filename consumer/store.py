@@ -1,0 +1,137 @@
+"""Settling one batch: every persist and dead-letter call of the batch in ONE pipelined round
+trip, each call atomic on the server (see ``persist.lua`` and ``dead_letter.lua``)."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, RedisError
+
+from consumer import scripts
+from consumer.message import Poison, Valid
+from shared.keys import Keys
+from shared.settings import Settings
+
+PERSISTED, DUPLICATE, REDELIVERED, INVALID, FAILED = (
+    "persisted", "duplicate", "redelivered", "invalid", "failed")
+OUTCOMES = (PERSISTED, DUPLICATE, REDELIVERED, INVALID)
+_STATUS = {"p": PERSISTED, "d": DUPLICATE, "r": REDELIVERED}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    entry_id: bytes
+    region: str
+    outcome: str
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class _Call:
+    script: scripts.Script
+    keys: list[str]
+    args: list[Any]
+    members: Sequence[Valid | Poison]
+
+
+@dataclass(slots=True)
+class Settled:
+    outcomes: list[Outcome] = field(default_factory=list)
+    ack_errors: list[str] = field(default_factory=list)
+
+
+def _persist_call(keys: Keys, s: Settings, region: str, batch: list[Valid]) -> _Call:
+    k: list[str] = [keys.stream, keys.index(region), keys.latest(region)]
+    a: list[Any] = [keys.group, s.dedup_window_s, s.retention_s, s.retention_s * 1000]
+    window = s.dedup_window_ms
+    for v in batch:
+        k.append(keys.dedup(region, v.trigger_reason, v.generated_at // window))
+        k.append(keys.by_id(region, v.snapshot_id))
+        a += (v.entry_id, v.snapshot_id, v.generated_at, v.payload)
+    return _Call(scripts.persist(), k, a, batch)
+
+
+def _dead_letter_call(keys: Keys, consumer: str, p: Poison) -> _Call:
+    provenance = {
+        b"dlq_reason": p.reason.encode(),
+        b"dlq_error": p.detail.encode("utf-8", "replace")[:2048],
+        b"dlq_original_id": p.entry_id,
+        b"dlq_stream": keys.stream.encode(),
+        b"dlq_group": keys.group.encode(),
+        b"dlq_consumer": consumer.encode(),
+        b"dlq_at_ms": str(int(time.time() * 1000)).encode(),
+    }
+    args: list[Any] = [keys.group, p.entry_id]
+    for name, value in {**p.fields, **provenance}.items():
+        args += (name, value)
+    return _Call(scripts.dead_letter(), [keys.stream, keys.dlq], args, [p])
+
+
+def plan(keys: Keys, s: Settings, consumer: str,
+         valid: Sequence[Valid], poison: Sequence[Poison]) -> list[_Call]:
+    """One persist call per region present in the batch (one region's keys share a cluster
+    slot), one dead-letter call per poison entry."""
+    by_region: dict[str, list[Valid]] = defaultdict(list)
+    for v in valid:
+        by_region[v.region].append(v)
+    calls = [_persist_call(keys, s, r, b) for r, b in by_region.items()]
+    calls += [_dead_letter_call(keys, consumer, p) for p in poison]
+    return calls
+
+
+async def _send(redis: aioredis.Redis, calls: Sequence[_Call]) -> list[Any]:
+    pipe = redis.pipeline(transaction=False)
+    for c in calls:
+        pipe.evalsha(c.script.sha, len(c.keys), *c.keys, *c.args)
+    return await pipe.execute(raise_on_error=False)
+
+
+async def settle(redis: aioredis.Redis, keys: Keys, s: Settings, consumer: str,
+                 valid: Sequence[Valid], poison: Sequence[Poison]) -> Settled:
+    """Persist ``valid`` and dead-letter ``poison`` in one round trip; report each entry's fate.
+
+    A failed persist leaves its entry pending (unacknowledged) for a later retry."""
+    calls = plan(keys, s, consumer, valid, poison)
+    if not calls:
+        return Settled()
+    results = await _send(redis, calls)
+    refused = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+    if refused:
+        for name in {calls[i].script.name for i in refused}:
+            await redis.script_load(scripts.script(name).body)
+        again = await _send(redis, [calls[i] for i in refused])
+        for i, r in zip(refused, again, strict=True):
+            results[i] = r
+    return _interpret(calls, results)
+
+
+def _interpret(calls: Sequence[_Call], results: Sequence[Any]) -> Settled:
+    settled = Settled()
+    for call, result in zip(calls, results, strict=True):
+        if call.script.name == "dead_letter":
+            (p,) = call.members
+            assert isinstance(p, Poison)
+            if isinstance(result, RedisError):
+                settled.outcomes.append(Outcome(p.entry_id, p.region, FAILED, str(result)))
+            else:  # 0: no longer pending (settled elsewhere) - nothing to count twice
+                if result == 1:
+                    settled.outcomes.append(Outcome(p.entry_id, p.region, INVALID, p.reason))
+            continue
+        if isinstance(result, RedisError):
+            for v in call.members:
+                settled.outcomes.append(Outcome(v.entry_id, v.region, FAILED, str(result)))
+            continue
+        statuses = [x.decode() if isinstance(x, bytes) else str(x) for x in result]
+        for v, status in zip(call.members, statuses, strict=False):
+            assert isinstance(v, Valid)
+            if status[0] == "E":
+                settled.outcomes.append(Outcome(v.entry_id, v.region, FAILED, status[1:]))
+            else:
+                settled.outcomes.append(Outcome(v.entry_id, v.region, _STATUS[status]))
+        settled.ack_errors += [x[1:] for x in statuses[len(call.members):]]
+    return settled

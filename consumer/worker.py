@@ -1,0 +1,193 @@
+"""One worker of the group: a named consumer running ``read -> handle -> settle`` batches."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from consumer import store
+from consumer.message import Poison, Valid, check_entry
+from shared.aio import pause
+from shared.connection import ErrorKind, classify
+from shared.group import ensure_group
+from shared.keys import Keys
+from shared.metrics import ConsumerMetrics
+from shared.settings import Settings
+
+log = logging.getLogger("regionstream.consumer")
+
+# After a failed persist the worker waits this long before re-reading its own pending entries:
+# a write that failed (a wrong-type key, an OOM) rarely heals within milliseconds, and a tight
+# retry loop would only hammer Redis.
+RETRY_BACKOFF_S = 1.0
+# After a transient Redis error (connection reset, LOADING, failover) the worker waits this long
+# before the next read; redis-py already retried the command itself a few times by then.
+TRANSIENT_BACKOFF_S = 0.5
+
+ONLY_OWN = b"0"  # XREADGROUP from 0: this consumer's own pending entries (replay)
+NEW = b">"  # XREADGROUP from >: entries never delivered to the group
+
+
+@dataclass(slots=True)
+class StepResult:
+    read: int = 0
+    failed: int = 0
+    replay: bool = False
+
+
+class Worker:
+    def __init__(self, redis: aioredis.Redis, keys: Keys, settings: Settings, name: str,
+                 metrics: ConsumerMetrics, stop: asyncio.Event,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.redis, self.keys, self.settings, self.name = redis, keys, settings, name
+        self.metrics, self.stop, self.clock = metrics, stop, clock
+        # A (re)started worker first replays what it still holds from before (read from 0),
+        # then reads new entries: nothing it was given before a crash is left behind.
+        self.cursor = ONLY_OWN
+
+    async def _read(self) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
+        replay = self.cursor != NEW
+        started = time.perf_counter()
+        reply: Any = await self.redis.xreadgroup(
+            self.keys.group, self.name, {self.keys.stream: self.cursor},
+            count=self.settings.batch, block=None if replay else self.settings.block_ms)
+        self.metrics.rtt["read"].observe(time.perf_counter() - started)
+        if not reply:
+            if replay:
+                self.cursor = NEW
+            return []
+        entries: list[tuple[bytes, dict[bytes, bytes] | None]] = reply[0][1]
+        if replay:  # walk our own pending list; once it is empty, switch to new entries
+            self.cursor = entries[-1][0] if entries else NEW
+        return entries
+
+    async def step(self) -> StepResult:
+        """One iteration: read a batch, validate it, settle it in one round trip."""
+        replay = self.cursor != NEW
+        return await self.process(await self._read(), replay)
+
+    async def process(self, entries: list[tuple[bytes, dict[bytes, bytes] | None]],
+                      replay: bool = False) -> StepResult:
+        """Validate and settle entries already read; never abandoned half-way."""
+        if not entries:
+            return StepResult(replay=replay)
+        started = time.perf_counter()
+        valid, poison, gone = self._handle(entries)
+        if gone:
+            await self._drop_gone(gone)
+        settled = await store.settle(self.redis, self.keys, self.settings, self.name,
+                                     valid, poison)
+        self.metrics.rtt["settle"].observe(time.perf_counter() - started)
+        failed = self._record(settled)
+        self.metrics.batch_size.observe(len(entries))
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        if failed:
+            self.cursor = ONLY_OWN  # retry what failed, after a pause
+        return StepResult(read=len(entries), failed=failed, replay=replay)
+
+    def _handle(self, entries: list[tuple[bytes, dict[bytes, bytes] | None]]
+                ) -> tuple[list[Valid], list[Poison], list[bytes]]:
+        now_ms = int(self.clock() * 1000)
+        valid: list[Valid] = []
+        poison: list[Poison] = []
+        gone: list[bytes] = []
+        for entry_id, fields in entries:
+            if fields is None:  # deleted or trimmed while pending: nothing left to process
+                gone.append(entry_id)
+                continue
+            checked = check_entry(entry_id, fields, max_bytes=self.settings.max_bytes,
+                                  now_ms=now_ms, regions=self.settings.regions)
+            (valid if isinstance(checked, Valid) else poison).append(checked)  # type: ignore[arg-type]
+        return valid, poison, gone
+
+    async def _drop_gone(self, ids: list[bytes]) -> None:
+        await self.redis.xack(self.keys.stream, self.keys.group, *ids)
+        self.metrics.lost_trimmed.inc(len(ids))
+        log.warning("%s: %d pending entries were deleted from the stream before processing",
+                    self.name, len(ids))
+
+    def _record(self, settled: store.Settled) -> int:
+        now = self.clock()
+        failed = 0
+        outcome = self.metrics.outcome
+        for o in settled.outcomes:
+            if o.outcome == store.FAILED:
+                failed += 1
+                self.metrics.failure["persist"].inc()
+                log.error("%s: persisting %s (%s) failed: %s", self.name,
+                          o.entry_id.decode(), o.region, o.error)
+                continue
+            label = "dead_lettered" if o.outcome == store.INVALID else o.outcome
+            outcome[(o.region, label)].inc()
+            if o.outcome == store.INVALID:
+                outcome[(o.region, "invalid")].inc()
+                log.warning("%s: entry %s dead-lettered: %s", self.name,
+                            o.entry_id.decode(), o.error)
+            ms = int(o.entry_id.split(b"-", 1)[0])
+            self.metrics.e2e_latency.observe(max(0.0, now - ms / 1000))
+        for err in settled.ack_errors:
+            self.metrics.failure["ack"].inc()
+            log.error("%s: XACK failed: %s", self.name, err)
+        return failed
+
+    async def run(self) -> None:
+        """Run steps until ``stop`` is set; errors back off instead of killing the worker."""
+        while not self.stop.is_set():
+            try:
+                result = await self._step_or_stop()
+            except ResponseError as exc:
+                await self._on_response_error(exc)
+                continue
+            except (RedisError, OSError) as exc:
+                if classify(exc) is not ErrorKind.TRANSIENT:
+                    raise
+                self.metrics.failure["transient"].inc()
+                log.warning("%s: Redis unavailable (%s); retrying", self.name, exc)
+                await self._pause(TRANSIENT_BACKOFF_S)
+                continue
+            if result is not None and result.failed:
+                await self._pause(RETRY_BACKOFF_S)
+
+    async def _step_or_stop(self) -> StepResult | None:
+        """A step, except that a blocking read is abandoned when ``stop`` is set: entries the
+        server delivered to an abandoned read stay pending under this worker's stable name and
+        are replayed when it starts again. Work past the read is never abandoned."""
+        if self.cursor != NEW:
+            return await self.step()
+        read = asyncio.ensure_future(self._read())
+        stopped = asyncio.ensure_future(self.stop.wait())
+        done, _ = await asyncio.wait({read, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if read not in done:
+            read.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await read
+            return None
+        stopped.cancel()
+        return await self.process(read.result())
+
+    async def _on_response_error(self, exc: ResponseError) -> None:
+        kind = classify(exc)
+        if kind is ErrorKind.NOGROUP:
+            # Redis lost the group (restart without persistence, someone ran XGROUP DESTROY):
+            # recreate it rather than failing every read.
+            await ensure_group(self.redis, self.keys)
+            self.metrics.nogroup.inc()
+            self.metrics.failure["nogroup"].inc()
+            log.error("%s: consumer group %s was missing on %s; recreated it", self.name,
+                      self.keys.group, self.keys.stream)
+            self.cursor = ONLY_OWN
+            return
+        self.metrics.failure["other"].inc()
+        log.error("%s: Redis refused a command: %s", self.name, exc)
+        await self._pause(RETRY_BACKOFF_S)
+
+    async def _pause(self, seconds: float) -> None:
+        await pause(self.stop, seconds)

@@ -1,0 +1,1 @@
+"""The producer: builds regional snapshots and appends them to the stream."""

@@ -1,0 +1,3 @@
+from regionstream.cli import main
+
+raise SystemExit(main())

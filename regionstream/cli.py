@@ -1,0 +1,250 @@
+"""The ``regionstream`` command: produce, consume, show, demo.
+
+Exit codes: 0 ok; 1 runtime failure (Redis unreachable, nothing to show); 2 bad usage or a bad
+setting (one line naming it); 4 some source lines were rejected (the rest was published).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, NoReturn
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from regionstream import __version__
+from shared.connection import connect, describe_url
+from shared.settings import Settings, SettingsError, parse_regions
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 4
+PROG = "regionstream"
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line naming it (no usage dump) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 (got {value})")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("connection (flags override REGIONSTREAM_* variables)")
+    g.add_argument("--redis-url", help="env REGIONSTREAM_REDIS_URL, default redis://localhost:6379/0")
+    g.add_argument("--stream", help="env REGIONSTREAM_STREAM, default snapshots")
+    g.add_argument("--group", help="env REGIONSTREAM_GROUP, default persisters")
+    g.add_argument("--prefix", help="key prefix; env REGIONSTREAM_PREFIX, default intelligence")
+    g.add_argument("--log-level", default="INFO",
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def _metrics_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics-port", type=_int, help="Prometheus port (0 = off, the default)")
+    p.add_argument("--metrics-host", help="address to bind metrics to (default 127.0.0.1)")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog=PROG, description="Regional snapshots through Redis Streams.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    p = sub.add_parser("produce", help="publish snapshots to the stream")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true", help="publish one cycle and exit")
+    mode.add_argument("--interval", type=_number, dest="interval_s",
+                      help="seconds between cycles (default 21600, upstream's 6 hours)")
+    mode.add_argument("--count", type=_positive_int,
+                      help="load generator: N snapshots over the regions, all distinct")
+    p.add_argument("--regions", type=parse_regions, help="comma-separated region ids")
+    p.add_argument("--source", default="synthetic",
+                   help="synthetic (default), a JSON-lines FILE, or - for stdin")
+    p.add_argument("--chunk", type=_int, help="entries per pipelined round trip (default 500)")
+    p.add_argument("--stream-retention", type=_int, dest="stream_retention_s",
+                   help="seconds of acknowledged history to keep on the stream (default 86400)")
+    p.add_argument("--seed", type=_int, help="seed of the synthetic source")
+    _metrics_flags(p)
+    _common(p)
+
+    c = sub.add_parser("consume", help="run a group of workers persisting snapshots")
+    c.add_argument("--workers", type=_int, help="concurrent workers (default 2)")
+    c.add_argument("--batch", type=_int, help="entries per read (default 200)")
+    c.add_argument("--block-ms", type=_int, help="how long a read waits for entries (default 2000)")
+    c.add_argument("--drain", action="store_true",
+                   help="exit 0 once the group has no undelivered and no pending entries")
+    c.add_argument("--name", help="consumer name prefix (default: the hostname); workers are "
+                   "NAME-0..NAME-(N-1), stable across restarts")
+    c.add_argument("--grace", type=_number, dest="grace_s",
+                   help="seconds in-flight work gets after SIGTERM (default 10)")
+    c.add_argument("--max-bytes", type=_int, help="larger payloads are dead-lettered")
+    c.add_argument("--regions", type=parse_regions, help="accepted region ids")
+    _metrics_flags(c)
+    _common(c)
+
+    s = sub.add_parser("show", help="print the latest persisted snapshot of a region")
+    s.add_argument("region")
+    s.add_argument("--json", action="store_true", help="print the stored JSON")
+    _common(s)
+
+    d = sub.add_parser("demo", help="producer + consumer group + live view, self-contained")
+    d.add_argument("--duration", type=_number, help="stop after S seconds (default: Ctrl-C)")
+    d.add_argument("--interval", type=_number, dest="interval_s", default=2.0,
+                   help="seconds between producer cycles (default 2)")
+    d.add_argument("--workers", type=_int, default=4)
+    d.add_argument("--plain", action="store_true", help="no live view: a line per cycle")
+    _common(d)
+    return parser
+
+
+SETTING_FLAGS = ("redis_url", "stream", "group", "prefix", "regions", "interval_s", "chunk",
+                 "stream_retention_s", "workers", "batch", "block_ms", "name", "grace_s",
+                 "max_bytes", "metrics_port", "metrics_host")
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    flags = {k: getattr(args, k) for k in SETTING_FLAGS if hasattr(args, k)}
+    return Settings.load(flags)
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    return asyncio.run(coro)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        settings = settings_from(args)
+    except UsageError as exc:
+        print(f"{exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except SettingsError as exc:
+        for problem in exc.problems:
+            print(f"{PROG}: bad setting {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    commands: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]] = {
+        "produce": cmd_produce, "consume": cmd_consume, "show": cmd_show, "demo": cmd_demo,
+    }
+    try:
+        return _run(commands[args.command](args, settings))
+    except (RedisConnectionError, RedisTimeoutError, ConnectionRefusedError) as exc:
+        print(f"{PROG}: cannot reach Redis at {describe_url(settings.redis_url)}: {exc}",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    except RedisError as exc:
+        print(f"{PROG}: Redis error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except FileNotFoundError as exc:
+        print(f"{PROG}: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _ping(settings: Settings) -> Any:
+    client = connect(settings.redis_url)
+    await client.ping()
+    return client
+
+
+def _serve_metrics(settings: Settings, registry: Any) -> None:
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        from shared.metrics import build_info
+
+        build_info(registry, __version__)
+        start_http_server(settings.metrics_port, settings.metrics_host, registry=registry)
+
+
+async def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
+    from producer.service import Producer
+
+    client = await _ping(settings)
+    producer = Producer(settings, seed=args.seed)
+    _serve_metrics(settings, producer.registry)
+    loop = asyncio.get_running_loop()
+    _stop_on_signals(loop, producer.stop)
+    try:
+        report = await producer.run(client, once=args.once, count=args.count,
+                                    source=args.source, progress=sys.stderr.isatty())
+    finally:
+        await client.aclose()
+    print(f"published {report.published} snapshot(s)"
+          + (f", rejected {len(report.rejected)} line(s)" if report.rejected else ""),
+          file=sys.stderr)
+    return EXIT_REJECTED if report.rejected else EXIT_OK
+
+
+async def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer.service import Consumer
+
+    client = await _ping(settings)
+    consumer = Consumer(settings)
+    _serve_metrics(settings, consumer.registry)
+    consumer.install_signal_handlers(asyncio.get_running_loop())
+    try:
+        await consumer.run(drain=args.drain, redis=client)
+    finally:
+        await client.aclose()
+    return EXIT_OK
+
+
+async def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
+    from regionstream.show import show
+
+    client = await _ping(settings)
+    try:
+        return await show(client, settings, args.region, as_json=args.json)
+    finally:
+        await client.aclose()
+
+
+async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    import os
+
+    from regionstream.demo import run_demo
+
+    explicit = bool(args.redis_url or os.environ.get("REGIONSTREAM_REDIS_URL"))
+    return await run_demo(settings, duration=args.duration, interval_s=args.interval_s,
+                          workers=args.workers, plain=args.plain or not sys.stdout.isatty(),
+                          explicit_url=explicit)
+
+
+def _stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)

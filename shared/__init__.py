@@ -1,0 +1,1 @@
+"""Code shared by producer and consumer: the snapshot schema and friends."""

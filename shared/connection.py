@@ -1,0 +1,83 @@
+"""Redis connections and the one place where Redis errors are classified."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import EqualJitterBackoff
+from redis.exceptions import (
+    BusyLoadingError,
+    ConnectionError,
+    NoScriptError,
+    ReadOnlyError,
+    ResponseError,
+    TimeoutError,
+)
+
+# redis-py retries a command on a dropped connection itself: a few quick, jittered attempts
+# hide a blip (server restart, failover) without hiding a Redis that is really gone.
+CONNECT_RETRIES = 3
+BACKOFF_CAP_S = 1.0
+BACKOFF_BASE_S = 0.05
+SOCKET_CONNECT_TIMEOUT_S = 5.0
+HEALTH_CHECK_INTERVAL_S = 30
+
+
+class ErrorKind(enum.Enum):
+    TRANSIENT = "transient"  # connection reset, timeout, LOADING, BUSY, READONLY after failover
+    NOGROUP = "nogroup"  # the stream or group is gone: recreate it
+    BUSYGROUP = "busygroup"  # group exists already: fine
+    NOSCRIPT = "noscript"  # script cache flushed: load it again
+    WRONGTYPE = "wrongtype"  # a key of ours holds the wrong type: a data fault, not transient
+    OTHER = "other"
+
+
+def classify(exc: BaseException | str) -> ErrorKind:
+    """Classify a Redis exception (or an error string returned inside a script reply)."""
+    if isinstance(exc, NoScriptError):
+        return ErrorKind.NOSCRIPT
+    if isinstance(exc, ConnectionError | TimeoutError | BusyLoadingError | ReadOnlyError):
+        return ErrorKind.TRANSIENT
+    if isinstance(exc, OSError):
+        return ErrorKind.TRANSIENT
+    text = str(exc) if isinstance(exc, ResponseError | str) else ""
+    head = text.split(" ", 1)[0].upper() if text else ""
+    return {
+        "NOGROUP": ErrorKind.NOGROUP,
+        "BUSYGROUP": ErrorKind.BUSYGROUP,
+        "NOSCRIPT": ErrorKind.NOSCRIPT,
+        "WRONGTYPE": ErrorKind.WRONGTYPE,
+        "BUSY": ErrorKind.TRANSIENT,
+        "LOADING": ErrorKind.TRANSIENT,
+        "READONLY": ErrorKind.TRANSIENT,
+        "MASTERDOWN": ErrorKind.TRANSIENT,
+        "TRYAGAIN": ErrorKind.TRANSIENT,
+    }.get(head, ErrorKind.OTHER)
+
+
+def connect(url: str, *, max_connections: int | None = None, **kwargs: Any) -> aioredis.Redis:
+    """An asyncio client for ``url`` (hiredis parses replies when installed)."""
+    return aioredis.Redis.from_url(
+        url,
+        decode_responses=False,
+        max_connections=max_connections,
+        socket_connect_timeout=SOCKET_CONNECT_TIMEOUT_S,
+        health_check_interval=HEALTH_CHECK_INTERVAL_S,
+        retry=Retry(EqualJitterBackoff(BACKOFF_CAP_S, BACKOFF_BASE_S), CONNECT_RETRIES),
+        retry_on_error=[ConnectionError, TimeoutError, BusyLoadingError],
+        **kwargs,
+    )
+
+
+def describe_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url

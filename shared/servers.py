@@ -1,0 +1,106 @@
+"""Private Redis servers for the demo, the tests and the benchmarks: a real ``redis-server`` on
+a free loopback port in a temporary directory, or (last resort, demo only) fakeredis over TCP."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+START_TIMEOUT_S = 10.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None
+               ) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with code {proc.returncode} at start")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), 0.2):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+@dataclass
+class Server:
+    url: str
+    kind: str  # "redis-server" or "fakeredis"
+    port: int
+    _stop: Any = field(repr=False, default=None)
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._stop()
+            self._stop = None
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def redis_server_binary() -> str | None:
+    return shutil.which("redis-server")
+
+
+def start_redis_server(binary: str | None = None, *, extra: tuple[str, ...] = ()) -> Server:
+    """A throwaway redis-server: no persistence, loopback only, its own temp directory."""
+    binary = binary or redis_server_binary()
+    if binary is None:
+        raise FileNotFoundError("redis-server is not installed")
+    tmp = tempfile.mkdtemp(prefix="regionstream-redis-")
+    port = free_port()
+    log = Path(tmp, "redis.log")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", tmp, "--logfile", str(log), "--daemonize", "no", *extra],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_port("127.0.0.1", port, START_TIMEOUT_S, proc)
+    except Exception:
+        proc.kill()
+        raise
+
+    def stop() -> None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    return Server(f"redis://127.0.0.1:{port}/0", "redis-server", port, stop)
+
+
+def start_fake_server() -> Server:
+    """fakeredis speaking RESP on a loopback port, in a thread of this process."""
+    from fakeredis import TcpFakeServer
+
+    port = free_port()
+    server = TcpFakeServer(("127.0.0.1", port), server_type="redis", server_version=(7, 0))
+    thread = threading.Thread(target=server.serve_forever, daemon=True, name="fakeredis")
+    thread.start()
+    _wait_port("127.0.0.1", port, START_TIMEOUT_S, None)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+
+    return Server(f"redis://127.0.0.1:{port}/0", "fakeredis", port, stop)

@@ -1,0 +1,181 @@
+"""One frozen settings object, built from flags and ``REGIONSTREAM_*`` environment variables.
+
+Precedence: an explicit flag, then the environment, then the named default below. Every bad
+value is reported at once (a user fixing a deployment wants the whole list, not one per run),
+each naming the flag or variable it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from shared.schema import REGIONS
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+DEFAULT_STREAM = "snapshots"
+DEFAULT_GROUP = "persisters"
+DEFAULT_PREFIX = "intelligence"
+DEDUP_WINDOW_S = 15 * 60  # upstream's 15-minute bucket and marker TTL
+RETENTION_S = 90 * 24 * 3600  # upstream keeps snapshots and index entries 90 days
+PRODUCE_INTERVAL_S = 6 * 3600.0  # upstream's cron cadence
+# Stream entries older than this may be trimmed, but never before every group acknowledged them.
+STREAM_RETENTION_S = 24 * 3600
+PRODUCE_CHUNK = 500  # entries per pipelined round trip in --count mode
+WORKERS = 2
+BATCH = 200
+BLOCK_MS = 2_000
+GRACE_S = 10.0  # in-flight work gets this long to finish and ack after SIGTERM
+MAX_BYTES = 256 * 1024  # upstream snapshots are 3-20 KB; far beyond that is a broken producer
+MIN_IDLE_MS = 60_000
+CLAIM_INTERVAL_MS = 10_000
+MAX_DELIVERIES = 5
+CONSUMER_TIMEOUT_S = 3_600.0
+ENV_PREFIX = "REGIONSTREAM_"
+
+
+class SettingsError(ValueError):
+    """One or more bad settings; ``problems`` lists each, naming its flag or variable."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else f"must be > 0 (got {v})"
+
+
+def _non_negative(v: Any) -> str | None:
+    return None if v >= 0 else f"must be >= 0 (got {v})"
+
+
+def _port(v: Any) -> str | None:
+    return None if 0 <= v <= 65535 else f"must be a port 0..65535 (got {v})"
+
+
+def _name(v: Any) -> str | None:
+    if not v or any(c.isspace() for c in v):
+        return f"must be a non-empty name without spaces (got {v!r})"
+    return None
+
+
+def _redis_url(v: Any) -> str | None:
+    try:
+        parts = urlsplit(v)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        return f"not a valid Redis URL ({exc}): {v!r}"
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        return f"scheme must be redis://, rediss:// or unix:// (got {v!r})"
+    if parts.scheme != "unix" and not parts.hostname:
+        return f"has no host: {v!r}"
+    return None
+
+
+def _regions(v: Any) -> str | None:
+    unknown = [r for r in v if r not in REGIONS]
+    if not v:
+        return "must name at least one region"
+    if unknown:
+        return f"unknown region(s) {', '.join(unknown)}; known: {', '.join(REGIONS)}"
+    if len(set(v)) != len(v):
+        return "lists a region twice"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    redis_url: str = field(default=DEFAULT_REDIS_URL, metadata={"check": _redis_url})
+    stream: str = field(default=DEFAULT_STREAM, metadata={"check": _name})
+    group: str = field(default=DEFAULT_GROUP, metadata={"check": _name})
+    prefix: str = field(default=DEFAULT_PREFIX, metadata={"check": _name})
+    dedup_window_s: int = field(default=DEDUP_WINDOW_S, metadata={"check": _positive})
+    retention_s: int = field(default=RETENTION_S, metadata={"check": _positive})
+    # producer
+    regions: tuple[str, ...] = field(default=REGIONS, metadata={"check": _regions})
+    interval_s: float = field(default=PRODUCE_INTERVAL_S, metadata={"check": _positive})
+    stream_retention_s: int = field(default=STREAM_RETENTION_S, metadata={"check": _non_negative})
+    chunk: int = field(default=PRODUCE_CHUNK, metadata={"check": _positive})
+    # consumer
+    workers: int = field(default=WORKERS, metadata={"check": _positive})
+    batch: int = field(default=BATCH, metadata={"check": _positive})
+    block_ms: int = field(default=BLOCK_MS, metadata={"check": _positive})
+    name: str = field(default_factory=socket.gethostname, metadata={"check": _name})
+    grace_s: float = field(default=GRACE_S, metadata={"check": _non_negative})
+    max_bytes: int = field(default=MAX_BYTES, metadata={"check": _positive})
+    min_idle_ms: int = field(default=MIN_IDLE_MS, metadata={"check": _positive})
+    claim_interval_ms: int = field(default=CLAIM_INTERVAL_MS, metadata={"check": _positive})
+    max_deliveries: int = field(default=MAX_DELIVERIES, metadata={"check": _positive})
+    consumer_timeout_s: float = field(default=CONSUMER_TIMEOUT_S, metadata={"check": _positive})
+    metrics_host: str = field(default="127.0.0.1", metadata={"check": _name})
+    metrics_port: int = field(default=0, metadata={"check": _port})
+
+    @property
+    def dedup_window_ms(self) -> int:
+        return self.dedup_window_s * 1000
+
+    @classmethod
+    def load(
+        cls,
+        flags: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Settings:
+        """Build from ``flags`` (None means "not given") over ``env`` over the defaults, then
+        validate. Raises SettingsError listing every bad value."""
+        flags = flags or {}
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        origin: dict[str, str] = {}
+        problems: list[str] = []
+        for f in dataclasses.fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            var = ENV_PREFIX + f.name.upper()
+            if flags.get(f.name) is not None:
+                values[f.name], origin[f.name] = flags[f.name], flag
+            elif var in env:
+                origin[f.name] = var
+                try:
+                    values[f.name] = _parse(f, env[var])
+                except ValueError as exc:
+                    problems.append(f"{var}: {exc}")
+        for name, value in values.items():
+            check = cls.__dataclass_fields__[name].metadata.get("check")
+            if check is not None and (msg := check(value)):
+                problems.append(f"{origin[name]}: {msg}")
+        if problems:
+            raise SettingsError(problems)
+        settings = cls(**values)
+        for f in dataclasses.fields(cls):
+            check = f.metadata.get("check")
+            if f.name not in values and check is not None and (msg := check(getattr(settings, f.name))):
+                problems.append(f"{f.name} default: {msg}")
+        if problems:  # only a bad hostname can get here
+            raise SettingsError(problems)
+        return settings
+
+
+def parse_regions(text: str) -> tuple[str, ...]:
+    return tuple(r.strip() for r in text.split(",") if r.strip())
+
+
+def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if kind == "int":
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"not an integer: {raw!r}") from None
+    if kind == "float":
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"not a number: {raw!r}") from None
+    if kind.startswith("tuple"):
+        return parse_regions(raw)
+    return raw

@@ -1,0 +1,72 @@
+"""Fixtures: one real redis-server per session (or REDIS_URL), and per-test names.
+
+Every test gets its own uuid-named stream, group and key prefix, so tests never FLUSHALL and
+can run in parallel against one server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from shared.connection import connect
+from shared.keys import Keys
+from shared.servers import redis_server_binary, start_redis_server
+from shared.settings import Settings
+
+CONDITION_TIMEOUT_S = 30.0
+POLL_S = 0.01
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield url
+        return
+    if redis_server_binary() is None:
+        # Not a skip: `make test` installs redis-server; a run without it is a broken setup.
+        pytest.fail("redis-server is not installed (make test installs it as root, or set "
+                    "REDIS_URL to a server these tests may use)", pytrace=False)
+    with start_redis_server() as server:
+        yield server.url
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    tag = uuid.uuid4().hex[:12]
+    return Settings.load({
+        "redis_url": redis_url, "stream": f"test:{tag}:snapshots", "group": f"g-{tag}",
+        "prefix": f"test:{tag}", "name": f"w-{tag}", "block_ms": 100, "grace_s": 5.0,
+    }, env={})
+
+
+@pytest.fixture
+def keys(settings: Settings) -> Keys:
+    return Keys(settings.prefix, settings.stream, settings.group)
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[aioredis.Redis]:
+    c = connect(settings.redis_url)
+    yield c
+    # Tidy this test's names only; other tests may be running on the same server.
+    keys_to_drop = [k async for k in c.scan_iter(match=f"{settings.prefix}:*", count=1000)]
+    keys_to_drop += [settings.stream.encode(), (settings.stream + ":dlq").encode()]
+    await c.delete(*keys_to_drop)
+    await c.aclose()
+
+
+async def wait_until(predicate: Callable[[], Awaitable[bool]],
+                     within: float = CONDITION_TIMEOUT_S, what: str = "condition") -> None:
+    """Wait on a condition (a bounded poll of Redis state), never on a fixed sleep."""
+    deadline = time.monotonic() + within
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(POLL_S)  # wait-ok: polling interval of a condition wait
