@@ -54,5 +54,13 @@ demo: $(STAMP)
 	fi
 	$(VENV)/bin/regionstream demo $(DEMO_ARGS)
 
+# Benchmarks (bench/): JSON + PNG plots under bench/results/. Speed targets live here, never in
+# unit tests. `bench-quick` is the under-a-minute smoke variant (also run inside `make test`).
+bench: $(STAMP) system-deps
+	$(PY) -m bench $(BENCH_ARGS)
+
+bench-quick: $(STAMP) system-deps
+	$(PY) -m bench --quick $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
