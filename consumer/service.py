@@ -17,7 +17,7 @@ from shared.aio import pause
 from shared.connection import connect
 from shared.group import ensure_group, group_state
 from shared.keys import Keys
-from shared.metrics import ConsumerMetrics
+from shared.metrics import CONSUMER_OUTCOMES, ConsumerMetrics
 from shared.settings import Settings
 
 log = logging.getLogger("regionstream.consumer")
@@ -41,6 +41,13 @@ class Consumer:
         self.keys = keys_of(self.settings)
         self.metrics = ConsumerMetrics(self.registry, self.settings.regions)
         self.workers: list[Worker] = []
+
+    def totals(self) -> dict[str, int]:
+        """Entries settled so far by this process, per outcome over all regions."""
+        totals = dict.fromkeys(CONSUMER_OUTCOMES, 0)
+        for (_, outcome), child in self.metrics.outcome.items():
+            totals[outcome] += int(child._value.get())
+        return totals
 
     async def prepare(self, redis: aioredis.Redis) -> None:
         await ensure_group(redis, self.keys)
@@ -68,6 +75,8 @@ class Consumer:
                 tasks.append(asyncio.create_task(self._drain_watch(client)))
             await self._supervise(tasks)
         finally:
+            # One line a supervisor or a test can read: what this process settled.
+            log.info("settled: %s", " ".join(f"{k}={v}" for k, v in self.totals().items()))
             if own:
                 await client.aclose()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -139,10 +138,14 @@ class Worker:
         return failed
 
     async def run(self) -> None:
-        """Run steps until ``stop`` is set; errors back off instead of killing the worker."""
+        """Run steps until ``stop`` is set; errors back off instead of killing the worker.
+
+        A stop never abandons a read: a blocking read returns within ``block_ms`` and what it
+        returned is settled and acked before the worker exits, so a graceful stop leaves
+        nothing pending under this worker's name."""
         while not self.stop.is_set():
             try:
-                result = await self._step_or_stop()
+                result = await self.step()
             except ResponseError as exc:
                 await self._on_response_error(exc)
                 continue
@@ -155,23 +158,6 @@ class Worker:
                 continue
             if result is not None and result.failed:
                 await self._pause(RETRY_BACKOFF_S)
-
-    async def _step_or_stop(self) -> StepResult | None:
-        """A step, except that a blocking read is abandoned when ``stop`` is set: entries the
-        server delivered to an abandoned read stay pending under this worker's stable name and
-        are replayed when it starts again. Work past the read is never abandoned."""
-        if self.cursor != NEW:
-            return await self.step()
-        read = asyncio.ensure_future(self._read())
-        stopped = asyncio.ensure_future(self.stop.wait())
-        done, _ = await asyncio.wait({read, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        if read not in done:
-            read.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await read
-            return None
-        stopped.cancel()
-        return await self.process(read.result())
 
     async def _on_response_error(self, exc: ResponseError) -> None:
         kind = classify(exc)

@@ -28,6 +28,7 @@ from shared.schema import (
     MAX_VALID_AHEAD_MS,
     REGION_NAMES,
     REGIONS,
+    TRIGGER_REASONS,
     Actor,
     AirportStatus,
     AirspaceStatus,
@@ -515,18 +516,23 @@ class SyntheticSource:
         return _fit_size(snap)
 
     def snapshot_for_count(self, i: int, base_ms: int) -> Snapshot:
-        """The ``i``-th snapshot of a load run: round-robin over regions, each in its own bucket.
+        """The ``i``-th snapshot of a load run: round-robin over regions, then trigger reasons,
+        each (region, trigger_reason, bucket) taken once.
 
-        ``k = i // len(regions)`` steps back ``k`` dedup buckets from ``base_ms``, so every
-        (region, trigger_reason, bucket) of a run is distinct and all lie in the past. Built by
+        ``k = i // (len(regions) * len(TRIGGER_REASONS))`` steps back ``k`` dedup buckets from
+        ``base_ms``, so every snapshot of a run survives dedup and all lie in the past; cycling
+        the trigger reasons keeps 100k snapshots within 26 days, well inside the 90-day
+        retention (1M reach back 260 days: raise the retention for such a run). Built by
         re-stamping one of a few pre-built templates, which keeps it to a few microseconds.
         """
         n = len(self.regions)
         region = self.regions[i % n]
-        k = i // n
+        slot = i // n
+        reason = TRIGGER_REASONS[slot % len(TRIGGER_REASONS)]
+        k = slot // len(TRIGGER_REASONS)
         generated_at = base_ms - k * COUNT_BUCKET_MS
         template = self._region_templates(base_ms)[region][k % TEMPLATES_PER_REGION]
-        return _restamp(template, generated_at, i, self._id_salt)
+        return _restamp(template, generated_at, i, self._id_salt, reason)
 
     # -- state ------------------------------------------------------------------------------
 
@@ -983,7 +989,8 @@ def _fresh_salt() -> int:
     return random.SystemRandom().getrandbits(48)
 
 
-def _restamp(template: Snapshot, generated_at: int, i: int, salt: int) -> Snapshot:
+def _restamp(template: Snapshot, generated_at: int, i: int, salt: int,
+             trigger_reason: TriggerReason) -> Snapshot:
     """A copy of ``template`` moved to ``generated_at``, with a fresh id and confidence.
 
     Every timestamp shifts by the same delta so the copy stays internally consistent (evidence
@@ -998,6 +1005,7 @@ def _restamp(template: Snapshot, generated_at: int, i: int, salt: int) -> Snapsh
         meta,
         snapshot_id=f"{generated_at:012x}-{(i * 0x9E3779B1 + salt) & _MASK48:012x}",
         valid_until=meta.valid_until + delta,
+        trigger_reason=trigger_reason,
         snapshot_confidence=round(_clip(meta.snapshot_confidence - 0.05 + jitter), 3),
     )
     regime = template.regime

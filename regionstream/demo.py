@@ -11,8 +11,9 @@ import dataclasses
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
+import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 from rich.console import Console
 from rich.live import Live
@@ -46,31 +47,21 @@ def _server(settings: Settings, explicit: bool, err: Console):  # type: ignore[n
         yield server.url
 
 
-def _rates(registry: CollectorRegistry) -> dict[str, float]:
-    totals: dict[str, float] = {}
-    for metric in registry.collect():
-        if metric.name == "regionstream_messages":
-            for sample in metric.samples:
-                if sample.name.endswith("_total"):
-                    key = sample.labels["outcome"]
-                    totals[key] = totals.get(key, 0.0) + sample.value
-    return totals
-
-
-async def _frames(client: object, keys: Keys, settings: Settings, registry: CollectorRegistry,
-                  stop: asyncio.Event, every: float) -> AsyncIterator[Frame]:
-    prev, prev_t = _rates(registry), time.monotonic()
+async def _frames(client: aioredis.Redis, keys: Keys, settings: Settings,
+                  totals: Callable[[], dict[str, int]], stop: asyncio.Event, every: float
+                  ) -> AsyncIterator[Frame]:
+    prev, prev_t = totals(), time.monotonic()
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every)
-        now_totals, now_t = _rates(registry), time.monotonic()
+        now_totals, now_t = totals(), time.monotonic()
         dt = max(now_t - prev_t, 1e-9)
         rates = {k: (v - prev.get(k, 0.0)) / dt for k, v in now_totals.items()
                  if k in ("persisted", "duplicate", "dead_lettered")}
         prev, prev_t = now_totals, now_t
-        frame = await collect(client, keys, settings.regions)  # type: ignore[arg-type]
-        yield dataclasses.replace(frame, rates=rates,
-                                  note=f"totals: {', '.join(f'{k} {v:.0f}' for k, v in sorted(now_totals.items()) if v)}")
+        frame = await collect(client, keys, settings.regions)
+        done = ", ".join(f"{k} {v}" for k, v in now_totals.items() if v)
+        yield dataclasses.replace(frame, rates=rates, note=f"totals: {done}")
 
 
 async def run_demo(settings: Settings, *, duration: float | None, interval_s: float,
@@ -97,7 +88,7 @@ async def run_demo(settings: Settings, *, duration: float | None, interval_s: fl
         tasks = [asyncio.create_task(producer.run(client)),
                  asyncio.create_task(consumer.run(redis=client))]
         try:
-            await _show(client, consumer.keys, s, registry, stop, plain)
+            await _show(client, consumer.keys, s, consumer.totals, stop, plain)
             await asyncio.gather(*tasks)
         finally:
             stop.set()
@@ -111,12 +102,12 @@ async def run_demo(settings: Settings, *, duration: float | None, interval_s: fl
         return 0 if with_latest == len(s.regions) else 1
 
 
-async def _show(client: object, keys: Keys, s: Settings, registry: CollectorRegistry,
-                stop: asyncio.Event, plain: bool) -> None:
+async def _show(client: aioredis.Redis, keys: Keys, s: Settings,
+                totals: Callable[[], dict[str, int]], stop: asyncio.Event, plain: bool) -> None:
     if plain:
-        async for frame in _frames(client, keys, s, registry, stop, max(s.interval_s, 1.0)):
+        async for frame in _frames(client, keys, s, totals, stop, max(s.interval_s, 1.0)):
             print(summary_line(frame), flush=True)
         return
     with Live(console=Console(file=sys.stdout), refresh_per_second=4) as live:
-        async for frame in _frames(client, keys, s, registry, stop, REFRESH_S):
+        async for frame in _frames(client, keys, s, totals, stop, REFRESH_S):
             live.update(render(frame))

@@ -44,7 +44,9 @@ def classify(exc: BaseException | str) -> ErrorKind:
     if isinstance(exc, OSError):
         return ErrorKind.TRANSIENT
     text = str(exc) if isinstance(exc, ResponseError | str) else ""
-    head = text.split(" ", 1)[0].upper() if text else ""
+    words = text.split(" ", 2)
+    # Some servers (fakeredis, proxies) put a generic "ERR" before the specific code.
+    head = (words[1] if words[0] == "ERR" and len(words) > 1 else words[0]).upper()
     return {
         "NOGROUP": ErrorKind.NOGROUP,
         "BUSYGROUP": ErrorKind.BUSYGROUP,

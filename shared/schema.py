@@ -95,8 +95,11 @@ class SnapshotInvalid(ValueError):
     count the two kinds of poison apart.
     """
 
-    def __init__(self, problems: list[str] | tuple[str, ...], *, undecodable: bool = False) -> None:
-        self.problems: tuple[str, ...] = tuple(problems)
+    def __init__(
+        self, problems: str | list[str] | tuple[str, ...], *, undecodable: bool = False
+    ) -> None:
+        # A lone string is one problem; that is also how unpickling re-creates the exception.
+        self.problems = (problems,) if isinstance(problems, str) else tuple(problems)
         self.undecodable = undecodable
         super().__init__("; ".join(self.problems))
 
@@ -339,7 +342,7 @@ def _check_scenarios(snap: Snapshot, problems: list[str]) -> None:
             total += lane.probability
         if not abs(total - 1.0) <= PROBABILITY_TOLERANCE:
             problems.append(
-                f"{where}: probabilities of horizon {sset.horizon!r} sum to {total!r}, not 1 "
+                f"{where}: probabilities of horizon {sset.horizon!r} sum to {total:.9g}, not 1 "
                 f"(tolerance {PROBABILITY_TOLERANCE})"
             )
 

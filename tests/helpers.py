@@ -39,16 +39,9 @@ async def drain(client: aioredis.Redis, settings: Settings) -> Consumer:
     return consumer
 
 
-def outcomes(consumer: Consumer) -> dict[str, float]:
-    """Totals per outcome over all regions, read from the consumer's registry."""
-    totals: dict[str, float] = {}
-    for metric in consumer.registry.collect():
-        if metric.name == "regionstream_messages":
-            for s in metric.samples:
-                if s.name.endswith("_total"):
-                    o = s.labels["outcome"]
-                    totals[o] = totals.get(o, 0.0) + s.value
-    return totals
+def outcomes(consumer: Consumer) -> dict[str, int]:
+    """Totals per outcome over all regions, read from the consumer's metrics."""
+    return consumer.totals()
 
 
 async def dump(client: aioredis.Redis, prefix: str) -> dict[bytes, Any]:

@@ -1,0 +1,108 @@
+"""Crash safety with real processes: SIGTERM mid-drain, SIGKILL holding pending entries."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+import redis.asyncio as aioredis
+
+from producer.publisher import Publisher
+from producer.synthetic import SyntheticSource
+from shared.keys import Keys
+from shared.settings import Settings
+from tests.conftest import wait_until
+from tests.proc import common_flags, spawn_cli
+
+N = 3000
+CHUNK = 500
+EXIT_TIMEOUT_S = 30
+MAX_KILL_ATTEMPTS = 5
+
+
+async def prefill(client: aioredis.Redis, settings: Settings, n: int = N) -> None:
+    keys = Keys(settings.prefix, settings.stream, settings.group)
+    pub = Publisher(client, keys, settings)
+    await pub.prepare()
+    src, base = SyntheticSource(settings.regions, seed=21), int(time.time() * 1000)
+    for start in range(0, n, CHUNK):
+        await pub.publish([src.snapshot_for_count(i, base) for i in range(start, start + CHUNK)])
+
+
+async def stored(client: aioredis.Redis, keys: Keys, regions: tuple[str, ...]) -> int:
+    pipe = client.pipeline(transaction=False)
+    for r in regions:
+        pipe.zcard(keys.index(r))
+    return sum(await pipe.execute())
+
+
+def settled(stderr: bytes) -> dict[str, int]:
+    m = re.search(rb"settled: ((?:\w+=\d+ ?)+)", stderr)
+    assert m, stderr.decode()[-2000:]
+    return {k.decode(): int(v) for k, v in re.findall(rb"(\w+)=(\d+)", m.group(1))}
+
+
+def consume(settings: Settings, name: str) -> subprocess.Popen[bytes]:
+    return spawn_cli(["consume", "--drain", "--workers", "2", "--batch", "50", "--block-ms",
+                      "200", "--name", name, *common_flags(settings)])
+
+
+async def finish(proc: subprocess.Popen[bytes]) -> tuple[int, bytes]:
+    _, err = await asyncio.to_thread(proc.communicate, timeout=EXIT_TIMEOUT_S)
+    return proc.returncode, err
+
+
+@pytest.mark.chaos
+async def test_sigterm_mid_drain_loses_nothing(client: aioredis.Redis, settings: Settings,
+                                               keys: Keys) -> None:
+    await prefill(client, settings)
+    proc = consume(settings, "term")
+
+    async def some_persisted() -> bool:
+        return await stored(client, keys, settings.regions) > 0
+
+    await wait_until(some_persisted, what="the first persisted snapshots")
+    proc.send_signal(signal.SIGTERM)
+    code, err = await finish(proc)
+    assert code == 0, err.decode()[-2000:]
+    first = settled(err)
+    assert 0 < first["persisted"] < N, "SIGTERM should land mid-drain"
+    # Graceful: what was read was settled and acked, nothing left pending under its name.
+    assert (await client.xpending(settings.stream, settings.group))["pending"] == 0
+    code, err = await finish(consume(settings, "term"))
+    assert code == 0
+    second = settled(err)
+    assert first["persisted"] + second["persisted"] == N
+    assert second["redelivered"] == 0 and second["duplicate"] == 0
+    assert await stored(client, keys, settings.regions) == N
+
+
+@pytest.mark.chaos
+async def test_sigkill_holding_pending_replays_them_on_restart(
+        client: aioredis.Redis, settings: Settings, keys: Keys) -> None:
+    await prefill(client, settings)
+    held = 0
+    for _ in range(MAX_KILL_ATTEMPTS):  # bounded: kill while the worker holds entries
+        proc = consume(settings, "kill")
+
+        async def holding(proc: subprocess.Popen[bytes] = proc) -> bool:
+            info = await client.xpending(settings.stream, settings.group)
+            return bool(info["pending"]) or proc.poll() is not None
+
+        await wait_until(holding, what="the consumer holding pending entries")
+        proc.kill()
+        await finish(proc)
+        held = (await client.xpending(settings.stream, settings.group))["pending"]
+        if held:
+            break
+    assert held > 0, "never caught the consumer holding entries"
+    code, err = await finish(consume(settings, "kill"))  # same name: replays its own first
+    assert code == 0, err.decode()[-2000:]
+    again = settled(err)
+    assert again["redelivered"] <= held  # only what the killed one had persisted but not acked
+    assert (await client.xpending(settings.stream, settings.group))["pending"] == 0
+    assert await stored(client, keys, settings.regions) == N

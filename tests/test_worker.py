@@ -1,0 +1,154 @@
+"""Worker mechanics on real Redis: round trips per batch, replay order, NOSCRIPT, trimming."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+from redis.asyncio.connection import Connection
+
+from consumer import scripts
+from consumer.service import Consumer
+from consumer.worker import NEW, Worker
+from producer.publisher import Publisher
+from shared.connection import connect
+from shared.keys import Keys
+from shared.metrics import ConsumerMetrics
+from shared.settings import Settings
+from tests.helpers import drain, outcomes, publish, publish_cycle
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class CountingConnection(Connection):
+    """Counts what goes out: one send_packed_command is one request on the wire (a pipeline
+    is packed into a single send)."""
+
+    sends = 0
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        type(self).sends += 1
+        await super().send_packed_command(command, check_health)
+
+
+def worker(client: aioredis.Redis, settings: Settings, name: str = "w") -> Worker:
+    keys = Keys(settings.prefix, settings.stream, settings.group)
+    return Worker(client, keys, settings, name, ConsumerMetrics(CollectorRegistry()),
+                  asyncio.Event())
+
+
+async def commandstats(client: aioredis.Redis) -> dict[str, int]:
+    info = await client.info("commandstats")
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items()}
+
+
+async def test_a_whole_batch_costs_one_round_trip(client: aioredis.Redis, settings: Settings,
+                                                  keys: Keys) -> None:
+    snaps = await publish_cycle(client, settings, now_ms())
+    await client.xadd(settings.stream, {"schema": "1", "payload": b"not json"})  # one poison
+    consumer = Consumer(settings, registry=CollectorRegistry())
+    await consumer.prepare(client)
+    counted = aioredis.Redis.from_pool(aioredis.ConnectionPool.from_url(
+        settings.redis_url, connection_class=CountingConnection))
+    w = worker(counted, settings)
+    w.cursor = NEW
+    entries = (await counted.xreadgroup(settings.group, "w", {settings.stream: ">"},
+                                        count=100))[0][1]
+    assert len(entries) == 9
+    before_stats = await commandstats(client)
+    CountingConnection.sends = 0
+    result = await w.process(entries)
+    sends = CountingConnection.sends
+    after_stats = await commandstats(client)
+    await counted.aclose()
+    assert result.read == 9 and result.failed == 0
+    assert sends == 1, f"{sends} round trips for one batch"
+    # 8 regions -> 8 persist calls (one per region: its keys share a slot) + 1 dead-letter call
+    assert after_stats["evalsha"] - before_stats.get("evalsha", 0) == 9
+    assert after_stats.get("script|exists", 0) == before_stats.get("script|exists", 0)
+    assert (await client.xpending(settings.stream, settings.group))["pending"] == 0
+    assert len(snaps) == 8
+
+
+async def test_restarted_worker_replays_its_own_pending_before_new(
+        client: aioredis.Redis, settings: Settings) -> None:
+    old = await publish_cycle(client, settings, now_ms() - 60_000, seed=1)
+    consumer = Consumer(settings, registry=CollectorRegistry())
+    await consumer.prepare(client)
+    # "crash": read a batch and never settle it
+    await client.xreadgroup(settings.group, "w", {settings.stream: ">"}, count=100)
+    new = await publish_cycle(client, settings, now_ms(), seed=2)
+    restarted = worker(client, settings, "w")  # same name
+    first = await restarted._read()
+    assert [e[1][b"snapshot_id"].decode() for e in first] == [s.meta.snapshot_id for s in old]
+    await restarted.process(first)
+    assert await restarted._read() == []  # own pending list walked to its end...
+    assert restarted.cursor == NEW  # ...then it switches to new entries
+    second = await restarted._read()
+    assert [e[1][b"snapshot_id"].decode() for e in second] == [s.meta.snapshot_id for s in new]
+
+
+async def test_script_flush_is_survived(client: aioredis.Redis, settings: Settings) -> None:
+    await publish_cycle(client, settings, now_ms())
+    consumer = Consumer(settings, registry=CollectorRegistry())
+    await consumer.prepare(client)
+    await client.script_flush()
+    assert await client.script_exists(scripts.persist().sha) == [False]
+    w = worker(client, settings)
+    assert (await w.step()).replay  # a fresh worker first walks its (empty) pending list
+    result = await w.step()
+    assert result.read == 8 and result.failed == 0
+    assert await client.script_exists(scripts.persist().sha) == [True]
+
+
+async def test_trim_never_drops_unacknowledged_entries(client: aioredis.Redis,
+                                                       settings: Settings, keys: Keys) -> None:
+    import dataclasses
+
+    s = dataclasses.replace(settings, stream_retention_s=0)  # keep no acknowledged history
+    await publish_cycle(client, s, now_ms() - 120_000, seed=1)
+    await drain(client, s)  # all 8 acked
+    second = await publish_cycle(client, s, now_ms() - 60_000, seed=2)
+    # another group that has read nothing yet, and a consumer holding entries in ours
+    await client.xgroup_create(s.stream, "late-group", id="0")
+    pub = Publisher(client, keys, s)
+    assert await pub.trim() == 0  # late-group still needs everything
+    await client.xgroup_destroy(s.stream, "late-group")
+    await client.xreadgroup(s.group, "holder", {s.stream: ">"}, count=3)  # 3 pending
+    await publish_cycle(client, s, now_ms(), seed=3)  # 8 undelivered
+    removed = await pub.trim()
+    assert removed == 8  # only the first, fully acknowledged cycle
+    remaining = [e[1][b"snapshot_id"].decode() for e in await client.xrange(s.stream)]
+    assert remaining[:8] == [x.meta.snapshot_id for x in second]
+    assert len(remaining) == 16
+
+
+async def test_trim_keeps_retention_window(client: aioredis.Redis, settings: Settings,
+                                           keys: Keys) -> None:
+    await publish_cycle(client, settings, now_ms())
+    await drain(client, settings)
+    assert await Publisher(client, keys, settings).trim() == 0  # acked, but within 24 h
+
+
+async def test_persist_script_runs_on_fakeredis_for_the_demo_fallback(settings: Settings
+                                                                      ) -> None:
+    import dataclasses
+
+    from shared.servers import start_fake_server
+
+    with start_fake_server() as server:
+        s = dataclasses.replace(settings, redis_url=server.url)
+        fake = connect(server.url)  # with retries: fakeredis drops a connection after an error reply
+        try:
+            snaps = await publish_cycle(fake, s, now_ms())
+            consumer = await drain(fake, s)
+            assert outcomes(consumer)["persisted"] == 8
+            await publish(fake, s, snaps)
+            assert outcomes(await drain(fake, s))["redelivered"] == 8
+        finally:
+            await fake.aclose()
