@@ -117,6 +117,13 @@ def build_parser() -> Parser:
     s.add_argument("--json", action="store_true", help="print the stored JSON")
     _common(s)
 
+    t = sub.add_parser("top", help="live view of the stream, group, DLQ and regions (Redis only)")
+    t.add_argument("--once", action="store_true", help="print one frame and exit")
+    t.add_argument("--plain", action="store_true", help="a summary line per refresh, no table")
+    t.add_argument("--refresh", type=_number, default=1.0, help="seconds between frames (default 1)")
+    t.add_argument("--regions", type=parse_regions, help="regions to show")
+    _common(t)
+
     d = sub.add_parser("demo", help="producer + consumer group + live view, self-contained")
     d.add_argument("--duration", type=_number, help="stop after S seconds (default: Ctrl-C)")
     d.add_argument("--interval", type=_number, dest="interval_s", default=2.0,
@@ -156,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     commands: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]] = {
         "produce": cmd_produce, "consume": cmd_consume, "show": cmd_show, "demo": cmd_demo,
+        "top": cmd_top,
     }
     try:
         return _run(commands[args.command](args, settings))
@@ -179,13 +187,19 @@ async def _ping(settings: Settings) -> Any:
     return client
 
 
-def _serve_metrics(settings: Settings, registry: Any) -> None:
+def _serve_metrics(settings: Settings, registry: Any, cadence_s: float | None = None) -> None:
     if settings.metrics_port:
         from prometheus_client import start_http_server
 
-        from shared.metrics import build_info
+        from shared.group_metrics import start_group_gauges
+        from shared.metrics import build_info, producer_cadence
 
         build_info(registry, __version__)
+        if cadence_s is not None:
+            producer_cadence(registry, cadence_s)
+        # Group gauges (lag, pending, DLQ...) come from every process that serves metrics,
+        # producer included: they stay visible when every consumer is down.
+        start_group_gauges(settings, registry)
         start_http_server(settings.metrics_port, settings.metrics_host, registry=registry)
 
 
@@ -194,7 +208,7 @@ async def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
 
     client = await _ping(settings)
     producer = Producer(settings, seed=args.seed)
-    _serve_metrics(settings, producer.registry)
+    _serve_metrics(settings, producer.registry, cadence_s=settings.interval_s)
     loop = asyncio.get_running_loop()
     _stop_on_signals(loop, producer.stop)
     try:
@@ -228,6 +242,19 @@ async def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     client = await _ping(settings)
     try:
         return await show(client, settings, args.region, as_json=args.json)
+    finally:
+        await client.aclose()
+
+
+async def cmd_top(args: argparse.Namespace, settings: Settings) -> int:
+    from regionstream.top import run_top
+
+    client = await _ping(settings)
+    stop = asyncio.Event()
+    _stop_on_signals(asyncio.get_running_loop(), stop)
+    try:
+        return await run_top(client, settings, once=args.once, plain=args.plain,
+                             every=args.refresh, stop=stop)
     finally:
         await client.aclose()
 

@@ -1,6 +1,7 @@
 """A live view of the pipeline read from Redis alone (the demo's screen, and ``top``).
 
-``collect`` reads one frame in two pipelined round trips; ``render`` turns a frame into a rich
+``collect`` reads one frame in three pipelined round trips (the group's state, shared with the
+group gauges, then each region's latest id and count, then the latest payloads); ``render`` turns a frame into a rich
 table; both are plain functions so a test can render a frame from a known Redis state."""
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from shared.group import group_state
+from shared.group_metrics import (
+    ACTIVE_CONSUMER_IDLE_S,
+    ConsumerStat,
+    GroupStats,
+    read_group_stats,
+)
 from shared.keys import Keys
 
 
@@ -59,19 +65,25 @@ class Frame:
     regions: list[RegionRow] = field(default_factory=list)
     rates: dict[str, float] = field(default_factory=dict)  # outcome -> per second
     note: str = ""
+    oldest_pending_age_s: float | None = None
+    active_consumers: int = 0
+    consumer_rows: tuple[ConsumerStat, ...] = ()
+    # Ever-increasing counters from Redis (None before Redis 7.0): ``rates_between`` turns two
+    # frames into per-second rates without any process's metrics.
+    entries_added: int | None = None
+    entries_read: int | None = None
+    dlq_added: int | None = None
 
 
 async def collect(redis: aioredis.Redis, keys: Keys, regions: tuple[str, ...],
                   *, now: float | None = None) -> Frame:
     now = time.time() if now is None else now
-    state = await group_state(redis, keys)
+    state = await read_group_stats(redis, keys)
     pipe = redis.pipeline(transaction=False)
-    pipe.xlen(keys.dlq)
     for r in regions:
         pipe.get(keys.latest(r))
         pipe.zcard(keys.index(r))
-    replies = await pipe.execute()
-    dlq_len, pairs = int(replies[0]), replies[1:]
+    pairs = await pipe.execute()
     ids = {r: pairs[2 * i] for i, r in enumerate(regions)}
     counts = {r: int(pairs[2 * i + 1]) for i, r in enumerate(regions)}
     pipe = redis.pipeline(transaction=False)
@@ -89,8 +101,34 @@ async def collect(redis: aioredis.Redis, keys: Keys, regions: tuple[str, ...],
         rows.append(RegionRow(r, head.meta.snapshot_id, head.regime.label,
                               head.meta.trigger_reason, now - head.generated_at / 1000,
                               counts[r]))
-    return Frame(now, keys.stream, keys.group, state.stream_length, dlq_len, state.lag,
-                 state.pending, state.consumers, rows)
+    return _frame(now, keys, state, rows)
+
+
+def _frame(now: float, keys: Keys, state: GroupStats, rows: list[RegionRow]) -> Frame:
+    return Frame(now, keys.stream, keys.group, state.stream_length, state.dlq_length,
+                 state.lag, state.pending, len(state.consumers), rows,
+                 oldest_pending_age_s=state.oldest_pending_age_s,
+                 active_consumers=state.active_consumers, consumer_rows=state.consumers,
+                 entries_added=state.entries_added, entries_read=state.entries_read,
+                 dlq_added=state.dlq_added)
+
+
+def _per_second(new: int | None, old: int | None, dt: float) -> float | None:
+    return None if new is None or old is None else max(0, new - old) / dt
+
+
+def rates_between(prev: Frame, cur: Frame) -> dict[str, float]:
+    """Per-second rates between two frames, from Redis's own counters: published (XADD),
+    delivered to the group, acknowledged (delivered minus the growth of pending), and
+    dead-lettered. A counter Redis does not report is left out."""
+    dt = max(cur.at - prev.at, 1e-9)
+    delivered = _per_second(cur.entries_read, prev.entries_read, dt)
+    acked = (None if delivered is None
+             else max(0.0, delivered - (cur.pending - prev.pending) / dt))
+    rates = {"published": _per_second(cur.entries_added, prev.entries_added, dt),
+             "delivered": delivered, "acked": acked,
+             "dead_lettered": _per_second(cur.dlq_added, prev.dlq_added, dt)}
+    return {k: v for k, v in rates.items() if v is not None}
 
 
 def _age(seconds: float | None) -> str:
@@ -108,23 +146,42 @@ REGIME_STYLE = {"calm": "green", "managed_deescalation": "green",
                 "fragmentation_risk": "red", "escalation_ladder": "bold red"}
 
 
-def render(frame: Frame) -> Group:
+def _header(frame: Frame) -> Table:
     head = Table.grid(padding=(0, 2))
     lag = "?" if frame.lag is None else str(frame.lag)
+    oldest = _age(frame.oldest_pending_age_s)
     head.add_row(
         Text(f"stream {frame.stream}", style="bold"), f"length {frame.stream_length}",
-        f"group {frame.group}", f"consumers {frame.consumers}", f"lag {lag}",
-        f"pending {frame.pending}",
         Text(f"dead letters {frame.dlq_length}", style="red" if frame.dlq_length else ""))
+    head.add_row(
+        Text(f"group {frame.group}", style="bold"),
+        f"consumers {frame.active_consumers}/{frame.consumers} active", f"lag {lag}",
+        f"pending {frame.pending}", f"oldest pending {oldest}")
     if frame.rates:
         head.add_row(*[f"{k} {v:,.1f}/s" for k, v in frame.rates.items()])
+    return head
+
+
+def _consumer_table(frame: Frame) -> Table:
+    table = Table(expand=False, header_style="bold", title="consumers", title_justify="left")
+    for col in ("consumer", "pending", "idle"):
+        table.add_column(col)
+    for c in sorted(frame.consumer_rows, key=lambda c: c.name):
+        idle = Text(_age(c.idle_s), style="yellow" if c.idle_s >= ACTIVE_CONSUMER_IDLE_S else "")
+        table.add_row(c.name, Text(str(c.pending), style="yellow" if c.pending else ""), idle)
+    return table
+
+
+def render(frame: Frame) -> Group:
     table = Table(expand=False, header_style="bold")
     for col in ("region", "regime", "trigger", "age", "stored", "latest snapshot"):
         table.add_column(col)
     for row in frame.regions:
         table.add_row(row.region, Text(row.regime or "-", style=REGIME_STYLE.get(row.regime or "", "")),
                       row.trigger or "-", _age(row.age_s), str(row.stored), row.snapshot_id or "-")
-    parts: list[Table | Text] = [head, table]
+    parts: list[Table | Text] = [_header(frame), table]
+    if frame.consumer_rows:
+        parts.append(_consumer_table(frame))
     if frame.note:
         parts.append(Text(frame.note, style="dim"))
     return Group(*parts)
@@ -135,5 +192,6 @@ def summary_line(frame: Frame) -> str:
     with_latest = sum(1 for r in frame.regions if r.snapshot_id)
     rates = " ".join(f"{k}={v:.1f}/s" for k, v in frame.rates.items())
     return (f"stream={frame.stream_length} lag={frame.lag} pending={frame.pending} "
-            f"dlq={frame.dlq_length} regions_with_latest={with_latest}/{len(frame.regions)} "
+            f"consumers={frame.active_consumers}/{frame.consumers} "
+            f"oldest_pending={_age(frame.oldest_pending_age_s)} dlq={frame.dlq_length} regions_with_latest={with_latest}/{len(frame.regions)} "
             f"stored={sum(r.stored for r in frame.regions)} {rates}").rstrip()

@@ -1,9 +1,21 @@
 """Every Prometheus metric of regionstream, defined against a registry passed in (tests get
-their own). Labels are bounded: region and outcome yes, message or snapshot id never. Label sets
-are pre-created so every series exists from the first scrape."""
+their own). Labels are bounded: region, outcome, stream and group yes; message, snapshot or
+consumer id never. Label sets are pre-created so every series exists from the first scrape.
+
+Two kinds of series, aggregated differently across processes (see the README):
+
+* per-process counters and histograms (messages, failures, latencies): each process counts its
+  own work, so dashboards ``sum`` them over instances;
+* group gauges (``regionstream_group_*``, ``regionstream_stream_length``,
+  ``regionstream_dlq_length``): every process reads the same Redis state and exports the same
+  value, so dashboards take ``max by (stream, group)`` - a ``sum`` would count it once per
+  process.
+"""
 
 from __future__ import annotations
 
+import math
+import weakref
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -20,10 +32,32 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ROUNDTRIP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                      0.25, 0.5, 1.0, 2.5)
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+# A group gauge nobody has read yet is NaN ("unknown"), never 0: a 0 lag before the first read
+# from Redis would look like a healthy group.
+UNKNOWN = math.nan
+
+# One Redis round-trip histogram per registry: the workers, the producer and the group-gauge
+# refresher of one process all observe into it (a second registration of the same name in one
+# registry would raise).
+_RTT_BY_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, Histogram] = (
+    weakref.WeakKeyDictionary())
 
 
 def _labels(regions: Iterable[str]) -> tuple[str, ...]:
     return (*regions, "unknown")
+
+
+def redis_roundtrip(registry: CollectorRegistry) -> Histogram:
+    """The registry's ``regionstream_redis_roundtrip_seconds{operation}``, every op pre-created."""
+    rtt = _RTT_BY_REGISTRY.get(registry)
+    if rtt is None:
+        rtt = Histogram("redis_roundtrip_seconds", "Redis round trip by operation.",
+                        ["operation"], namespace=NAMESPACE, registry=registry,
+                        buckets=ROUNDTRIP_BUCKETS)
+        for op in REDIS_OPS:
+            rtt.labels(op)
+        _RTT_BY_REGISTRY[registry] = rtt
+    return rtt
 
 
 class ConsumerMetrics:
@@ -41,9 +75,7 @@ class ConsumerMetrics:
             namespace=ns, registry=registry, buckets=ROUNDTRIP_BUCKETS)
         self.batch_size = Histogram("batch_size", "Entries per batch read.", namespace=ns,
                                     registry=registry, buckets=BATCH_SIZE_BUCKETS)
-        self.redis_rtt = Histogram("redis_roundtrip_seconds", "Redis round trip by operation.",
-                                   ["operation"], namespace=ns, registry=registry,
-                                   buckets=ROUNDTRIP_BUCKETS)
+        self.redis_rtt = redis_roundtrip(registry)
         self.reclaimed = Counter("reclaimed", "Pending entries reclaimed from idle consumers.",
                                  namespace=ns, registry=registry)
         self.nogroup = Counter("nogroup_recoveries", "Consumer group recreated after NOGROUP.",
@@ -75,6 +107,54 @@ class ProducerMetrics:
             "producer_last_success_timestamp_seconds", "Unix time of the last published cycle.",
             namespace=ns, registry=registry)
         self.region = {r: self.published.labels(r) for r in regions}
+
+
+class GroupMetrics:
+    """Gauges of one stream and consumer group, read from Redis (``shared.group_metrics``).
+
+    Identical in every process that exports them: aggregate with ``max by (stream, group)``."""
+
+    def __init__(self, registry: CollectorRegistry, stream: str, group: str) -> None:
+        ns, sg = NAMESPACE, ["stream", "group"]
+
+        def gauge(name: str, doc: str, labels: list[str]) -> Gauge:
+            return Gauge(name, doc, labels, namespace=ns, registry=registry)
+
+        self.lag = gauge("group_lag", "Entries not yet delivered to the group (XINFO GROUPS "
+                         "lag); NaN when Redis cannot tell.", sg).labels(stream, group)
+        self.pending = gauge("group_pending", "Entries delivered but not acknowledged.",
+                             sg).labels(stream, group)
+        self.oldest_pending_age = gauge(
+            "group_oldest_pending_age_seconds",
+            "Age (since XADD) of the oldest unacknowledged entry; 0 when none.",
+            sg).labels(stream, group)
+        self.consumers = gauge("group_consumers", "Consumers known to the group.",
+                               sg).labels(stream, group)
+        self.active_consumers = gauge(
+            "group_active_consumers", "Consumers that talked to Redis recently.",
+            sg).labels(stream, group)
+        self.stream_length = gauge("stream_length", "Entries on the stream (XLEN).",
+                                   ["stream"]).labels(stream)
+        self.dlq_length = gauge("dlq_length", "Entries on the dead-letter stream <stream>:dlq.",
+                                ["stream"]).labels(stream)
+        for g in (self.lag, self.pending, self.oldest_pending_age, self.consumers,
+                  self.active_consumers, self.stream_length, self.dlq_length):
+            g.set(UNKNOWN)
+        self.last_refresh = Gauge(
+            "group_last_refresh_timestamp_seconds",
+            "Unix time the group gauges were last read from Redis.",
+            namespace=ns, registry=registry)
+        self.refresh_errors = Counter(
+            "group_refresh_errors", "Failed reads of the group gauges from Redis.",
+            namespace=ns, registry=registry)
+        self.rtt = redis_roundtrip(registry).labels("group_info")
+
+
+def producer_cadence(registry: CollectorRegistry, interval_s: float) -> None:
+    """Export the producer's configured cadence, so "producer stalled" is judged against it (a
+    6-hour cadence and the demo's 2 seconds need different thresholds)."""
+    Gauge("producer_interval_seconds", "Configured seconds between producer cycles.",
+          namespace=NAMESPACE, registry=registry).set(interval_s)
 
 
 def build_info(registry: CollectorRegistry, version: str) -> None:

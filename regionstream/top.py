@@ -1,0 +1,64 @@
+"""``regionstream top``: the live view of a running deployment, read from Redis alone.
+
+It needs no metrics port and no access to the processes: stream length, lag, pending per
+consumer, oldest pending age, dead letters, each region's latest snapshot, and rates computed
+from Redis's own counters between two frames (``view.rates_between``)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+from rich.console import Console
+from rich.live import Live
+
+from regionstream.view import Frame, collect, rates_between, render, summary_line
+from shared.aio import pause
+from shared.keys import Keys
+from shared.settings import Settings
+
+# Redraw cadence: each frame is three round trips, cheap enough for once a second, and rates
+# over a second are still readable.
+REFRESH_S = 1.0
+LIVE_REDRAWS_PER_S = 4
+
+
+def keys_of(settings: Settings) -> Keys:
+    return Keys(prefix=settings.prefix, stream=settings.stream, group=settings.group)
+
+
+async def frames(redis: aioredis.Redis, keys: Keys, regions: tuple[str, ...],
+                 stop: asyncio.Event, every: float = REFRESH_S) -> AsyncIterator[Frame]:
+    """Frames until ``stop``; every frame after the first carries rates since the previous."""
+    prev: Frame | None = None
+    while not stop.is_set():
+        frame = await collect(redis, keys, regions)
+        if prev is not None:
+            frame = dataclasses.replace(frame, rates=rates_between(prev, frame))
+        yield frame
+        prev = frame
+        await pause(stop, every)
+
+
+async def run_top(redis: aioredis.Redis, settings: Settings, *, once: bool = False,
+                  plain: bool = False, every: float = REFRESH_S, console: Console | None = None,
+                  stop: asyncio.Event | None = None) -> int:
+    """``once``: one frame and exit. ``plain`` (or no terminal): a summary line per frame.
+    Otherwise a live redrawn table until ``stop`` (Ctrl-C in the CLI)."""
+    out = console or Console()
+    keys = keys_of(settings)
+    if once:
+        frame = await collect(redis, keys, settings.regions)
+        out.print(summary_line(frame) if plain else render(frame), soft_wrap=plain)
+        return 0
+    stop = stop or asyncio.Event()
+    if plain or not out.is_terminal:
+        async for frame in frames(redis, keys, settings.regions, stop, every):
+            out.print(summary_line(frame), soft_wrap=True)
+        return 0
+    with Live(console=out, refresh_per_second=LIVE_REDRAWS_PER_S) as live:
+        async for frame in frames(redis, keys, settings.regions, stop, every):
+            live.update(render(frame))
+    return 0

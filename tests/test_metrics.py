@@ -1,0 +1,194 @@
+"""Metric definitions and the group gauges, read from a known state of a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import shutil
+import subprocess
+import time
+
+import pytest
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, generate_latest
+
+from shared import group_metrics
+from shared.group_metrics import read_group_stats, refresh, refresh_forever, start_group_gauges
+from shared.keys import Keys
+from shared.metrics import (
+    CONSUMER_OUTCOMES,
+    FAILURE_KINDS,
+    REDIS_OPS,
+    ConsumerMetrics,
+    GroupMetrics,
+    ProducerMetrics,
+    build_info,
+    producer_cadence,
+)
+from shared.schema import REGIONS
+from shared.servers import free_port
+from shared.settings import Settings
+from tests.conftest import wait_until
+from tests.helpers import publish_cycle
+
+GHOST_READ = 3  # entries a never-acking consumer takes, so they stay pending
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    v = registry.get_sample_value(name, labels)
+    assert v is not None, f"no sample {name}{labels}"
+    return v
+
+
+def full_registry() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    ConsumerMetrics(registry)
+    ProducerMetrics(registry)
+    GroupMetrics(registry, "snapshots", "persisters")
+    producer_cadence(registry, 21600)
+    build_info(registry, "0.0.0")
+    return registry
+
+
+def test_every_labelled_series_exists_before_any_work() -> None:
+    registry = full_registry()
+    for region in (*REGIONS, "unknown"):
+        for outcome in CONSUMER_OUTCOMES:
+            assert value(registry, "regionstream_messages_total",
+                         region=region, outcome=outcome) == 0
+    for region in REGIONS:
+        assert value(registry, "regionstream_published_total", region=region) == 0
+    for kind in FAILURE_KINDS:
+        assert value(registry, "regionstream_failures_total", kind=kind) == 0
+    for op in REDIS_OPS:
+        assert value(registry, "regionstream_redis_roundtrip_seconds_count", operation=op) == 0
+    assert value(registry, "regionstream_build_info", version="0.0.0") == 1
+    assert value(registry, "regionstream_producer_interval_seconds") == 21600
+
+
+def test_group_gauges_are_unknown_until_read_from_redis() -> None:
+    registry = CollectorRegistry()
+    GroupMetrics(registry, "s", "g")
+    for name in ("group_lag", "group_pending", "group_oldest_pending_age_seconds",
+                 "group_consumers", "group_active_consumers"):
+        assert math.isnan(value(registry, f"regionstream_{name}", stream="s", group="g"))
+    assert math.isnan(value(registry, "regionstream_dlq_length", stream="s"))
+
+
+def test_names_pass_promtool_lint() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is not installed (make test installs prometheus)", pytrace=False)
+    text = generate_latest(full_registry())
+    done = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
+                          check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    names = [ln.split()[2] for ln in text.decode().splitlines() if ln.startswith("# TYPE")]
+    assert all(n.startswith("regionstream_") for n in names)
+
+
+def test_one_roundtrip_histogram_per_registry() -> None:
+    registry = CollectorRegistry()
+    consumer = ConsumerMetrics(registry)
+    group = GroupMetrics(registry, "s", "g")  # a second definition would raise here
+    group.rtt.observe(0.01)
+    assert consumer.rtt["group_info"] is group.rtt
+    assert value(registry, "regionstream_redis_roundtrip_seconds_count",
+                 operation="group_info") == 1
+
+
+async def known_state(client: aioredis.Redis, settings: Settings, keys: Keys) -> None:
+    """8 entries on the stream, 3 of them pending on a consumer that never acks, 2 dead
+    letters."""
+    await publish_cycle(client, settings, now_ms=int(time.time() * 1000))
+    await client.xreadgroup(keys.group, "ghost", {keys.stream: ">"}, count=GHOST_READ)
+    for n in range(2):
+        await client.xadd(keys.dlq, {b"reason": b"undecodable", b"n": str(n).encode()})
+
+
+async def test_gauges_from_a_known_redis_state(client: aioredis.Redis, settings: Settings,
+                                               keys: Keys) -> None:
+    await known_state(client, settings, keys)
+    registry = CollectorRegistry()
+    metrics = GroupMetrics(registry, keys.stream, keys.group)
+    assert await refresh(client, keys, metrics)
+
+    def gauge(name: str) -> float:
+        return value(registry, f"regionstream_{name}", stream=keys.stream, group=keys.group)
+
+    assert gauge("group_lag") == len(REGIONS) - GHOST_READ
+    assert gauge("group_pending") == GHOST_READ
+    assert gauge("group_consumers") == 1
+    assert gauge("group_active_consumers") == 1
+    assert gauge("group_oldest_pending_age_seconds") >= 0  # XADDed just now, by Redis's clock
+    assert value(registry, "regionstream_stream_length", stream=keys.stream) == len(REGIONS)
+    assert value(registry, "regionstream_dlq_length", stream=keys.stream) == 2
+    assert value(registry, "regionstream_group_last_refresh_timestamp_seconds") > 0
+    assert value(registry, "regionstream_redis_roundtrip_seconds_count",
+                 operation="group_info") == 1
+
+
+async def test_stats_per_consumer_and_idle_consumers(client: aioredis.Redis, settings: Settings,
+                                                     keys: Keys,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    await known_state(client, settings, keys)
+    stats = await read_group_stats(client, keys)
+    assert [(c.name, c.pending) for c in stats.consumers] == [("ghost", GHOST_READ)]
+    assert stats.entries_added == len(REGIONS) and stats.entries_read == GHOST_READ
+    assert stats.dlq_added == 2
+    # A consumer idle past the threshold is known but not active (a SIGKILLed worker).
+    monkeypatch.setattr(group_metrics, "ACTIVE_CONSUMER_IDLE_S", 0.0)
+    assert stats.active_consumers == 0
+
+
+async def test_missing_stream_reads_as_no_consumers(client: aioredis.Redis,
+                                                    keys: Keys) -> None:
+    registry = CollectorRegistry()
+    metrics = GroupMetrics(registry, keys.stream, keys.group)
+    assert await refresh(client, keys, metrics)
+    labels = {"stream": keys.stream, "group": keys.group}
+    assert value(registry, "regionstream_group_consumers", **labels) == 0
+    assert value(registry, "regionstream_group_active_consumers", **labels) == 0
+    assert math.isnan(value(registry, "regionstream_group_lag", **labels))
+
+
+async def test_redis_error_is_counted_and_gauges_keep_their_value(keys: Keys) -> None:
+    registry = CollectorRegistry()
+    metrics = GroupMetrics(registry, keys.stream, keys.group)
+    metrics.pending.set(7)
+    dead = aioredis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
+    try:
+        assert not await refresh(dead, keys, metrics)
+    finally:
+        await dead.aclose()
+    assert value(registry, "regionstream_group_refresh_errors_total") == 1
+    assert value(registry, "regionstream_group_pending", stream=keys.stream,
+                 group=keys.group) == 7
+
+
+async def test_refresher_reads_at_once_and_stops_on_the_event(client: aioredis.Redis,
+                                                              keys: Keys) -> None:
+    registry = CollectorRegistry()
+    metrics = GroupMetrics(registry, keys.stream, keys.group)
+    stop = asyncio.Event()
+    stop.set()  # already stopping: exactly one refresh, then return without waiting
+    await asyncio.wait_for(refresh_forever(client, keys, metrics, stop, every=3600), 10)
+    assert value(registry, "regionstream_group_last_refresh_timestamp_seconds") > 0
+
+
+async def test_background_task_of_the_cli(client: aioredis.Redis, settings: Settings,
+                                          keys: Keys) -> None:
+    await known_state(client, settings, keys)
+    registry = CollectorRegistry()
+    stop = asyncio.Event()
+    task = start_group_gauges(settings, registry, stop)
+
+    async def refreshed() -> bool:
+        return registry.get_sample_value("regionstream_group_pending",
+                                         {"stream": keys.stream, "group": keys.group}) == 3
+
+    try:
+        await wait_until(refreshed, within=10, what="the group gauges to be read")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
