@@ -107,6 +107,8 @@ class ProducerMetrics:
             "producer_last_success_timestamp_seconds", "Unix time of the last published cycle.",
             namespace=ns, registry=registry)
         self.region = {r: self.published.labels(r) for r in regions}
+        # The process's shared round-trip histogram: "publish" and "trim" are the producer's.
+        self.rtt = {op: redis_roundtrip(registry).labels(op) for op in REDIS_OPS}
 
 
 class GroupMetrics:

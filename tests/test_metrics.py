@@ -90,9 +90,11 @@ def test_names_pass_promtool_lint() -> None:
 def test_one_roundtrip_histogram_per_registry() -> None:
     registry = CollectorRegistry()
     consumer = ConsumerMetrics(registry)
-    group = GroupMetrics(registry, "s", "g")  # a second definition would raise here
+    # The demo runs producer and consumer on one registry: a second definition would raise.
+    producer = ProducerMetrics(registry)
+    group = GroupMetrics(registry, "s", "g")
     group.rtt.observe(0.01)
-    assert consumer.rtt["group_info"] is group.rtt
+    assert consumer.rtt["group_info"] is group.rtt is producer.rtt["group_info"]
     assert value(registry, "regionstream_redis_roundtrip_seconds_count",
                  operation="group_info") == 1
 
