@@ -4,9 +4,13 @@
 -- KEYS[1] stream, KEYS[2] dead-letter stream
 -- ARGV[1] group, ARGV[2] entry id, ARGV[3..] field/value pairs of the dead-letter entry
 --
--- Acks first: if the entry is no longer pending for the group (another consumer settled it
--- after a reclaim), it is not dead-lettered a second time. Returns 1 if moved, 0 if not pending.
-local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-if acked == 0 then return 0 end
-redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
-return 1
+-- Only an entry still pending for the group moves: if another consumer settled it meanwhile
+-- (after a reclaim), it is not dead-lettered a second time. The delivery count is read here,
+-- from the pending list itself, and recorded as dlq_deliveries.
+-- Returns the delivery count if moved, 0 if the entry was not pending.
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if #p == 0 then return 0 end
+local deliveries = p[1][4]
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XADD', KEYS[2], '*', 'dlq_deliveries', deliveries, unpack(ARGV, 3))
+return deliveries

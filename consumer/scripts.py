@@ -11,6 +11,10 @@ import hashlib
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,4 +38,21 @@ def dead_letter() -> Script:
     return script("dead_letter")
 
 
-ALL = ("persist", "dead_letter")
+def forget_consumer() -> Script:
+    return script("forget_consumer")
+
+
+def replay_dlq() -> Script:
+    return script("replay_dlq")
+
+
+ALL = ("persist", "dead_letter", "forget_consumer", "replay_dlq")
+
+
+async def call(redis: aioredis.Redis, s: Script, keys: list[str], args: list[Any]) -> Any:
+    """One EVALSHA outside a batch pipeline, loading the script again on NOSCRIPT."""
+    try:
+        return await redis.evalsha(s.sha, len(keys), *keys, *args)
+    except NoScriptError:
+        await redis.script_load(s.body)
+        return await redis.evalsha(s.sha, len(keys), *keys, *args)

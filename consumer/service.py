@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from consumer import scripts
+from consumer.reclaim import Reclaimer
 from consumer.worker import Worker
 from shared.aio import pause
 from shared.connection import connect
@@ -61,6 +62,10 @@ class Consumer:
                    self.stop)
             for i in range(s.workers)
         ]
+        # Every process also runs a reclaimer: whichever process survives a crash picks up
+        # what the dead one held.
+        self.workers.append(Reclaimer(redis, self.keys, s, self.keys.reclaimer_name(s.name),
+                                      self.metrics, self.stop))
         return self.workers
 
     async def run(self, *, drain: bool = False, redis: aioredis.Redis | None = None) -> None:

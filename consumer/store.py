@@ -17,9 +17,9 @@ from consumer.message import Poison, Valid
 from shared.keys import Keys
 from shared.settings import Settings
 
-PERSISTED, DUPLICATE, REDELIVERED, INVALID, FAILED = (
-    "persisted", "duplicate", "redelivered", "invalid", "failed")
-OUTCOMES = (PERSISTED, DUPLICATE, REDELIVERED, INVALID)
+PERSISTED, DUPLICATE, REDELIVERED, DEAD_LETTERED, FAILED, SETTLED_ELSEWHERE = (
+    "persisted", "duplicate", "redelivered", "dead_lettered", "failed", "settled_elsewhere")
+MAX_DELIVERIES_REASON = "max-deliveries"
 _STATUS = {"p": PERSISTED, "d": DUPLICATE, "r": REDELIVERED}
 
 
@@ -28,7 +28,13 @@ class Outcome:
     entry_id: bytes
     region: str
     outcome: str
-    error: str | None = None
+    error: str | None = None  # the failure, or the dead-letter reason
+    deliveries: int = 0  # for a dead-lettered entry: how often it had been delivered
+
+    @property
+    def invalid(self) -> bool:
+        """Dead-lettered because no retry could fix it (not for running out of retries)."""
+        return self.outcome == DEAD_LETTERED and self.error != MAX_DELIVERIES_REASON
 
 
 @dataclass(slots=True)
@@ -45,8 +51,9 @@ class Settled:
     ack_errors: list[str] = field(default_factory=list)
 
 
-def _persist_call(keys: Keys, s: Settings, region: str, batch: list[Valid]) -> _Call:
-    k: list[str] = [keys.stream, keys.index(region), keys.latest(region)]
+def _persist_call(keys: Keys, s: Settings, region: str, batch: list[Valid], ack: bool
+                  ) -> _Call:
+    k: list[str] = [keys.stream if ack else "", keys.index(region), keys.latest(region)]
     a: list[Any] = [keys.group, s.dedup_window_s, s.retention_s, s.retention_s * 1000]
     window = s.dedup_window_ms
     for v in batch:
@@ -73,13 +80,13 @@ def _dead_letter_call(keys: Keys, consumer: str, p: Poison) -> _Call:
 
 
 def plan(keys: Keys, s: Settings, consumer: str,
-         valid: Sequence[Valid], poison: Sequence[Poison]) -> list[_Call]:
+         valid: Sequence[Valid], poison: Sequence[Poison], ack: bool = True) -> list[_Call]:
     """One persist call per region present in the batch (one region's keys share a cluster
     slot), one dead-letter call per poison entry."""
     by_region: dict[str, list[Valid]] = defaultdict(list)
     for v in valid:
         by_region[v.region].append(v)
-    calls = [_persist_call(keys, s, r, b) for r, b in by_region.items()]
+    calls = [_persist_call(keys, s, r, b, ack) for r, b in by_region.items()]
     calls += [_dead_letter_call(keys, consumer, p) for p in poison]
     return calls
 
@@ -92,11 +99,13 @@ async def _send(redis: aioredis.Redis, calls: Sequence[_Call]) -> list[Any]:
 
 
 async def settle(redis: aioredis.Redis, keys: Keys, s: Settings, consumer: str,
-                 valid: Sequence[Valid], poison: Sequence[Poison]) -> Settled:
+                 valid: Sequence[Valid], poison: Sequence[Poison], *, ack: bool = True
+                 ) -> Settled:
     """Persist ``valid`` and dead-letter ``poison`` in one round trip; report each entry's fate.
 
-    A failed persist leaves its entry pending (unacknowledged) for a later retry."""
-    calls = plan(keys, s, consumer, valid, poison)
+    A failed persist leaves its entry pending (unacknowledged) for a later retry. With
+    ``ack=False`` (re-driving history) nothing is acknowledged and nothing dead-lettered."""
+    calls = plan(keys, s, consumer, valid, poison if ack else (), ack)
     if not calls:
         return Settled()
     results = await _send(redis, calls)
@@ -118,9 +127,11 @@ def _interpret(calls: Sequence[_Call], results: Sequence[Any]) -> Settled:
             assert isinstance(p, Poison)
             if isinstance(result, RedisError):
                 settled.outcomes.append(Outcome(p.entry_id, p.region, FAILED, str(result)))
-            else:  # 0: no longer pending (settled elsewhere) - nothing to count twice
-                if result == 1:
-                    settled.outcomes.append(Outcome(p.entry_id, p.region, INVALID, p.reason))
+            elif result:
+                settled.outcomes.append(Outcome(p.entry_id, p.region, DEAD_LETTERED, p.reason,
+                                                int(result)))
+            else:  # no longer pending: another consumer settled it; nothing to count twice
+                settled.outcomes.append(Outcome(p.entry_id, p.region, SETTLED_ELSEWHERE))
             continue
         if isinstance(result, RedisError):
             for v in call.members:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -16,20 +17,18 @@ from consumer import store
 from consumer.message import Poison, Valid, check_entry
 from shared.aio import pause
 from shared.connection import ErrorKind, classify
-from shared.group import ensure_group
+from shared.group import ensure_group, id_key
 from shared.keys import Keys
 from shared.metrics import ConsumerMetrics
 from shared.settings import Settings
 
 log = logging.getLogger("regionstream.consumer")
 
-# After a failed persist the worker waits this long before re-reading its own pending entries:
-# a write that failed (a wrong-type key, an OOM) rarely heals within milliseconds, and a tight
-# retry loop would only hammer Redis.
-RETRY_BACKOFF_S = 1.0
 # After a transient Redis error (connection reset, LOADING, failover) the worker waits this long
 # before the next read; redis-py already retried the command itself a few times by then.
 TRANSIENT_BACKOFF_S = 0.5
+
+JITTER = 0.5  # back-offs vary by +-50%
 
 ONLY_OWN = b"0"  # XREADGROUP from 0: this consumer's own pending entries (replay)
 NEW = b">"  # XREADGROUP from >: entries never delivered to the group
@@ -40,6 +39,7 @@ class StepResult:
     read: int = 0
     failed: int = 0
     replay: bool = False
+    outcomes: dict[str, int] = field(default_factory=dict)  # outcome -> entries
 
 
 class Worker:
@@ -68,6 +68,10 @@ class Worker:
             self.cursor = entries[-1][0] if entries else NEW
         return entries
 
+    async def iteration(self) -> StepResult:
+        """What ``run`` repeats; a plain worker reads one batch at a time."""
+        return await self.step()
+
     async def step(self) -> StepResult:
         """One iteration: read a batch, validate it, settle it in one round trip."""
         replay = self.cursor != NEW
@@ -85,12 +89,40 @@ class Worker:
         settled = await store.settle(self.redis, self.keys, self.settings, self.name,
                                      valid, poison)
         self.metrics.rtt["settle"].observe(time.perf_counter() - started)
-        failed = self._record(settled)
+        failed = [o for o in settled.outcomes if o.outcome == store.FAILED]
+        if failed:
+            self.metrics.failure["persist"].inc(len(failed))
+            moved = await self._spend_budget(failed, dict(entries))  # type: ignore[arg-type]
+            gone_ids = {o.entry_id for o in moved}
+            settled.outcomes = [o for o in settled.outcomes
+                                if o.outcome != store.FAILED or o.entry_id not in gone_ids]
+            settled.outcomes += moved
+        outcomes = self._record(settled)
         self.metrics.batch_size.observe(len(entries))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
-        if failed:
+        still_failed = outcomes.get(store.FAILED, 0)
+        if still_failed:
             self.cursor = ONLY_OWN  # retry what failed, after a pause
-        return StepResult(read=len(entries), failed=failed, replay=replay)
+        return StepResult(len(entries), still_failed, replay, outcomes)
+
+    async def _spend_budget(self, failed: list[store.Outcome],
+                            fields: dict[bytes, dict[bytes, bytes]]) -> list[store.Outcome]:
+        """Dead-letter the failed entries that used up their deliveries; the rest stay pending
+        for another attempt. A message failing every attempt thus ends in the dead-letter
+        stream after exactly ``max_deliveries`` deliveries, instead of looping forever."""
+        ids = sorted((o.entry_id for o in failed), key=id_key)
+        rows = await self.redis.xpending_range(self.keys.stream, self.keys.group, ids[0],
+                                               ids[-1], len(ids) * 4, self.name)
+        delivered = {r["message_id"]: int(r["times_delivered"]) for r in rows}
+        exhausted = [
+            Poison(o.entry_id, fields[o.entry_id], store.MAX_DELIVERIES_REASON, o.error or "")
+            for o in failed if delivered.get(o.entry_id, 0) >= self.settings.max_deliveries
+        ]
+        if not exhausted:
+            return []
+        settled = await store.settle(self.redis, self.keys, self.settings, self.name,
+                                     (), exhausted)
+        return [o for o in settled.outcomes if o.outcome != store.FAILED]
 
     def _handle(self, entries: list[tuple[bytes, dict[bytes, bytes] | None]]
                 ) -> tuple[list[Valid], list[Poison], list[bytes]]:
@@ -104,38 +136,46 @@ class Worker:
                 continue
             checked = check_entry(entry_id, fields, max_bytes=self.settings.max_bytes,
                                   now_ms=now_ms, regions=self.settings.regions)
-            (valid if isinstance(checked, Valid) else poison).append(checked)  # type: ignore[arg-type]
+            if isinstance(checked, Valid):
+                valid.append(checked)
+            else:
+                poison.append(checked)
         return valid, poison, gone
 
     async def _drop_gone(self, ids: list[bytes]) -> None:
         await self.redis.xack(self.keys.stream, self.keys.group, *ids)
-        self.metrics.lost_trimmed.inc(len(ids))
-        log.warning("%s: %d pending entries were deleted from the stream before processing",
-                    self.name, len(ids))
+        self.count_lost(len(ids))
 
-    def _record(self, settled: store.Settled) -> int:
+    def count_lost(self, n: int) -> None:
+        self.metrics.lost_trimmed.inc(n)
+        log.warning("%s: %d pending entries were deleted from the stream before processing",
+                    self.name, n)
+
+    def _record(self, settled: store.Settled) -> dict[str, int]:
+        """Count each entry's fate in the metrics; returns the tally per outcome."""
         now = self.clock()
-        failed = 0
+        tally: dict[str, int] = {}
         outcome = self.metrics.outcome
         for o in settled.outcomes:
+            tally[o.outcome] = tally.get(o.outcome, 0) + 1
+            if o.outcome == store.SETTLED_ELSEWHERE:
+                continue
             if o.outcome == store.FAILED:
-                failed += 1
-                self.metrics.failure["persist"].inc()
                 log.error("%s: persisting %s (%s) failed: %s", self.name,
                           o.entry_id.decode(), o.region, o.error)
                 continue
-            label = "dead_lettered" if o.outcome == store.INVALID else o.outcome
-            outcome[(o.region, label)].inc()
-            if o.outcome == store.INVALID:
-                outcome[(o.region, "invalid")].inc()
-                log.warning("%s: entry %s dead-lettered: %s", self.name,
-                            o.entry_id.decode(), o.error)
+            outcome[(o.region, o.outcome)].inc()
+            if o.outcome == store.DEAD_LETTERED:
+                if o.invalid:
+                    outcome[(o.region, "invalid")].inc()
+                log.warning("%s: entry %s dead-lettered after %d deliveries: %s", self.name,
+                            o.entry_id.decode(), o.deliveries, o.error)
             ms = int(o.entry_id.split(b"-", 1)[0])
             self.metrics.e2e_latency.observe(max(0.0, now - ms / 1000))
         for err in settled.ack_errors:
             self.metrics.failure["ack"].inc()
             log.error("%s: XACK failed: %s", self.name, err)
-        return failed
+        return tally
 
     async def run(self) -> None:
         """Run steps until ``stop`` is set; errors back off instead of killing the worker.
@@ -145,7 +185,7 @@ class Worker:
         nothing pending under this worker's name."""
         while not self.stop.is_set():
             try:
-                result = await self.step()
+                result = await self.iteration()
             except ResponseError as exc:
                 await self._on_response_error(exc)
                 continue
@@ -156,8 +196,8 @@ class Worker:
                 log.warning("%s: Redis unavailable (%s); retrying", self.name, exc)
                 await self._pause(TRANSIENT_BACKOFF_S)
                 continue
-            if result is not None and result.failed:
-                await self._pause(RETRY_BACKOFF_S)
+            if result.failed:  # settings.retry_backoff_ms says why it is not 0
+                await self._pause(self.settings.retry_backoff_ms / 1000)
 
     async def _on_response_error(self, exc: ResponseError) -> None:
         kind = classify(exc)
@@ -173,7 +213,8 @@ class Worker:
             return
         self.metrics.failure["other"].inc()
         log.error("%s: Redis refused a command: %s", self.name, exc)
-        await self._pause(RETRY_BACKOFF_S)
+        await self._pause(self.settings.retry_backoff_ms / 1000)
 
     async def _pause(self, seconds: float) -> None:
-        await pause(self.stop, seconds)
+        # Jitter, so that workers hit by the same outage don't retry in lockstep.
+        await pause(self.stop, seconds * random.uniform(1 - JITTER, 1 + JITTER))

@@ -109,6 +109,17 @@ def build_parser() -> Parser:
                    help="seconds in-flight work gets after SIGTERM (default 10)")
     c.add_argument("--max-bytes", type=_int, help="larger payloads are dead-lettered")
     c.add_argument("--regions", type=parse_regions, help="accepted region ids")
+    c.add_argument("--min-idle-ms", type=_int,
+                   help="reclaim entries idle this long from any consumer (default 60000)")
+    c.add_argument("--claim-interval-ms", type=_int,
+                   help="how often the reclaimer sweeps the pending list (default 10000)")
+    c.add_argument("--max-deliveries", type=_int,
+                   help="failed deliveries before an entry is dead-lettered (default 5)")
+    c.add_argument("--retry-backoff-ms", type=_int,
+                   help="pause before retrying entries whose persist failed (default 1000)")
+    c.add_argument("--consumer-timeout", type=_number, dest="consumer_timeout_s",
+                   help="forget consumers idle this many seconds with nothing pending "
+                   "(default 3600)")
     _metrics_flags(c)
     _common(c)
 
@@ -123,6 +134,9 @@ def build_parser() -> Parser:
     t.add_argument("--refresh", type=_number, default=1.0, help="seconds between frames (default 1)")
     t.add_argument("--regions", type=parse_regions, help="regions to show")
     _common(t)
+    from regionstream.opscli import add_parsers
+
+    add_parsers(sub, _common, _number, _int)
 
     d = sub.add_parser("demo", help="producer + consumer group + live view, self-contained")
     d.add_argument("--duration", type=_number, help="stop after S seconds (default: Ctrl-C)")
@@ -136,7 +150,8 @@ def build_parser() -> Parser:
 
 SETTING_FLAGS = ("redis_url", "stream", "group", "prefix", "regions", "interval_s", "chunk",
                  "stream_retention_s", "workers", "batch", "block_ms", "name", "grace_s",
-                 "max_bytes", "metrics_port", "metrics_host")
+                 "max_bytes", "metrics_port", "metrics_host", "min_idle_ms", "claim_interval_ms",
+                 "max_deliveries", "consumer_timeout_s", "retry_backoff_ms")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -163,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     commands: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]] = {
         "produce": cmd_produce, "consume": cmd_consume, "show": cmd_show, "demo": cmd_demo,
-        "top": cmd_top,
+        "top": cmd_top, "pending": cmd_pending, "replay": cmd_replay,
     }
     try:
         return _run(commands[args.command](args, settings))
@@ -242,6 +257,26 @@ async def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     client = await _ping(settings)
     try:
         return await show(client, settings, args.region, as_json=args.json)
+    finally:
+        await client.aclose()
+
+
+async def cmd_pending(args: argparse.Namespace, settings: Settings) -> int:
+    from regionstream import opscli
+
+    client = await _ping(settings)
+    try:
+        return await opscli.cmd_pending(args, settings, client)
+    finally:
+        await client.aclose()
+
+
+async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from regionstream import opscli
+
+    client = await _ping(settings)
+    try:
+        return await opscli.cmd_replay(args, settings, client)
     finally:
         await client.aclose()
 

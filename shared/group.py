@@ -64,7 +64,7 @@ def next_id(entry_id: bytes) -> bytes:
     return b"%d-%d" % (int(ms), int(seq or 0) + 1)
 
 
-def _id_key(entry_id: bytes) -> tuple[int, int]:
+def id_key(entry_id: bytes) -> tuple[int, int]:
     ms, _, seq = entry_id.partition(b"-")
     return int(ms), int(seq or 0)
 
@@ -88,11 +88,11 @@ async def safe_trim_id(redis: aioredis.Redis, keys: Keys) -> bytes | None:
         bounds.append(next_id(g["last-delivered-id"]))
         if summary["pending"]:
             bounds.append(summary["min"])
-    return min(bounds, key=_id_key)
+    return min(bounds, key=id_key)
 
 
 def min_id(a: bytes, b: bytes) -> bytes:
-    return min(a, b, key=_id_key)
+    return min(a, b, key=id_key)
 
 
 def _s(v: bytes | str) -> str:

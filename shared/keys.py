@@ -56,7 +56,10 @@ class Keys:
         tag = self._tag(region).replace("{", "\\{").replace("}", "\\}")
         return f"{self.prefix}:*:v1:{tag}*"
 
-    def consumer_name(self, base: str, worker: int) -> str:
+    def consumer_name(self, base: str, worker: int | str) -> str:
         """Stable per-worker consumer name: a restarted worker gets its old name back, and with
         it its own pending entries, which it replays before reading new ones."""
         return f"{base}-{worker}"
+
+    def reclaimer_name(self, base: str) -> str:
+        return f"{base}-reclaimer"

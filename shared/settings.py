@@ -35,6 +35,9 @@ MAX_BYTES = 256 * 1024  # upstream snapshots are 3-20 KB; far beyond that is a b
 MIN_IDLE_MS = 60_000
 CLAIM_INTERVAL_MS = 10_000
 MAX_DELIVERIES = 5
+# After a failed persist a worker waits this long before retrying its own pending entries: a
+# write that failed (a wrong-type key, OOM) rarely heals within milliseconds.
+RETRY_BACKOFF_MS = 1_000
 CONSUMER_TIMEOUT_S = 3_600.0
 ENV_PREFIX = "REGIONSTREAM_"
 
@@ -112,6 +115,7 @@ class Settings:
     min_idle_ms: int = field(default=MIN_IDLE_MS, metadata={"check": _positive})
     claim_interval_ms: int = field(default=CLAIM_INTERVAL_MS, metadata={"check": _positive})
     max_deliveries: int = field(default=MAX_DELIVERIES, metadata={"check": _positive})
+    retry_backoff_ms: int = field(default=RETRY_BACKOFF_MS, metadata={"check": _non_negative})
     consumer_timeout_s: float = field(default=CONSUMER_TIMEOUT_S, metadata={"check": _positive})
     metrics_host: str = field(default="127.0.0.1", metadata={"check": _name})
     metrics_port: int = field(default=0, metadata={"check": _port})

@@ -41,7 +41,7 @@ def redis_url() -> Iterator[str]:
 def settings(redis_url: str) -> Settings:
     tag = uuid.uuid4().hex[:12]
     return Settings.load({
-        "redis_url": redis_url, "stream": f"test:{tag}:snapshots", "group": f"g-{tag}",
+        "redis_url": redis_url, "stream": f"test-stream:{tag}", "group": f"g-{tag}",
         "prefix": f"test:{tag}", "name": f"w-{tag}", "block_ms": 100, "grace_s": 5.0,
     }, env={})
 

@@ -81,13 +81,11 @@ async def test_sigterm_mid_drain_loses_nothing(client: aioredis.Redis, settings:
     assert await stored(client, keys, settings.regions) == N
 
 
-@pytest.mark.chaos
-async def test_sigkill_holding_pending_replays_them_on_restart(
-        client: aioredis.Redis, settings: Settings, keys: Keys) -> None:
-    await prefill(client, settings)
-    held = 0
-    for _ in range(MAX_KILL_ATTEMPTS):  # bounded: kill while the worker holds entries
-        proc = consume(settings, "kill")
+async def kill_while_holding(client: aioredis.Redis, settings: Settings, name: str) -> int:
+    """SIGKILL a draining consumer while it holds pending entries (bounded attempts); returns
+    how many entries the group has pending after the kill."""
+    for _ in range(MAX_KILL_ATTEMPTS):
+        proc = consume(settings, name)
 
         async def holding(proc: subprocess.Popen[bytes] = proc) -> bool:
             info = await client.xpending(settings.stream, settings.group)
@@ -96,10 +94,17 @@ async def test_sigkill_holding_pending_replays_them_on_restart(
         await wait_until(holding, what="the consumer holding pending entries")
         proc.kill()
         await finish(proc)
-        held = (await client.xpending(settings.stream, settings.group))["pending"]
+        held = int((await client.xpending(settings.stream, settings.group))["pending"])
         if held:
-            break
-    assert held > 0, "never caught the consumer holding entries"
+            return held
+    raise AssertionError("never caught the consumer holding entries")
+
+
+@pytest.mark.chaos
+async def test_sigkill_holding_pending_replays_them_on_restart(
+        client: aioredis.Redis, settings: Settings, keys: Keys) -> None:
+    await prefill(client, settings)
+    held = await kill_while_holding(client, settings, "kill")
     code, err = await finish(consume(settings, "kill"))  # same name: replays its own first
     assert code == 0, err.decode()[-2000:]
     again = settled(err)

@@ -1,0 +1,185 @@
+"""Operator tools: ``pending`` (who holds what) and ``replay`` (dead letters, pending entries of
+a dead consumer, a range of history)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+
+from consumer import scripts, store
+from consumer.message import Valid, check_entry
+from consumer.worker import Worker
+from shared.group import group_state
+from shared.keys import Keys
+from shared.metrics import ConsumerMetrics
+from shared.settings import Settings
+
+# How many pending entries `pending` inspects per consumer for the max delivery count; beyond
+# that the figure is a lower bound and says so.
+PENDING_SCAN_LIMIT = 10_000
+DLQ_PAGE = 500
+REPLAY_PAGE = 200
+PROVENANCE_PREFIX = b"dlq_"
+
+
+def _s(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def id_age_s(entry_id: bytes | str, now: float) -> float:
+    return max(0.0, now - int(_s(entry_id).split("-", 1)[0]) / 1000)
+
+
+@dataclass
+class ConsumerRow:
+    name: str
+    pending: int
+    idle_s: float
+    oldest_age_s: float | None = None
+    max_deliveries: int = 0
+    scanned_all: bool = True
+
+
+@dataclass
+class PendingReport:
+    stream: str
+    group: str
+    group_exists: bool
+    stream_length: int
+    lag: int | None
+    pending: int
+    dlq_length: int
+    consumers: list[ConsumerRow] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def pending_report(redis: aioredis.Redis, keys: Keys, now: float | None = None
+                         ) -> PendingReport:
+    now = time.time() if now is None else now
+    state = await group_state(redis, keys)
+    dlq_len = int(await redis.xlen(keys.dlq))
+    report = PendingReport(keys.stream, keys.group, state.exists, state.stream_length,
+                           state.lag, state.pending, dlq_len)
+    if not state.exists:
+        return report
+    consumers: Any = await redis.xinfo_consumers(keys.stream, keys.group)
+    for c in consumers:
+        row = ConsumerRow(_s(c["name"]), int(c["pending"]), int(c["idle"]) / 1000)
+        if row.pending:
+            rows: Any = await redis.xpending_range(keys.stream, keys.group, "-", "+",
+                                              PENDING_SCAN_LIMIT, row.name)
+            row.oldest_age_s = id_age_s(rows[0]["message_id"], now)
+            row.max_deliveries = max(int(r["times_delivered"]) for r in rows)
+            row.scanned_all = len(rows) >= row.pending
+        report.consumers.append(row)
+    return report
+
+
+@dataclass
+class Moved:
+    id: str
+    region: str
+    reason: str
+    new_id: str | None = None
+
+
+async def replay_dlq(redis: aioredis.Redis, keys: Keys, *, region: str | None = None,
+                     reason: str | None = None, limit: int | None = None,
+                     dry_run: bool = False) -> list[Moved]:
+    """Move dead letters back onto the stream with their original fields; each is removed from
+    the dead-letter stream in the same step (one script per entry)."""
+    moved: list[Moved] = []
+    start = "-"
+    while limit is None or len(moved) < limit:
+        page: Any = await redis.xrange(keys.dlq, start, "+", count=DLQ_PAGE)
+        for dlq_id, fields in page:
+            if limit is not None and len(moved) >= limit:
+                break
+            r = _s(fields.get(b"region", b"?"))
+            why = _s(fields.get(b"dlq_reason", b"?"))
+            if (region and r != region) or (reason and reason not in why):
+                continue
+            m = Moved(_s(dlq_id), r, why)
+            if not dry_run:
+                original = [x for k, v in fields.items()
+                            if not k.startswith(PROVENANCE_PREFIX) for x in (k, v)]
+                new_id = await scripts.call(redis, scripts.replay_dlq(), [keys.stream, keys.dlq],
+                                            [dlq_id, *original])
+                if new_id is None:
+                    continue  # replayed by someone else meanwhile
+                m.new_id = _s(new_id)
+            moved.append(m)
+        if len(page) < DLQ_PAGE:
+            break
+        start = "(" + _s(page[-1][0])
+    return moved
+
+
+@dataclass
+class Replayed:
+    entries: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    ids: list[str] = field(default_factory=list)
+
+
+def _tally(result: Replayed, settled: store.Settled) -> None:
+    for o in settled.outcomes:
+        result.outcomes[o.outcome] = result.outcomes.get(o.outcome, 0) + 1
+
+
+async def replay_pending(redis: aioredis.Redis, keys: Keys, settings: Settings, *,
+                         consumer: str | None, min_idle_ms: int, dry_run: bool,
+                         as_name: str) -> Replayed:
+    """Claim (XCLAIM) what ``consumer`` (or any consumer) holds idle for ``min_idle_ms`` and
+    settle it now under ``as_name``, through the normal persist path."""
+    result = Replayed()
+    worker = Worker(redis, keys, settings, as_name, ConsumerMetrics(CollectorRegistry()),
+                    asyncio.Event())
+    start: str = "-"
+    while True:
+        rows: Any = await redis.xpending_range(keys.stream, keys.group, start, "+", REPLAY_PAGE,
+                                          consumer, idle=min_idle_ms)
+        ids = [r["message_id"] for r in rows if r["consumer"] != as_name.encode()]
+        result.ids += [_s(i) for i in ids]
+        if ids and not dry_run:
+            claimed: Any = await redis.xclaim(keys.stream, keys.group, as_name, min_idle_ms, ids)
+            result.entries += len(claimed)
+            step = await worker.process(claimed)
+            for k, v in step.outcomes.items():
+                result.outcomes[k] = result.outcomes.get(k, 0) + v
+        if len(rows) < REPLAY_PAGE:
+            return result
+        start = "(" + _s(rows[-1]["message_id"])
+
+
+async def replay_range(redis: aioredis.Redis, keys: Keys, settings: Settings, *, start: str,
+                       end: str, dry_run: bool) -> Replayed:
+    """Re-drive stream history through dedup: each entry goes through the persist script
+    without an ack (it belongs to the group's own accounting). Idempotent: what is stored is
+    recognized and nothing is written twice."""
+    result = Replayed()
+    cursor = start
+    while True:
+        page: Any = await redis.xrange(keys.stream, cursor, end, count=REPLAY_PAGE)
+        now_ms = int(time.time() * 1000)
+        checked = [check_entry(i, f, max_bytes=settings.max_bytes, now_ms=now_ms,
+                               regions=settings.regions) for i, f in page]
+        valid = [c for c in checked if isinstance(c, Valid)]
+        result.entries += len(page)
+        result.ids += [_s(i) for i, _ in page]
+        invalid = len(page) - len(valid)
+        if invalid:
+            result.outcomes["invalid"] = result.outcomes.get("invalid", 0) + invalid
+        if valid and not dry_run:
+            _tally(result, await store.settle(redis, keys, settings, "replay-range", valid, (),
+                                              ack=False))
+        if len(page) < REPLAY_PAGE:
+            return result
+        cursor = "(" + _s(page[-1][0])

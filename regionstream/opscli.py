@@ -1,0 +1,126 @@
+"""``regionstream pending`` and ``regionstream replay``: output as a table, or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from typing import Any
+
+import redis.asyncio as aioredis
+from rich.console import Console
+from rich.table import Table
+
+from consumer.ops import PendingReport, pending_report, replay_dlq, replay_pending, replay_range
+from shared.keys import Keys
+from shared.settings import Settings
+
+
+def add_parsers(sub: Any, common: Any, number: Any, integer: Any) -> None:
+    p = sub.add_parser("pending", help="who holds what: per-consumer pending, lag, DLQ")
+    p.add_argument("--json", action="store_true")
+    common(p)
+
+    r = sub.add_parser("replay", help="re-drive dead letters, a dead consumer's pending "
+                       "entries, or a range of history")
+    what = r.add_mutually_exclusive_group(required=True)
+    what.add_argument("--dlq", action="store_true", help="move dead letters back onto the stream")
+    what.add_argument("--pending", action="store_true",
+                      help="claim and process now what a (dead) consumer holds")
+    what.add_argument("--range", nargs=2, metavar=("START", "END"),
+                      help="re-drive stream entries START..END through dedup (idempotent)")
+    r.add_argument("--region", help="--dlq: only this region")
+    r.add_argument("--reason", help="--dlq: only dead letters whose reason contains TEXT")
+    r.add_argument("--limit", type=integer, help="--dlq: at most N entries")
+    r.add_argument("--consumer", help="--pending: only this consumer's entries")
+    r.add_argument("--min-idle-ms", type=integer, default=None, dest="replay_min_idle_ms",
+                   help="--pending: only entries idle at least this long (default: the "
+                   "consumer's --min-idle-ms, 60000; 0 for a consumer known to be dead)")
+    r.add_argument("--dry-run", action="store_true", help="list what would be done, do nothing")
+    r.add_argument("--json", action="store_true")
+    common(r)
+
+
+def _console() -> Console:
+    return Console(file=sys.stdout, width=max(100, Console().width))
+
+
+def _age(s: float | None) -> str:
+    if s is None:
+        return "-"
+    return f"{s:.1f}s" if s < 120 else f"{s / 60:.1f}m" if s < 7200 else f"{s / 3600:.1f}h"
+
+
+def print_pending(report: PendingReport) -> None:
+    c = _console()
+    if not report.group_exists:
+        c.print(f"stream {report.stream!r} has no group {report.group!r}")
+        return
+    lag = "?" if report.lag is None else str(report.lag)
+    c.print(f"stream [bold]{report.stream}[/] length {report.stream_length}  group "
+            f"[bold]{report.group}[/] lag {lag} pending {report.pending}  dead letters "
+            f"{report.dlq_length}")
+    if not report.consumers:
+        c.print("no consumers")
+        return
+    t = Table("consumer", "pending", "idle", "oldest pending", "max deliveries")
+    for row in report.consumers:
+        most = f"{row.max_deliveries}" + ("" if row.scanned_all else "+")
+        t.add_row(row.name, str(row.pending), _age(row.idle_s), _age(row.oldest_age_s),
+                  most if row.pending else "-")
+    c.print(t)
+
+
+async def cmd_pending(args: argparse.Namespace, settings: Settings, redis: aioredis.Redis
+                      ) -> int:
+    report = await pending_report(redis, Keys(settings.prefix, settings.stream, settings.group))
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        print_pending(report)
+    return 0
+
+
+async def cmd_replay(args: argparse.Namespace, settings: Settings, redis: aioredis.Redis
+                     ) -> int:
+    keys = Keys(settings.prefix, settings.stream, settings.group)
+    verb = "would move" if args.dry_run else "moved"
+    if args.dlq:
+        moved = await replay_dlq(redis, keys, region=args.region, reason=args.reason,
+                                 limit=args.limit, dry_run=args.dry_run)
+        out: dict[str, Any] = {"dry_run": args.dry_run, "entries": [asdict(m) for m in moved]}
+        rows: list[tuple[str, ...]] = [(m.id, m.region, m.reason, m.new_id or "-")
+                                       for m in moved]
+        header: tuple[str, ...] = ("dead letter", "region", "reason", "new stream id")
+        summary = f"{verb} {len(moved)} dead letter(s) back onto {keys.stream}"
+    else:
+        if args.pending:
+            min_idle = (settings.min_idle_ms if args.replay_min_idle_ms is None
+                        else args.replay_min_idle_ms)
+            done = await replay_pending(redis, keys, settings, consumer=args.consumer,
+                                        min_idle_ms=min_idle, dry_run=args.dry_run,
+                                        as_name=keys.consumer_name(settings.name, "replay"))
+            what = f"pending entries of {args.consumer or 'any consumer'}"
+        else:
+            start, end = args.range
+            done = await replay_range(redis, keys, settings, start=start, end=end,
+                                      dry_run=args.dry_run)
+            what = f"stream entries {start}..{end}"
+        out = {"dry_run": args.dry_run, "ids": done.ids, "outcomes": done.outcomes}
+        rows = [(i,) for i in done.ids] if args.dry_run else [
+            (k, str(v)) for k, v in sorted(done.outcomes.items())]
+        header = ("entry",) if args.dry_run else ("outcome", "entries")
+        verb = "would replay" if args.dry_run else "replayed"
+        summary = f"{verb} {len(done.ids)} {what}"
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    c = _console()
+    if rows:
+        t = Table(*header)
+        for row in rows:
+            t.add_row(*row)
+        c.print(t)
+    c.print(summary)
+    return 0
