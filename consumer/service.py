@@ -69,21 +69,26 @@ class Consumer:
         return self.workers
 
     async def run(self, *, drain: bool = False, redis: aioredis.Redis | None = None) -> None:
-        own = redis is None
-        # One connection per blocked reader, plus room for settles and the drain poll.
-        client = redis or connect(self.settings.redis_url)
+        """Run the workers (and the reclaimer) until stopped, or drained with ``drain``.
+
+        Without ``redis``, the workers get a client that never re-sends a command by itself
+        (see shared.connection.connect: a silently re-sent XREADGROUP would skip entries) and
+        set-up and the drain watch get one that does."""
+        control = redis or connect(self.settings.redis_url)
+        workers = redis or connect(self.settings.redis_url, retries=0)
         try:
-            await self.prepare(client)
+            await self.prepare(control)
             tasks = [asyncio.create_task(w.run(), name=w.name)
-                     for w in self.make_workers(client)]
+                     for w in self.make_workers(workers)]
             if drain:
-                tasks.append(asyncio.create_task(self._drain_watch(client)))
+                tasks.append(asyncio.create_task(self._drain_watch(control)))
             await self._supervise(tasks)
         finally:
             # One line a supervisor or a test can read: what this process settled.
             log.info("settled: %s", " ".join(f"{k}={v}" for k, v in self.totals().items()))
-            if own:
-                await client.aclose()
+            if redis is None:
+                await control.aclose()
+                await workers.aclose()
 
     async def _supervise(self, tasks: list[asyncio.Task[None]]) -> None:
         """Wait for the workers; a crashed worker stops the others (then the process exits

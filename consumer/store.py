@@ -49,6 +49,7 @@ class _Call:
 class Settled:
     outcomes: list[Outcome] = field(default_factory=list)
     ack_errors: list[str] = field(default_factory=list)
+    scripts_reloaded: bool = False  # Redis answered NOSCRIPT (restart, SCRIPT FLUSH, failover)
 
 
 def _persist_call(keys: Keys, s: Settings, region: str, batch: list[Valid], ack: bool
@@ -116,7 +117,9 @@ async def settle(redis: aioredis.Redis, keys: Keys, s: Settings, consumer: str,
         again = await _send(redis, [calls[i] for i in refused])
         for i, r in zip(refused, again, strict=True):
             results[i] = r
-    return _interpret(calls, results)
+    settled = _interpret(calls, results)
+    settled.scripts_reloaded = bool(refused)
+    return settled
 
 
 def _interpret(calls: Sequence[_Call], results: Sequence[Any]) -> Settled:

@@ -16,7 +16,7 @@ from redis.exceptions import RedisError, ResponseError
 from consumer import store
 from consumer.message import Poison, Valid, check_entry
 from shared.aio import pause
-from shared.connection import ErrorKind, classify
+from shared.connection import ErrorKind, backoff, classify
 from shared.group import ensure_group, id_key
 from shared.keys import Keys
 from shared.metrics import ConsumerMetrics
@@ -24,9 +24,6 @@ from shared.settings import Settings
 
 log = logging.getLogger("regionstream.consumer")
 
-# After a transient Redis error (connection reset, LOADING, failover) the worker waits this long
-# before the next read; redis-py already retried the command itself a few times by then.
-TRANSIENT_BACKOFF_S = 0.5
 
 JITTER = 0.5  # back-offs vary by +-50%
 
@@ -51,6 +48,10 @@ class Worker:
         # A (re)started worker first replays what it still holds from before (read from 0),
         # then reads new entries: nothing it was given before a crash is left behind.
         self.cursor = ONLY_OWN
+        # Transient errors back off exponentially (capped, jittered): a Redis that is down for
+        # a minute is retried every second or so, not hammered.
+        self.backoff = backoff()
+        self.errors_in_a_row = 0
 
     async def _read(self) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
         replay = self.cursor != NEW
@@ -89,6 +90,9 @@ class Worker:
         settled = await store.settle(self.redis, self.keys, self.settings, self.name,
                                      valid, poison)
         self.metrics.rtt["settle"].observe(time.perf_counter() - started)
+        if settled.scripts_reloaded:
+            self.metrics.failure["noscript"].inc()
+            log.warning("%s: Redis had lost our scripts; loaded them again", self.name)
         failed = [o for o in settled.outcomes if o.outcome == store.FAILED]
         if failed:
             self.metrics.failure["persist"].inc(len(failed))
@@ -194,8 +198,13 @@ class Worker:
                     raise
                 self.metrics.failure["transient"].inc()
                 log.warning("%s: Redis unavailable (%s); retrying", self.name, exc)
-                await self._pause(TRANSIENT_BACKOFF_S)
+                # What we read may not have been settled: take our own pending entries first
+                # (harmless if it was: they are recognized as redeliveries).
+                self.cursor = ONLY_OWN
+                self.errors_in_a_row += 1
+                await self._pause(self.backoff.compute(self.errors_in_a_row))
                 continue
+            self.errors_in_a_row = 0
             if result.failed:  # settings.retry_backoff_ms says why it is not 0
                 await self._pause(self.settings.retry_backoff_ms / 1000)
 
@@ -211,8 +220,9 @@ class Worker:
                       self.keys.group, self.keys.stream)
             self.cursor = ONLY_OWN
             return
-        self.metrics.failure["other"].inc()
+        self.metrics.failure["transient" if kind is ErrorKind.TRANSIENT else "other"].inc()
         log.error("%s: Redis refused a command: %s", self.name, exc)
+        self.cursor = ONLY_OWN  # whatever was read before the error is retried first
         await self._pause(self.settings.retry_backoff_ms / 1000)
 
     async def _pause(self, seconds: float) -> None:

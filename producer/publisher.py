@@ -35,8 +35,10 @@ class Publisher:
         pipe = self.redis.pipeline(transaction=False)
         for snap, payload in zip(snaps, payloads, strict=True):
             pipe.xadd(self.keys.stream, wire.entry_fields(snap, payload))  # type: ignore[arg-type]
+        started = time.perf_counter()
         ids: list[bytes] = await pipe.execute()
         if self.metrics is not None:
+            self.metrics.rtt["publish"].observe(time.perf_counter() - started)
             for snap in snaps:
                 self.metrics.region[snap.region_id].inc()
         return ids
@@ -53,5 +55,8 @@ class Publisher:
             bound = min_id(bound, cutoff)
         # Exact (not "~") trimming: with "~" Redis may keep more, never less, but exact makes
         # the retention promise checkable.
+        started = time.perf_counter()
         removed: int = await self.redis.xtrim(self.keys.stream, minid=bound, approximate=False)
+        if self.metrics is not None:
+            self.metrics.rtt["trim"].observe(time.perf_counter() - started)
         return removed

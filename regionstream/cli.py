@@ -240,14 +240,11 @@ async def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     from consumer.service import Consumer
 
-    client = await _ping(settings)
+    await (await _ping(settings)).aclose()  # a clear message now if Redis is unreachable
     consumer = Consumer(settings)
     _serve_metrics(settings, consumer.registry)
     consumer.install_signal_handlers(asyncio.get_running_loop())
-    try:
-        await consumer.run(drain=args.drain, redis=client)
-    finally:
-        await client.aclose()
+    await consumer.run(drain=args.drain)  # its own client: see shared.connection.connect
     return EXIT_OK
 
 

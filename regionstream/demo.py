@@ -86,7 +86,7 @@ async def run_demo(settings: Settings, *, duration: float | None, interval_s: fl
         err.print(f"[bold]demo[/]: {len(s.regions)} regions every {interval_s:g}s -> stream "
                   f"{s.stream!r} -> group {s.group!r} ({workers} workers); Ctrl-C stops")
         tasks = [asyncio.create_task(producer.run(client)),
-                 asyncio.create_task(consumer.run(redis=client))]
+                 asyncio.create_task(consumer.run())]
         try:
             await _show(client, consumer.keys, s, consumer.totals, stop, plain)
             await asyncio.gather(*tasks)

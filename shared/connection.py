@@ -60,16 +60,28 @@ def classify(exc: BaseException | str) -> ErrorKind:
     }.get(head, ErrorKind.OTHER)
 
 
-def connect(url: str, *, max_connections: int | None = None, **kwargs: Any) -> aioredis.Redis:
-    """An asyncio client for ``url`` (hiredis parses replies when installed)."""
+def backoff() -> EqualJitterBackoff:
+    """redis-py's jittered exponential backoff, capped: used by its own retries and by the
+    consumer's loop alike."""
+    return EqualJitterBackoff(BACKOFF_CAP_S, BACKOFF_BASE_S)
+
+
+def connect(url: str, *, retries: int = CONNECT_RETRIES, **kwargs: Any) -> aioredis.Redis:
+    """An asyncio client for ``url`` (hiredis parses replies when installed).
+
+    ``retries`` > 0: redis-py re-sends a command after a dropped connection. That suits
+    idempotent work (a publish is deduplicated downstream, reads of state, scripts of ours)
+    but not XREADGROUP: when a reply is lost the server has already moved the entries into the
+    consumer's pending list, and a silent re-send would read past them. The consumer's workers
+    therefore use ``retries=0`` and handle the error themselves (re-reading their own pending
+    entries first)."""
     return aioredis.Redis.from_url(
         url,
         decode_responses=False,
-        max_connections=max_connections,
         socket_connect_timeout=SOCKET_CONNECT_TIMEOUT_S,
         health_check_interval=HEALTH_CHECK_INTERVAL_S,
-        retry=Retry(EqualJitterBackoff(BACKOFF_CAP_S, BACKOFF_BASE_S), CONNECT_RETRIES),
-        retry_on_error=[ConnectionError, TimeoutError, BusyLoadingError],
+        retry=Retry(backoff(), retries),
+        retry_on_error=[ConnectionError, TimeoutError, BusyLoadingError] if retries else [],
         **kwargs,
     )
 

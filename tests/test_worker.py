@@ -103,7 +103,9 @@ async def test_script_flush_is_survived(client: aioredis.Redis, settings: Settin
     assert (await w.step()).replay  # a fresh worker first walks its (empty) pending list
     result = await w.step()
     assert result.read == 8 and result.failed == 0
+    assert result.outcomes == {"persisted": 8}
     assert await client.script_exists(scripts.persist().sha) == [True]
+    assert w.metrics.failure["noscript"]._value.get() == 1
 
 
 async def test_trim_never_drops_unacknowledged_entries(client: aioredis.Redis,
