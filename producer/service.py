@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
+from redis.exceptions import RedisError
 
 from producer.publisher import Publisher
 from producer.sources import Chunk, read_lines, read_stream, stdin_bytes
 from producer.synthetic import SyntheticSource
 from shared.aio import pause
+from shared.connection import ErrorKind, backoff, classify
 from shared.keys import Keys
 from shared.metrics import ProducerMetrics
 from shared.schema import encode
@@ -55,16 +57,35 @@ class Producer:
         self.metrics = ProducerMetrics(self.registry, s.regions)
         self.source = SyntheticSource(s.regions, seed=self.seed)
         self.report = Report()
+        self._backoff = backoff()
 
     async def cycle(self, pub: Publisher) -> list[bytes]:
-        """One cycle: a snapshot per region, published in one round trip, then a trim."""
+        """One cycle: a snapshot per region, published in one round trip, then a trim.
+
+        If Redis is unavailable the same snapshots are published again after a capped,
+        jittered backoff until they land or the producer is stopped (a retried publish that
+        had landed after all is recognized downstream as a redelivery): a Redis outage delays
+        a cycle, it does not lose it."""
+        snaps = self.source.cycle(now_ms())
         started = time.perf_counter()
+        failures = 0
+        while True:
+            try:
+                ids = await pub.publish(snaps)
+                break
+            except (RedisError, OSError) as exc:
+                if classify(exc) is not ErrorKind.TRANSIENT or self.stop.is_set():
+                    self.metrics.publish_failures.inc()
+                    raise
+                failures += 1
+                self.metrics.publish_failures.inc()
+                log.warning("publishing cycle failed (%s); retry %d", exc, failures)
+                if await pause(self.stop, self._backoff.compute(failures)):
+                    raise
         try:
-            ids = await pub.publish(self.source.cycle(now_ms()))
             await pub.trim()
-        except Exception:
-            self.metrics.publish_failures.inc()
-            raise
+        except (RedisError, OSError) as exc:  # the cycle is published; trimming can wait
+            log.warning("trimming the stream failed: %s", exc)
         self.metrics.cycle_seconds.observe(time.perf_counter() - started)
         self.metrics.last_success.set_to_current_time()
         self.report.published += len(ids)

@@ -59,13 +59,14 @@ def redis_server_binary() -> str | None:
     return shutil.which("redis-server")
 
 
-def start_redis_server(binary: str | None = None, *, extra: tuple[str, ...] = ()) -> Server:
+def start_redis_server(binary: str | None = None, *, port: int | None = None,
+                       extra: tuple[str, ...] = ()) -> Server:
     """A throwaway redis-server: no persistence, loopback only, its own temp directory."""
     binary = binary or redis_server_binary()
     if binary is None:
         raise FileNotFoundError("redis-server is not installed")
     tmp = tempfile.mkdtemp(prefix="regionstream-redis-")
-    port = free_port()
+    port = port or free_port()
     log = Path(tmp, "redis.log")
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
