@@ -1,0 +1,120 @@
+"""What the benchmarks race the consumer against, and how every contender counts its acks.
+
+- :class:`Baseline`: upstream's shape, one message at a time: ``SET NX`` the dedup marker, then
+  ONE non-transactional pipeline of the data writes, then ``XACK``, each awaited in series.
+  Same payloads, same validation (``check_entry``) and the same keys (``shared.keys.Keys``) as
+  the consumer, so the only difference measured is the round-trip shape.
+- :class:`Ceiling`: read + ack only (``XREADGROUP`` + ``XACK``, no decode, no persistence): the
+  most any consumer of this stream could do with the same batch size and concurrency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+
+from consumer.message import Valid, check_entry
+from shared.keys import Keys, dedup_bucket
+from shared.settings import Settings
+
+NEW = b">"
+MS_PER_S = 1000
+# Latency samples kept per run: enough for a p99 of a 10 s run at 5k msg/s, and bounded.
+MAX_LATENCY_SAMPLES = 200_000
+
+
+@dataclass
+class Tracker:
+    """Acks seen by one process: a count, first/last wall time and (optionally) latencies from
+    the entry id's time (XADD on the server) to the ack being confirmed here."""
+
+    keep_latency: bool = False
+    count: int = 0
+    t_first: float | None = None
+    t_last: float | None = None
+    latencies_s: list[float] = field(default_factory=list)
+
+    def acked(self, entry_ids: Iterable[bytes]) -> None:
+        now = time.time()
+        n = 0
+        keep = self.keep_latency and len(self.latencies_s) < MAX_LATENCY_SAMPLES
+        for eid in entry_ids:
+            n += 1
+            if keep:
+                self.latencies_s.append(now - int(eid.split(b"-", 1)[0]) / MS_PER_S)
+        if n:
+            self.count += n
+            self.t_first = self.t_first if self.t_first is not None else now
+            self.t_last = now
+
+
+class _Contender:
+    def __init__(self, redis: aioredis.Redis, keys: Keys, settings: Settings, name: str,
+                 tracker: Tracker) -> None:
+        self.redis, self.keys, self.s, self.name, self.tracker = (
+            redis, keys, settings, name, tracker)
+        # Set to stop between messages; a read in progress returns within block_ms.
+        self.stop = asyncio.Event()
+
+    async def _read(self, consumer: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        reply = await self.redis.xreadgroup(self.keys.group, consumer, {self.keys.stream: NEW},
+                                            count=self.s.batch, block=self.s.block_ms)
+        return reply[0][1] if reply else []
+
+
+class Baseline(_Contender):
+    """Upstream's persistence shape as a single stream reader (see the module docstring)."""
+
+    async def run(self) -> None:
+        """Until stopped: read a batch, then settle its messages one by one."""
+        while not self.stop.is_set():
+            for entry_id, fields in await self._read(self.name):
+                if self.stop.is_set():
+                    return  # the rest stays pending, like a killed upstream run
+                await self.settle_one(entry_id, fields)
+
+    async def settle_one(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        checked = check_entry(entry_id, fields, max_bytes=self.s.max_bytes,
+                              now_ms=int(time.time() * MS_PER_S), regions=self.s.regions)
+        if isinstance(checked, Valid):
+            await self._persist(checked)
+        # upstream has no dead-letter stream: an invalid message is just acknowledged
+        await self.redis.xack(self.keys.stream, self.keys.group, entry_id)
+        self.tracker.acked((entry_id,))
+
+    async def _persist(self, v: Valid) -> None:
+        k, s = self.keys, self.s
+        bucket = dedup_bucket(v.generated_at, s.dedup_window_ms)
+        # Round trip 1: the marker first (upstream's order, and its bug).
+        fresh = await self.redis.set(k.dedup(v.region, v.trigger_reason, bucket),
+                                     v.snapshot_id, ex=s.dedup_window_s, nx=True)
+        if not fresh:
+            return  # duplicate-bucket: skipped
+        # Round trip 2: the data writes in one non-transactional pipeline.
+        cutoff_ms = int(time.time() * MS_PER_S) - s.retention_s * MS_PER_S
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(k.by_id(v.region, v.snapshot_id), v.payload, ex=s.retention_s)
+        pipe.set(k.latest(v.region), v.snapshot_id, ex=s.retention_s)
+        pipe.zadd(k.index(v.region), {v.snapshot_id: v.generated_at})
+        pipe.zremrangebyscore(k.index(v.region), "-inf", f"({cutoff_ms}")
+        await pipe.execute()
+
+
+class Ceiling(_Contender):
+    """``settings.workers`` loops of XREADGROUP + XACK: no decode, no writes."""
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for i in range(self.s.workers):
+                tg.create_task(self._loop(self.keys.consumer_name(self.name, i)))
+
+    async def _loop(self, consumer: str) -> None:
+        while not self.stop.is_set():
+            ids = [entry_id for entry_id, _ in await self._read(consumer)]
+            if ids:
+                await self.redis.xack(self.keys.stream, self.keys.group, *ids)
+                self.tracker.acked(ids)

@@ -1,0 +1,135 @@
+"""PNG plots of a results document (matplotlib, Agg: no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # after use("Agg"): the backend is chosen first
+
+DPI = 110
+WIDE = (9.0, 4.8)
+COLORS = {"consumer": "tab:blue", "baseline": "tab:red", "ceiling": "tab:gray"}
+LINESTYLES = ("-", "--", ":", "-.")
+HEADROOM = 1.2  # y-axis room above the highest point
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def _subtitle(doc: dict[str, Any]) -> str:
+    m = doc["machine"]
+    kind = "quick smoke run" if doc["quick"] else "full run"
+    return f"{kind}, {doc['started_at']}, {m['cpus_available']} CPUs, {m['redis_server'][:22]}"
+
+
+def throughput(doc: dict[str, Any], out: Path) -> Path | None:
+    d = doc["scenarios"].get("drain")
+    if not d:
+        return None
+    roles = ["baseline", "consumer", "ceiling"]
+    rates = [d[r]["msgs_per_s"] for r in roles]
+    fig, ax = plt.subplots(figsize=WIDE)
+    bars = ax.bar(["baseline\n(upstream shape)", "consumer", "ceiling\n(read + ack only)"],
+                  rates, color=[COLORS[r] for r in roles])
+    for bar, r in zip(bars, roles, strict=True):
+        label = f"{d[r]['msgs_per_s']:,.0f}/s\n{d[r]['cpu_us_per_msg']} CPU-µs/msg"
+        ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=9)
+    ax.set_yscale("log")
+    ax.set_ylabel("messages / s (log)")
+    ax.set_title(f"Drain rate, {d['messages']:,} snapshots (~{d['mean_payload_bytes']} B): "
+                 f"{d['ratio_vs_baseline']}x baseline, {d['fraction_of_ceiling']:.0%} of "
+                 f"ceiling\n{_subtitle(doc)}", fontsize=10)
+    ax.margins(y=0.3)
+    return _save(fig, out / "throughput.png")
+
+
+def latency_cdf(doc: dict[str, Any], out: Path) -> Path | None:
+    d = doc["scenarios"].get("latency")
+    if not d:
+        return None
+    fig, ax = plt.subplots(figsize=WIDE)
+    for i, (rate, figures) in enumerate(sorted(d["rates"].items(), key=lambda kv: int(kv[0]))):
+        for role in ("consumer", "baseline"):
+            pts = figures[role]["cdf"]
+            if not pts:
+                continue
+            p99 = figures[role]["p99_ms"]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=COLORS[role],
+                    linestyle=LINESTYLES[i % len(LINESTYLES)],
+                    label=f"{role} @ {int(rate):,}/s (p99 "
+                          f"{'unbounded' if p99 is None else f'{p99:.1f} ms'})")
+    ax.axhline(0.99, color="black", linewidth=0.5)
+    ax.set_xscale("log")
+    ax.set_xlabel("entry id time -> ack (ms, log)")
+    ax.set_ylabel("fraction of messages")
+    ax.set_ylim(0, 1.01)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(f"Latency under steady load (CDF)\n{_subtitle(doc)}", fontsize=10)
+    return _save(fig, out / "latency_cdf.png")
+
+
+def scaling(doc: dict[str, Any], out: Path) -> Path | None:
+    d = doc["scenarios"].get("scaling")
+    if not d:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=WIDE)
+    procs = [r["processes"] for r in d["runs"]]
+    left.plot(procs, [r["msgs_per_s"] for r in d["runs"]], marker="o",
+              color=COLORS["consumer"], label="consumer")
+    left.axhline(d["baseline"]["msgs_per_s"], color=COLORS["baseline"], linestyle="--",
+                 label="baseline (1 process)")
+    left.axvline(d["cpus_available"], color="black", linewidth=0.5, linestyle=":",
+                 label=f"{d['cpus_available']} CPUs")
+    left.set_xticks(procs)
+    left.set_xlabel("consumer processes")
+    left.set_ylabel("messages / s")
+    left.set_ylim(bottom=0)
+    left.legend(fontsize=8)
+    left.set_title(f"Scaling, {d['messages']:,} snapshots", fontsize=10)
+    mem = d["memory"]
+    samples = mem["rss_samples_mib"]
+    right.plot([s[0] for s in samples], [s[1] for s in samples], marker=".",
+               color=COLORS["consumer"])
+    right.set_xlabel("messages acknowledged")
+    right.set_ylabel("consumer RSS (MiB)")
+    right.set_ylim(0, max(s[1] for s in samples) * HEADROOM)
+    growth = mem["rss_growth"]
+    right.set_title(f"Memory: {'n/a' if growth is None else f'{growth:+.1%}'} from "
+                    f"{mem['checkpoint_messages']:,} to {mem['messages_reached']:,}",
+                    fontsize=10)
+    fig.suptitle(_subtitle(doc), fontsize=9)
+    return _save(fig, out / "scaling.png")
+
+
+def seed_cycle(doc: dict[str, Any], out: Path) -> Path | None:
+    d = doc["scenarios"].get("seed_cycle")
+    if not d:
+        return None
+    fig, ax = plt.subplots(figsize=WIDE)
+    for row, role in enumerate(("consumer", "baseline")):
+        acks = d[role]["xack_times_rtt"]
+        ax.scatter(acks, [row] * len(acks), color=COLORS[role], zorder=3)
+        done = d[role]["first_id_to_last_persisted_rtt"]
+        ax.barh(row, done, color=COLORS[role], alpha=0.25)
+        ax.annotate(f"last region persisted at {done} RTT", (done, row + 0.25), fontsize=9)
+    ax.set_yticks([0, 1], ["consumer", "baseline"])
+    ax.set_xlabel(f"round trips ({d['rtt_ms']:.0f} ms) after the first entry id; "
+                  "dots: XACKs")
+    ax.set_ylim(-0.6, 1.8)
+    ax.set_title(f"The seed's cycle, 8 regions at {d['rtt_ms']:.0f} ms RTT: "
+                 f"{d['ratio_vs_baseline']}x faster\n{_subtitle(doc)}", fontsize=10)
+    return _save(fig, out / "seed_cycle.png")
+
+
+def write_all(doc: dict[str, Any], out: Path) -> list[Path]:
+    made = [f(doc, out) for f in (seed_cycle, throughput, latency_cdf, scaling)]
+    return [p for p in made if p is not None]

@@ -1,0 +1,97 @@
+"""A markdown table of a results document (pasted into the README's Benchmarks section)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+SUMMARY_FILE = "summary.md"
+
+
+def _yes(met: bool | None) -> str:
+    return {True: "yes", False: "**no**", None: "-"}[met]
+
+
+def _seed(d: dict[str, Any]) -> list[str]:
+    c, b, t = d["consumer"], d["baseline"], d["targets"]
+    return [
+        f"| 1 seed cycle @ {d['rtt_ms']:.0f} ms RTT | entry-id spread | "
+        f"{c['entry_id_spread_rtt']} RTT ({c['entry_id_spread_ms']} ms) | < 0.5 RTT | "
+        f"{_yes(t['entry_id_spread_rtt']['met'])} | |",
+        f"| | first id -> last region persisted | {c['first_id_to_last_persisted_rtt']} RTT "
+        f"(baseline {b['first_id_to_last_persisted_rtt']} RTT) | <= 1.5 RTT | "
+        f"{_yes(t['first_id_to_last_persisted_rtt']['met'])} | {d['ratio_vs_baseline']}x |",
+    ]
+
+
+def _drain(d: dict[str, Any]) -> list[str]:
+    c, b, ce, t = d["consumer"], d["baseline"], d["ceiling"], d["targets"]
+    return [
+        f"| 2 drain {d['messages']:,} x ~{d['mean_payload_bytes'] / 1024:.1f} KB | msg/s | "
+        f"{c['msgs_per_s']:,.0f} (baseline {b['msgs_per_s']:,.0f}, ceiling "
+        f"{ce['msgs_per_s']:,.0f}) | >= 15x baseline | {_yes(t['vs_baseline']['met'])} | "
+        f"{d['ratio_vs_baseline']}x |",
+        f"| | share of read+ack ceiling | {d['fraction_of_ceiling']:.0%} | >= 25% | "
+        f"{_yes(t['of_ceiling']['met'])} | |",
+        f"| | CPU-µs/msg (consumer / baseline / ceiling) | {c['cpu_us_per_msg']} / "
+        f"{b['cpu_us_per_msg']} / {ce['cpu_us_per_msg']} | - | - | "
+        f"{d['cpu_ratio_baseline_vs_consumer']}x less |",
+    ]
+
+
+def _ms(v: float | None) -> str:
+    return "unbounded" if v is None else f"{v:.1f}"
+
+
+def _latency(d: dict[str, Any]) -> list[str]:
+    rows = []
+    for rate, f in sorted(d["rates"].items(), key=lambda kv: int(kv[0])):
+        c, b = f["consumer"], f["baseline"]
+        target = "< 10 ms" if rate == "1000" else "-"
+        met = d["targets"]["p99_at_1000"]["met"] if rate == "1000" else None
+        vs = f["ratio_vs_baseline_p99"]
+        vs_text = f"{vs}x" if vs is not None else (
+            f">= {f.get('ratio_vs_baseline_p99_at_least')}x")
+        rows.append(
+            f"| {'3 latency' if not rows else ''} | p50 / p99 @ {int(rate):,} msg/s | "
+            f"{_ms(c['p50_ms'])} / {_ms(c['p99_ms'])} ms (baseline {_ms(b['p50_ms'])} / "
+            f"{_ms(b['p99_ms'])}) | {target} | {_yes(met)} | {vs_text} |")
+    return rows
+
+
+def _scaling(d: dict[str, Any]) -> list[str]:
+    runs = " / ".join(f"{r['msgs_per_s']:,.0f}" for r in d["runs"])
+    procs = "/".join(str(r["processes"]) for r in d["runs"])
+    m = d["memory"]
+    cut = " (cut by time budget)" if "trimmed" in m else ""
+    return [
+        f"| 4 scaling ({d['cpus_available']} CPUs) | msg/s with {procs} processes | {runs} | "
+        f"- | - | {d['ratio_vs_baseline']}x (1 process) |",
+        f"| | RSS after {m['checkpoint_messages']:,} -> {m['messages_reached']:,} msgs{cut} | "
+        f"{m['rss_mib_at_checkpoint']} -> {m['rss_mib_at_end']} MiB "
+        f"({(m['rss_growth'] or 0):+.1%}) | within 10% | "
+        f"{_yes(d['targets']['rss_growth']['met'])} | |",
+    ]
+
+
+def table(doc: dict[str, Any]) -> str:
+    m = doc["machine"]
+    lines = [
+        f"Machine: {m['cpus_available']} CPUs ({m['processor']}), {m['platform']}, Python "
+        f"{m['python']}, {m['redis_server'].split(' sha=')[0]}; {doc['started_at']}; "
+        f"`{doc['command']}` ({doc['elapsed_s']:.0f} s).",
+        "",
+        "| scenario | figure | measured | target | met | vs baseline |",
+        "|---|---|---|---|---|---|",
+    ]
+    build = {"seed_cycle": _seed, "drain": _drain, "latency": _latency, "scaling": _scaling}
+    for name, rows in build.items():
+        if name in doc["scenarios"]:
+            lines += rows(doc["scenarios"][name])
+    return "\n".join(lines) + "\n"
+
+
+def write(doc: dict[str, Any], out: Path) -> Path:
+    path = out / SUMMARY_FILE
+    path.write_text(table(doc))
+    return path

@@ -1,0 +1,93 @@
+"""Smoke run of the benchmark harness: ``python -m bench --quick`` end to end, in a subprocess.
+
+Asserts that every scenario ran and produced sane, non-zero figures, plots and a summary;
+nothing about speed (speed targets live in ``make bench``, never in unit tests)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.servers import redis_server_binary
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+QUICK_RUN_TIMEOUT_S = 240  # ~40 s alone; the machine is shared with other test runs
+SCENARIOS = ("seed_cycle", "drain", "latency", "scaling")
+PLOTS = ("seed_cycle.png", "throughput.png", "latency_cdf.png", "scaling.png")
+
+
+def positive(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    if redis_server_binary() is None:
+        pytest.fail("redis-server is not installed (make test installs it)", pytrace=False)
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+                          cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=QUICK_RUN_TIMEOUT_S, check=False)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    return json.loads((out / "results.json").read_text()), out
+
+
+@pytest.mark.timeout(QUICK_RUN_TIMEOUT_S + 30)
+def test_every_scenario_reports_figures_with_command_and_ratio(
+        quick_run: tuple[dict[str, Any], Path]) -> None:
+    doc, _ = quick_run
+    assert doc["quick"] is True
+    assert doc["machine"]["cpus_available"] >= 1
+    for name in SCENARIOS:
+        scenario = doc["scenarios"][name]
+        assert scenario["command"].endswith(f"--only {name}")
+        assert positive(scenario["ratio_vs_baseline"]), name
+        assert scenario["targets"], name
+
+
+@pytest.mark.timeout(QUICK_RUN_TIMEOUT_S + 30)
+def test_seed_cycle_and_drain_figures_are_sane(quick_run: tuple[dict[str, Any], Path]) -> None:
+    doc, _ = quick_run
+    seed = doc["scenarios"]["seed_cycle"]
+    for role in ("consumer", "baseline"):
+        assert positive(seed[role]["first_id_to_last_persisted_ms"])
+        assert len(seed[role]["xack_times_rtt"]) >= 1
+        assert seed[role]["entry_id_spread_ms"] >= 0
+    drain = doc["scenarios"]["drain"]
+    for role in ("consumer", "baseline", "ceiling"):
+        figures = drain[role]
+        assert figures["messages"] == drain["messages"] > 0, role
+        assert positive(figures["msgs_per_s"]) and positive(figures["cpu_us_per_msg"]), role
+    assert positive(drain["fraction_of_ceiling"])
+
+
+@pytest.mark.timeout(QUICK_RUN_TIMEOUT_S + 30)
+def test_latency_and_scaling_figures_are_sane(quick_run: tuple[dict[str, Any], Path]) -> None:
+    doc, _ = quick_run
+    latency = doc["scenarios"]["latency"]
+    assert latency["rates"]
+    for figures in latency["rates"].values():
+        consumer = figures["consumer"]
+        assert consumer["samples"] > 0 and consumer["cdf"]
+        assert positive(consumer["p50_ms"]) and positive(consumer["p99_ms"])
+        assert consumer["p50_ms"] <= consumer["p99_ms"]
+    scaling = doc["scenarios"]["scaling"]
+    assert [r["processes"] for r in scaling["runs"]] == [1, 2, 4]
+    assert all(positive(r["msgs_per_s"]) for r in scaling["runs"])
+    memory = scaling["memory"]
+    assert positive(memory["rss_mib_at_checkpoint"]) and positive(memory["rss_mib_at_end"])
+
+
+@pytest.mark.timeout(QUICK_RUN_TIMEOUT_S + 30)
+def test_plots_and_summary_are_written(quick_run: tuple[dict[str, Any], Path]) -> None:
+    _, out = quick_run
+    for png in PLOTS:
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    summary = (out / "summary.md").read_text()
+    assert "| scenario |" in summary and "vs baseline" in summary
