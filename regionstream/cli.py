@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, NoReturn
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -248,47 +249,45 @@ async def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+@contextlib.asynccontextmanager
+async def _client(settings: Settings) -> AsyncIterator[Any]:
+    """A checked connection for one command, closed when it is done."""
+    client = await _ping(settings)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
 async def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     from regionstream.show import show
 
-    client = await _ping(settings)
-    try:
+    async with _client(settings) as client:
         return await show(client, settings, args.region, as_json=args.json)
-    finally:
-        await client.aclose()
 
 
 async def cmd_pending(args: argparse.Namespace, settings: Settings) -> int:
     from regionstream import opscli
 
-    client = await _ping(settings)
-    try:
+    async with _client(settings) as client:
         return await opscli.cmd_pending(args, settings, client)
-    finally:
-        await client.aclose()
 
 
 async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from regionstream import opscli
 
-    client = await _ping(settings)
-    try:
+    async with _client(settings) as client:
         return await opscli.cmd_replay(args, settings, client)
-    finally:
-        await client.aclose()
 
 
 async def cmd_top(args: argparse.Namespace, settings: Settings) -> int:
     from regionstream.top import run_top
 
-    client = await _ping(settings)
     stop = asyncio.Event()
     _stop_on_signals(asyncio.get_running_loop(), stop)
-    try:
+    async with _client(settings) as client:
         return await run_top(client, settings, once=args.once, plain=args.plain,
                              every=args.refresh, stop=stop)
-    finally:
-        await client.aclose()
 
 
 async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
