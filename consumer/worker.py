@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -26,6 +27,9 @@ log = logging.getLogger("regionstream.consumer")
 
 
 JITTER = 0.5  # back-offs vary by +-50%
+# At a graceful stop a worker settles at most this many batches of its own pending entries;
+# anything beyond (a huge backlog) stays pending and is replayed at the next start.
+FINISH_MAX_PAGES = 50
 
 ONLY_OWN = b"0"  # XREADGROUP from 0: this consumer's own pending entries (replay)
 NEW = b">"  # XREADGROUP from >: entries never delivered to the group
@@ -70,8 +74,33 @@ class Worker:
         return entries
 
     async def iteration(self) -> StepResult:
-        """What ``run`` repeats; a plain worker reads one batch at a time."""
-        return await self.step()
+        """What ``run`` repeats: one batch. A blocking read for new entries is abandoned when
+        ``stop`` is set, so a shutdown does not wait out ``block_ms``; whatever the server
+        delivered to the abandoned read is in our pending list, which ``finish`` settles."""
+        if self.cursor != NEW:
+            return await self.step()
+        read = asyncio.ensure_future(self._read())
+        stopped = asyncio.ensure_future(self.stop.wait())
+        await asyncio.wait({read, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not read.done():
+            read.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await read
+            self.cursor = ONLY_OWN
+            return StepResult()
+        return await self.process(read.result())
+
+    async def finish(self) -> None:
+        """On a graceful stop: settle what is still pending under our name (bounded)."""
+        self.cursor = ONLY_OWN
+        try:
+            for _ in range(FINISH_MAX_PAGES):
+                result = await self.step()
+                if self.cursor == NEW or result.failed:
+                    return
+        except (RedisError, OSError) as exc:  # they stay pending: replayed at the next start
+            log.warning("%s: could not settle own pending entries at stop: %s", self.name, exc)
 
     async def step(self) -> StepResult:
         """One iteration: read a batch, validate it, settle it in one round trip."""
@@ -182,11 +211,12 @@ class Worker:
         return tally
 
     async def run(self) -> None:
-        """Run steps until ``stop`` is set; errors back off instead of killing the worker.
+        """Run iterations until ``stop`` is set; errors back off instead of killing the worker.
+        A graceful stop then settles and acks everything this worker still holds."""
+        await self._loop()
+        await self.finish()
 
-        A stop never abandons a read: a blocking read returns within ``block_ms`` and what it
-        returned is settled and acked before the worker exits, so a graceful stop leaves
-        nothing pending under this worker's name."""
+    async def _loop(self) -> None:
         while not self.stop.is_set():
             try:
                 result = await self.iteration()
