@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -61,9 +62,11 @@ class _Contender:
         self.stop = asyncio.Event()
 
     async def _read(self, consumer: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        reply = await self.redis.xreadgroup(self.keys.group, consumer, {self.keys.stream: NEW},
-                                            count=self.s.batch, block=self.s.block_ms)
-        return reply[0][1] if reply else []
+        reply: Any = await self.redis.xreadgroup(
+            self.keys.group, consumer, {self.keys.stream: NEW},
+            count=self.s.batch, block=self.s.block_ms)
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = reply[0][1] if reply else []
+        return entries
 
 
 class Baseline(_Contender):

@@ -18,7 +18,7 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +68,7 @@ def track_consumer_acks(tracker: Tracker) -> None:
         tracker.acked(o.entry_id for o in settled.outcomes if o.outcome not in not_acked_here)
         return settled
 
-    store.settle = settle  # type: ignore[assignment]
+    store.settle = settle
 
 
 async def prepare(role: str, redis: aioredis.Redis, keys: Keys) -> None:
@@ -79,7 +79,7 @@ async def prepare(role: str, redis: aioredis.Redis, keys: Keys) -> None:
 
 
 def make_work(role: str, redis: aioredis.Redis, keys: Keys, settings: Settings,
-              tracker: Tracker) -> tuple[Callable[[], Awaitable[None]], asyncio.Event]:
+              tracker: Tracker) -> tuple[Callable[[], Coroutine[Any, Any, None]], asyncio.Event]:
     """The contender's main coroutine, and the event that stops it gracefully."""
     if role == "consumer":
         track_consumer_acks(tracker)

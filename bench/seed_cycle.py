@@ -135,6 +135,8 @@ def _result(ctx: Context, rtt_ms: float, consumer: dict[str, Any], baseline: dic
         "ratio_vs_baseline": ratio(baseline["first_id_to_last_persisted_ms"],
                                    consumer["first_id_to_last_persisted_ms"]),
         "ratio_means": "baseline time / consumer time, first entry id -> last region persisted",
+        "observed_with": "MONITOR on a direct connection (server clock); MONITOR formats every "
+                         "~9 KB argument, which adds a few ms per cycle: figures are upper bounds",
         "targets": {
             "entry_id_spread_rtt": {"target": f"< {TARGET_SPREAD_RTT}",
                                     "value": consumer["entry_id_spread_rtt"],

@@ -44,7 +44,7 @@ def _ms(v: float | None) -> str:
 
 
 def _latency(d: dict[str, Any]) -> list[str]:
-    rows = []
+    rows: list[str] = []
     for rate, f in sorted(d["rates"].items(), key=lambda kv: int(kv[0])):
         c, b = f["consumer"], f["baseline"]
         target = "< 10 ms" if rate == "1000" else "-"
