@@ -15,7 +15,7 @@ from consumer import scripts
 from consumer.reclaim import Reclaimer
 from consumer.worker import Worker
 from shared.aio import pause
-from shared.connection import connect
+from shared.connection import SOCKET_TIMEOUT_S, connect
 from shared.group import ensure_group, group_state
 from shared.keys import Keys
 from shared.metrics import CONSUMER_OUTCOMES, ConsumerMetrics
@@ -75,7 +75,8 @@ class Consumer:
         (see shared.connection.connect: a silently re-sent XREADGROUP would skip entries) and
         set-up and the drain watch get one that does."""
         control = redis or connect(self.settings.redis_url)
-        workers = redis or connect(self.settings.redis_url, retries=0)
+        workers = redis or connect(self.settings.redis_url, retries=0,
+                                   socket_timeout=SOCKET_TIMEOUT_S + self.settings.block_ms / 1000)
         try:
             await self.prepare(control)
             tasks = [asyncio.create_task(w.run(), name=w.name)

@@ -185,10 +185,12 @@ class Worker:
                     self.name, n)
 
     def _record(self, settled: store.Settled) -> dict[str, int]:
-        """Count each entry's fate in the metrics; returns the tally per outcome."""
+        """Count each entry's fate in the metrics; returns the tally per outcome. Counters are
+        bumped once per (region, outcome) of the batch, not once per entry."""
         now = self.clock()
         tally: dict[str, int] = {}
-        outcome = self.metrics.outcome
+        by_label: dict[tuple[str, str], int] = {}
+        observe = self.metrics.e2e_latency.observe
         for o in settled.outcomes:
             tally[o.outcome] = tally.get(o.outcome, 0) + 1
             if o.outcome == store.SETTLED_ELSEWHERE:
@@ -197,14 +199,17 @@ class Worker:
                 log.error("%s: persisting %s (%s) failed: %s", self.name,
                           o.entry_id.decode(), o.region, o.error)
                 continue
-            outcome[(o.region, o.outcome)].inc()
+            label = (o.region, o.outcome)
+            by_label[label] = by_label.get(label, 0) + 1
             if o.outcome == store.DEAD_LETTERED:
                 if o.invalid:
-                    outcome[(o.region, "invalid")].inc()
+                    label = (o.region, "invalid")
+                    by_label[label] = by_label.get(label, 0) + 1
                 log.warning("%s: entry %s dead-lettered after %d deliveries: %s", self.name,
                             o.entry_id.decode(), o.deliveries, o.error)
-            ms = int(o.entry_id.split(b"-", 1)[0])
-            self.metrics.e2e_latency.observe(max(0.0, now - ms / 1000))
+            observe(max(0.0, now - int(o.entry_id.split(b"-", 1)[0]) / 1000))
+        for label, n in by_label.items():
+            self.metrics.outcome[label].inc(n)
         for err in settled.ack_errors:
             self.metrics.failure["ack"].inc()
             log.error("%s: XACK failed: %s", self.name, err)

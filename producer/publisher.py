@@ -28,11 +28,13 @@ class Publisher:
 
     async def publish(self, snaps: Sequence[Snapshot],
                       payloads: Sequence[bytes] | None = None) -> list[bytes]:
-        """XADD every snapshot in one pipelined round trip; returns the entry ids in order."""
+        """XADD every snapshot in one round trip, atomically; returns the entry ids in order."""
         if not snaps:
             return []
         payloads = payloads if payloads is not None else [encode(s) for s in snaps]
-        pipe = self.redis.pipeline(transaction=False)
+        # MULTI/EXEC: the whole cycle appears on the stream at once (and all or nothing), so a
+        # blocked reader is handed every region in one delivery instead of the first entry.
+        pipe = self.redis.pipeline(transaction=True)
         for snap, payload in zip(snaps, payloads, strict=True):
             pipe.xadd(self.keys.stream, wire.entry_fields(snap, payload))  # type: ignore[arg-type]
         started = time.perf_counter()

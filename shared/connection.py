@@ -23,6 +23,9 @@ CONNECT_RETRIES = 3
 BACKOFF_CAP_S = 1.0
 BACKOFF_BASE_S = 0.05
 SOCKET_CONNECT_TIMEOUT_S = 5.0
+# A reply slower than this means the connection is dead. A blocking read waits on top of it:
+# connect(socket_timeout=...) with the block time added, or every idle read would time out.
+SOCKET_TIMEOUT_S = 10.0
 HEALTH_CHECK_INTERVAL_S = 30
 
 
@@ -66,7 +69,8 @@ def backoff() -> EqualJitterBackoff:
     return EqualJitterBackoff(BACKOFF_CAP_S, BACKOFF_BASE_S)
 
 
-def connect(url: str, *, retries: int = CONNECT_RETRIES, **kwargs: Any) -> aioredis.Redis:
+def connect(url: str, *, retries: int = CONNECT_RETRIES, socket_timeout: float = SOCKET_TIMEOUT_S,
+            **kwargs: Any) -> aioredis.Redis:
     """An asyncio client for ``url`` (hiredis parses replies when installed).
 
     ``retries`` > 0: redis-py re-sends a command after a dropped connection. That suits
@@ -79,6 +83,7 @@ def connect(url: str, *, retries: int = CONNECT_RETRIES, **kwargs: Any) -> aiore
         url,
         decode_responses=False,
         socket_connect_timeout=SOCKET_CONNECT_TIMEOUT_S,
+        socket_timeout=socket_timeout,
         health_check_interval=HEALTH_CHECK_INTERVAL_S,
         retry=Retry(backoff(), retries),
         retry_on_error=[ConnectionError, TimeoutError, BusyLoadingError] if retries else [],

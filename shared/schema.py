@@ -320,30 +320,32 @@ def _check_regime_and_balance(snap: Snapshot, problems: list[str]) -> None:
 
 
 def _check_scenarios(snap: Snapshot, problems: list[str]) -> None:
+    # Hot path (every consumed message): messages naming a field are built only on failure.
     seen: set[str] = set()
     for i, sset in enumerate(snap.scenario_sets):
-        where = f"scenario_sets[{i}]"
         if sset.horizon not in _KNOWN_HORIZONS:
-            problems.append(f"{where}.horizon: unknown horizon {sset.horizon!r}")
+            problems.append(f"scenario_sets[{i}].horizon: unknown horizon {sset.horizon!r}")
         elif sset.horizon in seen:
-            problems.append(f"{where}.horizon: {sset.horizon!r} appears more than once")
+            problems.append(
+                f"scenario_sets[{i}].horizon: {sset.horizon!r} appears more than once")
         seen.add(sset.horizon)
         lanes_seen: set[str] = set()
         total = 0.0
         for j, lane in enumerate(sset.lanes):
-            lwhere = f"{where}.lanes[{j}]"
             if lane.lane not in _KNOWN_LANES:
-                problems.append(f"{lwhere}.lane: unknown lane {lane.lane!r}")
+                problems.append(f"scenario_sets[{i}].lanes[{j}].lane: unknown lane {lane.lane!r}")
             elif lane.lane in lanes_seen:
-                problems.append(f"{lwhere}.lane: {lane.lane!r} appears more than once")
+                problems.append(
+                    f"scenario_sets[{i}].lanes[{j}].lane: {lane.lane!r} appears more than once")
             lanes_seen.add(lane.lane)
             if not 0.0 <= lane.probability <= 1.0:
-                problems.append(f"{lwhere}.probability: {lane.probability} not in [0, 1]")
+                problems.append(f"scenario_sets[{i}].lanes[{j}].probability: "
+                                f"{lane.probability} not in [0, 1]")
             total += lane.probability
         if not abs(total - 1.0) <= PROBABILITY_TOLERANCE:
             problems.append(
-                f"{where}: probabilities of horizon {sset.horizon!r} sum to {total:.9g}, not 1 "
-                f"(tolerance {PROBABILITY_TOLERANCE})"
+                f"scenario_sets[{i}]: probabilities of horizon {sset.horizon!r} sum to "
+                f"{total:.9g}, not 1 (tolerance {PROBABILITY_TOLERANCE})"
             )
 
 
