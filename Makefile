@@ -62,5 +62,10 @@ bench: $(STAMP) system-deps
 bench-quick: $(STAMP) system-deps
 	$(PY) -m bench --quick $(BENCH_ARGS)
 
+# The long chaos/soak run (the suite runs a 6-second version of the same test).
+SOAK_SECONDS ?= 300
+soak: $(STAMP) system-deps
+	SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest tests/test_soak.py -s --timeout $$(( $(SOAK_SECONDS) + 300 ))
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
