@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from consumer import scripts, store
 from consumer.message import Valid, check_entry
 from consumer.worker import Worker
-from shared.group import group_state
+from shared.group import read_group_stats
 from shared.keys import Keys
 from shared.metrics import ConsumerMetrics
 from shared.settings import Settings
@@ -60,22 +60,18 @@ class PendingReport:
         return asdict(self)
 
 
-async def pending_report(redis: aioredis.Redis, keys: Keys, now: float | None = None
-                         ) -> PendingReport:
-    now = time.time() if now is None else now
-    state = await group_state(redis, keys)
-    dlq_len = int(await redis.xlen(keys.dlq))
+async def pending_report(redis: aioredis.Redis, keys: Keys) -> PendingReport:
+    """The group's counters (one round trip), then each holding consumer's pending list for
+    its oldest entry and highest delivery count. Ages use Redis's clock."""
+    state = await read_group_stats(redis, keys)
     report = PendingReport(keys.stream, keys.group, state.exists, state.stream_length,
-                           state.lag, state.pending, dlq_len)
-    if not state.exists:
-        return report
-    consumers: Any = await redis.xinfo_consumers(keys.stream, keys.group)
-    for c in consumers:
-        row = ConsumerRow(_s(c["name"]), int(c["pending"]), int(c["idle"]) / 1000)
+                           state.lag, state.pending, state.dlq_length)
+    for c in state.consumers:
+        row = ConsumerRow(c.name, c.pending, c.idle_s)
         if row.pending:
             rows: Any = await redis.xpending_range(keys.stream, keys.group, "-", "+",
-                                              PENDING_SCAN_LIMIT, row.name)
-            row.oldest_age_s = id_age_s(rows[0]["message_id"], now)
+                                                   PENDING_SCAN_LIMIT, row.name)
+            row.oldest_age_s = id_age_s(rows[0]["message_id"], state.at)
             row.max_deliveries = max(int(r["times_delivered"]) for r in rows)
             row.scanned_all = len(rows) >= row.pending
         report.consumers.append(row)

@@ -16,7 +16,7 @@ from consumer.reclaim import Reclaimer
 from consumer.worker import Worker
 from shared.aio import pause
 from shared.connection import SOCKET_TIMEOUT_S, connect
-from shared.group import ensure_group, group_state
+from shared.group import ensure_group, read_group_stats
 from shared.keys import Keys
 from shared.metrics import CONSUMER_OUTCOMES, ConsumerMetrics
 from shared.settings import Settings
@@ -112,7 +112,7 @@ class Consumer:
     async def _drain_watch(self, redis: aioredis.Redis) -> None:
         """Stop once the group has no undelivered and no pending entries."""
         while not self.stop.is_set():
-            state = await group_state(redis, self.keys)
+            state = await read_group_stats(redis, self.keys)
             if state.drained:
                 log.info("group %s drained", self.keys.group)
                 self.stop.set()

@@ -15,7 +15,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from shared.group_metrics import (
+from shared.group import (
     ACTIVE_CONSUMER_IDLE_S,
     ConsumerStat,
     GroupStats,

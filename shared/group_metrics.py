@@ -1,7 +1,6 @@
 """Group-level state read from Redis: the ``regionstream_group_*`` gauges and ``top``'s header.
 
-``read_group_stats`` reads everything in ONE pipelined round trip (TIME, XINFO STREAM, XINFO
-GROUPS, XINFO CONSUMERS, XPENDING, XLEN and XINFO STREAM of the dead-letter stream).
+``shared.group.read_group_stats`` reads everything in ONE pipelined round trip.
 
 The gauges are refreshed by a background task on an interval rather than on scrape: a scrape
 then never waits on Redis (a slow or unreachable Redis would otherwise make the whole target
@@ -16,15 +15,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any
 
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from shared.aio import pause
 from shared.connection import connect
+from shared.group import GroupStats, read_group_stats
 from shared.keys import Keys
 from shared.metrics import UNKNOWN, GroupMetrics
 from shared.settings import Settings
@@ -34,94 +32,6 @@ log = logging.getLogger("regionstream.metrics")
 # How often the group gauges are read from Redis: well under a usual 15 s scrape interval, so
 # a scrape sees a value at most this old, and negligible load (one round trip) on Redis.
 GROUP_REFRESH_S = 5.0
-# A consumer whose last read attempt is older than this is not counted as active. A live worker
-# re-reads at least every --block-ms (2 s by default) or after a back-off (1 s), so a minute is
-# far beyond any healthy gap, and well under the 60 s min-idle after which its entries are
-# reclaimed.
-ACTIVE_CONSUMER_IDLE_S = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class ConsumerStat:
-    name: str
-    pending: int
-    idle_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class GroupStats:
-    """One consistent read of a stream, its group and its dead-letter stream."""
-
-    at: float  # Redis server time: ages below do not depend on this host's clock
-    exists: bool  # the stream and the group both exist
-    stream_length: int = 0
-    entries_added: int | None = None  # ever XADDed to the stream (Redis >= 7.0)
-    lag: int | None = None  # undelivered entries; None when Redis cannot tell (after XDEL)
-    entries_read: int | None = None  # ever delivered to the group (Redis >= 7.0)
-    pending: int = 0
-    oldest_pending_age_s: float | None = None  # None when nothing is pending
-    consumers: tuple[ConsumerStat, ...] = ()
-    dlq_length: int = 0
-    dlq_added: int | None = None
-
-    @property
-    def active_consumers(self) -> int:
-        return sum(1 for c in self.consumers if c.idle_s < ACTIVE_CONSUMER_IDLE_S)
-
-
-def _text(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
-
-
-def _id_seconds(entry_id: bytes) -> float:
-    return int(entry_id.split(b"-", 1)[0]) / 1000
-
-
-def _optional_int(v: Any) -> int | None:
-    return None if v is None else int(v)
-
-
-def _group_of(groups: Any, name: str) -> dict[str, Any] | None:
-    if isinstance(groups, ResponseError):
-        return None
-    for g in groups:
-        if _text(g["name"]) == name:
-            found: dict[str, Any] = g
-            return found
-    return None
-
-
-async def read_group_stats(redis: aioredis.Redis, keys: Keys) -> GroupStats:
-    pipe = redis.pipeline(transaction=False)
-    pipe.time()
-    pipe.xinfo_stream(keys.stream)
-    pipe.xinfo_groups(keys.stream)
-    pipe.xinfo_consumers(keys.stream, keys.group)
-    pipe.xpending(keys.stream, keys.group)
-    pipe.xinfo_stream(keys.dlq)
-    # A missing stream, group or DLQ is an error reply in its slot, not a failed round trip.
-    server_time, stream, groups, consumers, pending, dlq = await pipe.execute(
-        raise_on_error=False)
-    if isinstance(server_time, BaseException):
-        raise server_time
-    now = server_time[0] + server_time[1] / 1_000_000
-    dlq_length, dlq_added = (0, None) if isinstance(dlq, ResponseError) else (
-        int(dlq["length"]), _optional_int(dlq.get("entries-added")))
-    if isinstance(stream, ResponseError):
-        return GroupStats(now, False, dlq_length=dlq_length, dlq_added=dlq_added)
-    length, added = int(stream["length"]), _optional_int(stream.get("entries-added"))
-    group = _group_of(groups, keys.group)
-    if group is None or isinstance(consumers, ResponseError) or isinstance(
-            pending, ResponseError):
-        return GroupStats(now, False, length, added, dlq_length=dlq_length, dlq_added=dlq_added)
-    lag = _optional_int(group.get("lag"))
-    if lag is None and group["last-delivered-id"] == stream["last-generated-id"]:
-        lag = 0  # Redis cannot count after deletions, but nothing is past the group's cursor
-    oldest = now - _id_seconds(pending["min"]) if pending["pending"] else None
-    stats = tuple(ConsumerStat(_text(c["name"]), int(c["pending"]), int(c["idle"]) / 1000)
-                  for c in consumers)
-    return GroupStats(now, True, length, added, lag, _optional_int(group.get("entries-read")),
-                      int(group["pending"]), oldest, stats, dlq_length, dlq_added)
 
 
 def publish(metrics: GroupMetrics, stats: GroupStats) -> None:

@@ -12,8 +12,9 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, generate_latest
 
-from shared import group_metrics
-from shared.group_metrics import read_group_stats, refresh, refresh_forever, start_group_gauges
+from shared import group
+from shared.group import read_group_stats
+from shared.group_metrics import refresh, refresh_forever, start_group_gauges
 from shared.keys import Keys
 from shared.metrics import (
     CONSUMER_OUTCOMES,
@@ -139,7 +140,7 @@ async def test_stats_per_consumer_and_idle_consumers(client: aioredis.Redis, set
     assert stats.entries_added == len(REGIONS) and stats.entries_read == GHOST_READ
     assert stats.dlq_added == 2
     # A consumer idle past the threshold is known but not active (a SIGKILLed worker).
-    monkeypatch.setattr(group_metrics, "ACTIVE_CONSUMER_IDLE_S", 0.0)
+    monkeypatch.setattr(group, "ACTIVE_CONSUMER_IDLE_S", 0.0)
     assert stats.active_consumers == 0
 
 
