@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from consumer import scripts, store
 from consumer.message import Valid, check_entry
 from consumer.worker import Worker
-from shared.group import read_group_stats
+from shared.group import id_seconds, read_group_stats, text
 from shared.keys import Keys
 from shared.metrics import ConsumerMetrics
 from shared.settings import Settings
@@ -25,14 +25,6 @@ PENDING_SCAN_LIMIT = 10_000
 DLQ_PAGE = 500
 REPLAY_PAGE = 200
 PROVENANCE_PREFIX = b"dlq_"
-
-
-def _s(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
-
-
-def id_age_s(entry_id: bytes | str, now: float) -> float:
-    return max(0.0, now - int(_s(entry_id).split("-", 1)[0]) / 1000)
 
 
 @dataclass
@@ -71,7 +63,7 @@ async def pending_report(redis: aioredis.Redis, keys: Keys) -> PendingReport:
         if row.pending:
             rows: Any = await redis.xpending_range(keys.stream, keys.group, "-", "+",
                                                    PENDING_SCAN_LIMIT, row.name)
-            row.oldest_age_s = id_age_s(rows[0]["message_id"], state.at)
+            row.oldest_age_s = max(0.0, state.at - id_seconds(rows[0]["message_id"]))
             row.max_deliveries = max(int(r["times_delivered"]) for r in rows)
             row.scanned_all = len(rows) >= row.pending
         report.consumers.append(row)
@@ -98,11 +90,11 @@ async def replay_dlq(redis: aioredis.Redis, keys: Keys, *, region: str | None = 
         for dlq_id, fields in page:
             if limit is not None and len(moved) >= limit:
                 break
-            r = _s(fields.get(b"region", b"?"))
-            why = _s(fields.get(b"dlq_reason", b"?"))
+            r = text(fields.get(b"region", b"?"))
+            why = text(fields.get(b"dlq_reason", b"?"))
             if (region and r != region) or (reason and reason not in why):
                 continue
-            m = Moved(_s(dlq_id), r, why)
+            m = Moved(text(dlq_id), r, why)
             if not dry_run:
                 original = [x for k, v in fields.items()
                             if not k.startswith(PROVENANCE_PREFIX) for x in (k, v)]
@@ -110,11 +102,11 @@ async def replay_dlq(redis: aioredis.Redis, keys: Keys, *, region: str | None = 
                                             [dlq_id, *original])
                 if new_id is None:
                     continue  # replayed by someone else meanwhile
-                m.new_id = _s(new_id)
+                m.new_id = text(new_id)
             moved.append(m)
         if len(page) < DLQ_PAGE:
             break
-        start = "(" + _s(page[-1][0])
+        start = "(" + text(page[-1][0])
     return moved
 
 
@@ -143,7 +135,7 @@ async def replay_pending(redis: aioredis.Redis, keys: Keys, settings: Settings, 
         rows: Any = await redis.xpending_range(keys.stream, keys.group, start, "+", REPLAY_PAGE,
                                           consumer, idle=min_idle_ms)
         ids = [r["message_id"] for r in rows if r["consumer"] != as_name.encode()]
-        result.ids += [_s(i) for i in ids]
+        result.ids += [text(i) for i in ids]
         if ids and not dry_run:
             claimed: Any = await redis.xclaim(keys.stream, keys.group, as_name, min_idle_ms, ids)
             result.entries += len(claimed)
@@ -152,7 +144,7 @@ async def replay_pending(redis: aioredis.Redis, keys: Keys, settings: Settings, 
                 result.outcomes[k] = result.outcomes.get(k, 0) + v
         if len(rows) < REPLAY_PAGE:
             return result
-        start = "(" + _s(rows[-1]["message_id"])
+        start = "(" + text(rows[-1]["message_id"])
 
 
 async def replay_range(redis: aioredis.Redis, keys: Keys, settings: Settings, *, start: str,
@@ -169,7 +161,7 @@ async def replay_range(redis: aioredis.Redis, keys: Keys, settings: Settings, *,
                                regions=settings.regions) for i, f in page]
         valid = [c for c in checked if isinstance(c, Valid)]
         result.entries += len(page)
-        result.ids += [_s(i) for i, _ in page]
+        result.ids += [text(i) for i, _ in page]
         invalid = len(page) - len(valid)
         if invalid:
             result.outcomes["invalid"] = result.outcomes.get("invalid", 0) + invalid
@@ -178,4 +170,4 @@ async def replay_range(redis: aioredis.Redis, keys: Keys, settings: Settings, *,
                                               ack=False))
         if len(page) < REPLAY_PAGE:
             return result
-        cursor = "(" + _s(page[-1][0])
+        cursor = "(" + text(page[-1][0])

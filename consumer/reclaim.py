@@ -10,6 +10,7 @@ from typing import Any
 from consumer import scripts
 from consumer.worker import NEW, StepResult, Worker
 from shared.aio import pause
+from shared.group import text
 
 log = logging.getLogger("regionstream.consumer")
 
@@ -77,7 +78,7 @@ class Reclaimer(Worker):
         timeout_ms = int(self.settings.consumer_timeout_s * 1000)
         forgotten = []
         for c in await self.redis.xinfo_consumers(self.keys.stream, self.keys.group):
-            name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+            name = text(c["name"])
             if int(c["pending"]) or int(c["idle"]) < timeout_ms:
                 continue
             if await scripts.call(self.redis, scripts.forget_consumer(), [self.keys.stream],

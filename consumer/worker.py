@@ -18,7 +18,7 @@ from consumer import store
 from consumer.message import Poison, Valid, check_entry
 from shared.aio import pause
 from shared.connection import ErrorKind, backoff, classify
-from shared.group import ensure_group, id_key
+from shared.group import ensure_group, id_key, id_seconds
 from shared.keys import Keys
 from shared.metrics import ConsumerMetrics
 from shared.settings import Settings
@@ -207,7 +207,7 @@ class Worker:
                     by_label[label] = by_label.get(label, 0) + 1
                 log.warning("%s: entry %s dead-lettered after %d deliveries: %s", self.name,
                             o.entry_id.decode(), o.deliveries, o.error)
-            observe(max(0.0, now - int(o.entry_id.split(b"-", 1)[0]) / 1000))
+            observe(max(0.0, now - id_seconds(o.entry_id)))
         for label, n in by_label.items():
             self.metrics.outcome[label].inc(n)
         for err in settled.ack_errors:

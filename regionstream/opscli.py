@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from consumer.ops import PendingReport, pending_report, replay_dlq, replay_pending, replay_range
+from regionstream.view import age_text
 from shared.keys import Keys
 from shared.settings import Settings
 
@@ -46,12 +47,6 @@ def _console() -> Console:
     return Console(file=sys.stdout, width=max(100, Console().width))
 
 
-def _age(s: float | None) -> str:
-    if s is None:
-        return "-"
-    return f"{s:.1f}s" if s < 120 else f"{s / 60:.1f}m" if s < 7200 else f"{s / 3600:.1f}h"
-
-
 def print_pending(report: PendingReport) -> None:
     c = _console()
     if not report.group_exists:
@@ -67,7 +62,7 @@ def print_pending(report: PendingReport) -> None:
     t = Table("consumer", "pending", "idle", "oldest pending", "max deliveries")
     for row in report.consumers:
         most = f"{row.max_deliveries}" + ("" if row.scanned_all else "+")
-        t.add_row(row.name, str(row.pending), _age(row.idle_s), _age(row.oldest_age_s),
+        t.add_row(row.name, str(row.pending), age_text(row.idle_s), age_text(row.oldest_age_s),
                   most if row.pending else "-")
     c.print(t)
 

@@ -131,7 +131,8 @@ def rates_between(prev: Frame, cur: Frame) -> dict[str, float]:
     return {k: v for k, v in rates.items() if v is not None}
 
 
-def _age(seconds: float | None) -> str:
+def age_text(seconds: float | None) -> str:
+    """An age for people: 42s, 17m, 3.5h; "-" for none."""
     if seconds is None:
         return "-"
     if seconds < 120:
@@ -149,7 +150,7 @@ REGIME_STYLE = {"calm": "green", "managed_deescalation": "green",
 def _header(frame: Frame) -> Table:
     head = Table.grid(padding=(0, 2))
     lag = "?" if frame.lag is None else str(frame.lag)
-    oldest = _age(frame.oldest_pending_age_s)
+    oldest = age_text(frame.oldest_pending_age_s)
     head.add_row(
         Text(f"stream {frame.stream}", style="bold"), f"length {frame.stream_length}",
         Text(f"dead letters {frame.dlq_length}", style="red" if frame.dlq_length else ""))
@@ -167,7 +168,7 @@ def _consumer_table(frame: Frame) -> Table:
     for col in ("consumer", "pending", "idle"):
         table.add_column(col)
     for c in sorted(frame.consumer_rows, key=lambda c: c.name):
-        idle = Text(_age(c.idle_s), style="yellow" if c.idle_s >= ACTIVE_CONSUMER_IDLE_S else "")
+        idle = Text(age_text(c.idle_s), style="yellow" if c.idle_s >= ACTIVE_CONSUMER_IDLE_S else "")
         table.add_row(c.name, Text(str(c.pending), style="yellow" if c.pending else ""), idle)
     return table
 
@@ -178,7 +179,7 @@ def render(frame: Frame) -> Group:
         table.add_column(col)
     for row in frame.regions:
         table.add_row(row.region, Text(row.regime or "-", style=REGIME_STYLE.get(row.regime or "", "")),
-                      row.trigger or "-", _age(row.age_s), str(row.stored), row.snapshot_id or "-")
+                      row.trigger or "-", age_text(row.age_s), str(row.stored), row.snapshot_id or "-")
     parts: list[Table | Text] = [_header(frame), table]
     if frame.consumer_rows:
         parts.append(_consumer_table(frame))
@@ -193,5 +194,5 @@ def summary_line(frame: Frame) -> str:
     rates = " ".join(f"{k}={v:.1f}/s" for k, v in frame.rates.items())
     return (f"stream={frame.stream_length} lag={frame.lag} pending={frame.pending} "
             f"consumers={frame.active_consumers}/{frame.consumers} "
-            f"oldest_pending={_age(frame.oldest_pending_age_s)} dlq={frame.dlq_length} regions_with_latest={with_latest}/{len(frame.regions)} "
+            f"oldest_pending={age_text(frame.oldest_pending_age_s)} dlq={frame.dlq_length} regions_with_latest={with_latest}/{len(frame.regions)} "
             f"stored={sum(r.stored for r in frame.regions)} {rates}").rstrip()

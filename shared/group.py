@@ -65,12 +65,14 @@ class GroupStats:
         return sum(1 for c in self.consumers if c.idle_s < ACTIVE_CONSUMER_IDLE_S)
 
 
-def _text(v: bytes | str) -> str:
+def text(v: bytes | str) -> str:
+    """A name or id as Redis returned it (bytes) as str."""
     return v.decode() if isinstance(v, bytes) else v
 
 
-def _id_seconds(entry_id: bytes) -> float:
-    return int(entry_id.split(b"-", 1)[0]) / 1000
+def id_seconds(entry_id: bytes | str) -> float:
+    """The Unix time (s) a stream entry id was created at: its millisecond part."""
+    return int(text(entry_id).split("-", 1)[0]) / 1000
 
 
 def _optional_int(v: Any) -> int | None:
@@ -81,7 +83,7 @@ def _group_of(groups: Any, name: str) -> dict[str, Any] | None:
     if isinstance(groups, ResponseError):
         return None
     for g in groups:
-        if _text(g["name"]) == name:
+        if text(g["name"]) == name:
             found: dict[str, Any] = g
             return found
     return None
@@ -113,8 +115,8 @@ async def read_group_stats(redis: aioredis.Redis, keys: Keys) -> GroupStats:
     lag = _optional_int(group.get("lag"))
     if lag is None and group["last-delivered-id"] == stream["last-generated-id"]:
         lag = 0  # Redis cannot count after deletions, but nothing is past the group's cursor
-    oldest = now - _id_seconds(pending["min"]) if pending["pending"] else None
-    stats = tuple(ConsumerStat(_text(c["name"]), int(c["pending"]), int(c["idle"]) / 1000)
+    oldest = now - id_seconds(pending["min"]) if pending["pending"] else None
+    stats = tuple(ConsumerStat(text(c["name"]), int(c["pending"]), int(c["idle"]) / 1000)
                   for c in consumers)
     return GroupStats(now, True, length, added, lag, _optional_int(group.get("entries-read")),
                       int(group["pending"]), oldest, stats, dlq_length, dlq_added)
