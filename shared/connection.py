@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -16,6 +17,13 @@ from redis.exceptions import (
     ResponseError,
     TimeoutError,
 )
+
+try:
+    from hiredis import pack_command as _hiredis_pack_c
+
+    _hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None = _hiredis_pack_c
+except ImportError:  # hiredis is a dependency, but a broken wheel should not break startup
+    _hiredis_pack = None
 
 # redis-py retries a command on a dropped connection itself: a few quick, jittered attempts
 # hide a blip (server restart, failover) without hiding a Redis that is really gone.
@@ -69,6 +77,31 @@ def backoff() -> EqualJitterBackoff:
     return EqualJitterBackoff(BACKOFF_CAP_S, BACKOFF_BASE_S)
 
 
+class _HiredisPacking:
+    """Packs commands with hiredis's C packer. redis-py's asyncio connection packs in Python,
+    which was the largest single cost of a consumer batch after decoding: 11.7 vs 2.2 µs for a
+    persist call of 10 keys and a 9 KB payload (measured here)."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        # As redis-py does: a command name with spaces ("XINFO GROUPS") is several arguments.
+        first = args[0].encode() if isinstance(args[0], str) else args[0]
+        if b" " in first:
+            args = (*first.split(), *args[1:])
+        assert _hiredis_pack is not None  # only mixed in when hiredis can pack
+        return [_hiredis_pack(args)]
+
+
+_FAST_CLASSES: dict[type, type] = {}
+
+
+def _fast_packing(cls: type) -> type:
+    if _hiredis_pack is None or issubclass(cls, _HiredisPacking):
+        return cls
+    if cls not in _FAST_CLASSES:
+        _FAST_CLASSES[cls] = type(f"HiredisPacking{cls.__name__}", (_HiredisPacking, cls), {})
+    return _FAST_CLASSES[cls]
+
+
 def connect(url: str, *, retries: int = CONNECT_RETRIES, socket_timeout: float = SOCKET_TIMEOUT_S,
             **kwargs: Any) -> aioredis.Redis:
     """An asyncio client for ``url`` (hiredis parses replies when installed).
@@ -79,7 +112,7 @@ def connect(url: str, *, retries: int = CONNECT_RETRIES, socket_timeout: float =
     consumer's pending list, and a silent re-send would read past them. The consumer's workers
     therefore use ``retries=0`` and handle the error themselves (re-reading their own pending
     entries first)."""
-    return aioredis.Redis.from_url(
+    client = aioredis.Redis.from_url(
         url,
         decode_responses=False,
         socket_connect_timeout=SOCKET_CONNECT_TIMEOUT_S,
@@ -89,6 +122,9 @@ def connect(url: str, *, retries: int = CONNECT_RETRIES, socket_timeout: float =
         retry_on_error=[ConnectionError, TimeoutError, BusyLoadingError] if retries else [],
         **kwargs,
     )
+    pool = client.connection_pool
+    pool.connection_class = _fast_packing(pool.connection_class)
+    return client
 
 
 def describe_url(url: str) -> str:

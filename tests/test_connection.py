@@ -1,0 +1,67 @@
+"""Connection plumbing: the hiredis command packer, error classification, URLs in messages."""
+
+from __future__ import annotations
+
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection
+from redis.exceptions import BusyLoadingError, NoScriptError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from shared.connection import ErrorKind, _fast_packing, classify, connect, describe_url
+
+COMMANDS = [
+    ("SET", "k", b"v" * 9000, "EX", 7776000, "NX"),
+    ("XINFO GROUPS", "stream"),
+    (b"XINFO STREAM", b"s"),
+    ("EVALSHA", "a" * 40, 3, "s", "{mena}:i", "{mena}:l", "group", 900, 1.5, b"\x00\xff"),
+    ("XREADGROUP", "GROUP", "g", "c", "COUNT", 200, "BLOCK", 2000, "STREAMS", "s", ">"),
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_fast_packing_sends_the_same_bytes_as_redis_py(command: tuple[object, ...]) -> None:
+    stock = b"".join(Connection().pack_command(*command))  # type: ignore[arg-type]
+    fast = b"".join(_fast_packing(Connection)().pack_command(*command))
+    assert fast == stock
+
+
+async def test_connect_uses_fast_packing_and_talks_to_redis(redis_url: str) -> None:
+    client = connect(redis_url)
+    try:
+        assert client.connection_pool.connection_class.__name__.startswith("HiredisPacking")
+        assert await client.ping()
+        assert "maxmemory" in await client.config_get("maxmemory")  # a two-word command
+        assert (await client.info("server"))["redis_version"]
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize(("error", "kind"), [
+    (ResponseError("NOGROUP No such key 's' or consumer group 'g'"), ErrorKind.NOGROUP),
+    (ResponseError("ERR BUSYGROUP Consumer Group name already exists"), ErrorKind.BUSYGROUP),
+    (ResponseError("BUSY Redis is busy running a script"), ErrorKind.TRANSIENT),
+    (ResponseError("WRONGTYPE Operation against a key"), ErrorKind.WRONGTYPE),
+    (ResponseError("ERR unknown command"), ErrorKind.OTHER),
+    (NoScriptError("NOSCRIPT No matching script"), ErrorKind.NOSCRIPT),
+    (RedisConnectionError("reset"), ErrorKind.TRANSIENT),
+    (BusyLoadingError("LOADING"), ErrorKind.TRANSIENT),
+    (ConnectionResetError(), ErrorKind.TRANSIENT),
+    ("READONLY You can't write against a read only replica", ErrorKind.TRANSIENT),
+])
+def test_errors_are_classified_in_one_place(error: BaseException | str, kind: ErrorKind) -> None:
+    assert classify(error) is kind
+
+
+def test_password_never_shown() -> None:
+    assert describe_url("redis://user:s3cret@h:6379/0") == "redis://user:***@h:6379/0"
+    assert describe_url("redis://h:6379/0") == "redis://h:6379/0"
+
+
+def test_unix_and_tls_urls_keep_their_connection_kind() -> None:
+    for url, base in (("unix:///tmp/redis.sock", "UnixDomainSocketConnection"),
+                      ("rediss://localhost:6380/0", "SSLConnection")):
+        client: aioredis.Redis = connect(url)
+        cls = client.connection_pool.connection_class
+        assert base in [c.__name__ for c in cls.__mro__]
+        assert cls.__name__.startswith("HiredisPacking")
