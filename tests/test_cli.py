@@ -144,3 +144,19 @@ def test_demo_starts_its_own_redis(path: str | None, says: str) -> None:
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert says in done.stderr.decode()
     assert "regions_with_latest=8/8" in done.stdout.decode()
+
+
+async def test_demo_stops_cleanly_on_ctrl_c(settings: Settings) -> None:
+    import asyncio
+    import signal
+
+    from tests.proc import spawn_cli
+
+    proc = spawn_cli(["demo", "--interval", "1", "--plain", *common_flags(settings)])
+    assert proc.stdout is not None
+    first = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
+    assert b"stream=" in first  # running: a summary line per cycle
+    proc.send_signal(signal.SIGINT)
+    out, err = await asyncio.to_thread(proc.communicate, timeout=60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert b"final:" in out and b"Traceback" not in err
