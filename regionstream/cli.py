@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -23,6 +24,8 @@ from shared.connection import connect, describe_url
 from shared.settings import Settings, SettingsError, parse_regions
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 4
+DEMO_NAMES = {"stream": "regionstream-demo", "group": "demo-persisters",
+              "prefix": "regionstream-demo"}
 PROG = "regionstream"
 
 
@@ -296,6 +299,16 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from regionstream.demo import run_demo
 
     explicit = bool(args.redis_url or os.environ.get("REGIONSTREAM_REDIS_URL"))
+    if explicit:
+        # On a Redis the user pointed at (maybe a real one), the demo writes under names of its
+        # own unless told otherwise: it never mixes synthetic data into production keys.
+        def pick(name: str) -> str:
+            given = (getattr(args, name) is not None
+                     or "REGIONSTREAM_" + name.upper() in os.environ)
+            return str(getattr(settings, name)) if given else DEMO_NAMES[name]
+
+        settings = dataclasses.replace(settings, stream=pick("stream"), group=pick("group"),
+                                       prefix=pick("prefix"))
     return await run_demo(settings, duration=args.duration, interval_s=args.interval_s,
                           workers=args.workers, plain=args.plain or not sys.stdout.isatty(),
                           explicit_url=explicit)

@@ -160,3 +160,18 @@ async def test_demo_stops_cleanly_on_ctrl_c(settings: Settings) -> None:
     out, err = await asyncio.to_thread(proc.communicate, timeout=60)
     assert proc.returncode == 0, err.decode()[-2000:]
     assert b"final:" in out and b"Traceback" not in err
+
+
+async def test_demo_on_a_given_redis_keeps_off_production_names(
+        client: aioredis.Redis, settings: Settings) -> None:
+    done = run_cli(["demo", "--duration", "3", "--interval", "1", "--plain",
+                    "--redis-url", settings.redis_url])
+    try:
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+        assert await client.exists("snapshots") == 0  # the default stream was not touched
+        assert await client.xlen("regionstream-demo") >= 8
+        assert [k async for k in client.scan_iter(match="intelligence:*", count=1000)] == []
+    finally:
+        demo_keys = [k async for k in client.scan_iter(match="regionstream-demo*", count=1000)]
+        if demo_keys:
+            await client.delete(*demo_keys)
