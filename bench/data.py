@@ -6,16 +6,20 @@ distinct (region, trigger_reason, bucket), so the consumer persists each (no ded
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from bench.config import Context
 from producer.publisher import Publisher
 from producer.synthetic import SyntheticSource
+from shared.connection import connect
 from shared.keys import Keys
 from shared.schema import Snapshot, encode
+from shared.servers import start_redis_server
 from shared.settings import Settings
 
 SEED = 5  # the issue's number: every run publishes the same snapshots
@@ -75,6 +79,22 @@ async def prefill(redis: aioredis.Redis, settings: Settings, stream: str, count:
         if on_progress is not None:
             on_progress(done)
     return Prefilled(stream, count, load.mean_bytes)
+
+
+@contextlib.asynccontextmanager
+async def prefilled_server(ctx: Context, name: str, count: int
+                           ) -> AsyncIterator[tuple[str, aioredis.Redis, Prefilled]]:
+    """A private redis-server whose stream ``bench:<run>:<name>`` holds ``count`` snapshots;
+    yields its URL, a direct client and what was prefilled."""
+    with start_redis_server() as server:
+        direct = connect(server.url)
+        try:
+            stream = f"bench:{ctx.run_id}:{name}"
+            with ctx.display.task("prefilling", count) as update:
+                pre = await prefill(direct, ctx.settings(server.url), stream, count, update)
+            yield server.url, direct, pre
+        finally:
+            await direct.aclose()
 
 
 async def produce_at_rate(redis: aioredis.Redis, settings: Settings, keys: Keys, rate: float,

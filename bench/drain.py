@@ -13,12 +13,10 @@ import redis.asyncio as aioredis
 
 from bench import observe
 from bench.config import CONSUMER_BATCH, CONSUMER_WORKERS, Context
-from bench.data import Prefilled, delete_prefix, prefill
+from bench.data import Prefilled, delete_prefix, prefilled_server
 from bench.procs import Runner, Spec, kill_all, start_all
 from bench.stats import ratio
-from shared.connection import connect
 from shared.keys import Keys
-from shared.servers import start_redis_server
 
 NAME = "drain"
 ROLES = ("ceiling", "consumer", "baseline")
@@ -92,19 +90,14 @@ def _spec(ctx: Context, url: str, stream: str, role: str, profile: Path | None =
 
 async def run(ctx: Context) -> dict[str, Any]:
     n = ctx.sizes.drain_messages
-    with start_redis_server() as server:
-        direct = connect(server.url)
-        stream = f"bench:{ctx.run_id}:{NAME}"
-        with ctx.display.task("prefilling", n) as update:
-            pre = await prefill(direct, ctx.settings(server.url), stream, n, update)
-        runners = await start_all([_spec(ctx, server.url, stream, r) for r in ROLES], ctx.logs)
+    async with prefilled_server(ctx, NAME, n) as (url, direct, pre):
+        runners = await start_all([_spec(ctx, url, pre.stream, r) for r in ROLES], ctx.logs)
         try:
             results: dict[str, Any] = await drain_all(ctx, runners, direct, n)
             if ctx.profile:
-                results["profile"] = await _profiled(ctx, server.url, stream, direct, n)
+                results["profile"] = await _profiled(ctx, url, pre.stream, direct, n)
         finally:
             await kill_all(runners)
-        await direct.aclose()
     return _result(ctx, pre, results)
 
 

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from bench import observe
 from bench.config import CONSUMER_BATCH, CONSUMER_WORKERS, Context
-from bench.data import CHUNK, Load, delete_prefix, prefill
+from bench.data import CHUNK, Load, delete_prefix, prefilled_server
 from bench.drain import US_PER_S, drain_one, figures
 from bench.procs import Spec, kill_all, start_all
 from bench.runner import rss_kib
@@ -90,15 +90,10 @@ async def _baseline(ctx: Context, url: str, stream: str, direct: aioredis.Redis,
 
 async def scaling(ctx: Context) -> dict[str, Any]:
     n = ctx.sizes.scaling_messages
-    with start_redis_server() as server:
-        direct = connect(server.url)
-        stream = f"bench:{ctx.run_id}:{NAME}"
-        with ctx.display.task("prefilling", n) as update:
-            await prefill(direct, ctx.settings(server.url), stream, n, update)
-        runs = [await _scale(ctx, server.url, stream, direct, p, n)
+    async with prefilled_server(ctx, NAME, n) as (url, direct, pre):
+        runs = [await _scale(ctx, url, pre.stream, direct, p, n)
                 for p in ctx.sizes.scaling_processes]
-        baseline = await _baseline(ctx, server.url, stream, direct, n)
-        await direct.aclose()
+        baseline = await _baseline(ctx, url, pre.stream, direct, n)
     for r in runs:
         r["ratio_vs_baseline"] = ratio(r["msgs_per_s"], baseline["msgs_per_s"])
         r["ratio_vs_one_process"] = ratio(r["msgs_per_s"], runs[0]["msgs_per_s"])

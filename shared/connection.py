@@ -102,8 +102,8 @@ def _fast_packing(cls: type) -> type:
     return _FAST_CLASSES[cls]
 
 
-def connect(url: str, *, retries: int = CONNECT_RETRIES, socket_timeout: float = SOCKET_TIMEOUT_S,
-            **kwargs: Any) -> aioredis.Redis:
+def connect(url: str, *, retries: int = CONNECT_RETRIES,
+            socket_timeout: float | None = SOCKET_TIMEOUT_S, **kwargs: Any) -> aioredis.Redis:
     """An asyncio client for ``url`` (hiredis parses replies when installed).
 
     ``retries`` > 0: redis-py re-sends a command after a dropped connection. That suits
