@@ -11,6 +11,7 @@ import time
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
+from redis.exceptions import ResponseError
 
 from consumer.reclaim import Reclaimer
 from consumer.service import Consumer
@@ -286,3 +287,45 @@ async def _progressed(client: aioredis.Redis, keys: Keys, s: Settings) -> bool:
     _last_seen[s.stream] = max(before, n)
     return n > before or n >= 1000
 
+
+
+@pytest.mark.chaos
+async def test_busy_redis_is_waited_out(settings: Settings) -> None:
+    """A script hogging Redis (every other client gets BUSY) holds the workers back; once it
+    is killed they go on, none of them dead, nothing lost."""
+    from shared.connection import connect
+    from shared.servers import start_redis_server
+
+    with start_redis_server(extra=("--lua-time-limit", "50")) as server:
+        s = dataclasses.replace(settings, redis_url=server.url, retry_backoff_ms=20,
+                                claim_interval_ms=50)
+        consumer = Consumer(s, registry=CollectorRegistry())
+        task = asyncio.create_task(consumer.run())
+        admin = connect(server.url)
+        hog = connect(server.url, retries=0, socket_timeout=None)
+        try:
+            await publish_cycle(admin, s, now_ms() - 7_200_000, seed=1)
+            await wait_until(lambda: _persisted(consumer, 8), what="first cycle")
+            busy = asyncio.create_task(hog.eval("while true do end", 0))
+
+            async def refused() -> bool:
+                value = consumer.registry.get_sample_value("regionstream_failures_total",
+                                                           {"kind": "transient"})
+                return bool(value)
+
+            await wait_until(refused, what="workers refused with BUSY")
+            await admin.script_kill()
+            with pytest.raises(ResponseError, match=r"[Kk]illed"):
+                await busy
+            await publish_cycle(admin, s, now_ms(), seed=2)
+            await wait_until(lambda: _persisted(consumer, 16), what="consumption after BUSY")
+            assert not task.done(), "a worker died"
+        finally:
+            consumer.stop.set()
+            await asyncio.gather(task, return_exceptions=True)
+            await admin.aclose()
+            await hog.aclose()
+
+
+async def _persisted(consumer: Consumer, n: int) -> bool:
+    return consumer.totals()["persisted"] >= n
