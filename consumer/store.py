@@ -30,6 +30,7 @@ class Outcome:
     outcome: str
     error: str | None = None  # the failure, or the dead-letter reason
     deliveries: int = 0  # for a dead-lettered entry: how often it had been delivered
+    detail: str = ""  # for a dead-lettered entry: what exactly was wrong
 
     @property
     def invalid(self) -> bool:
@@ -132,7 +133,7 @@ def _interpret(calls: Sequence[_Call], results: Sequence[Any]) -> Settled:
                 settled.outcomes.append(Outcome(p.entry_id, p.region, FAILED, str(result)))
             elif result:
                 settled.outcomes.append(Outcome(p.entry_id, p.region, DEAD_LETTERED, p.reason,
-                                                int(result)))
+                                                int(result), p.detail))
             else:  # no longer pending: another consumer settled it; nothing to count twice
                 settled.outcomes.append(Outcome(p.entry_id, p.region, SETTLED_ELSEWHERE))
             continue

@@ -205,8 +205,9 @@ class Worker:
                 if o.invalid:
                     label = (o.region, "invalid")
                     by_label[label] = by_label.get(label, 0) + 1
-                log.warning("%s: entry %s dead-lettered after %d deliveries: %s", self.name,
-                            o.entry_id.decode(), o.deliveries, o.error)
+                log.warning("%s: entry %s (%s) dead-lettered after %d deliveries: %s: %s",
+                            self.name, o.entry_id.decode(), o.region, o.deliveries, o.error,
+                            o.detail)
             observe(max(0.0, now - id_seconds(o.entry_id)))
         for label, n in by_label.items():
             self.metrics.outcome[label].inc(n)
