@@ -80,10 +80,19 @@ def _metrics_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> Parser:
+    from regionstream.opscli import add_parsers
+
     parser = Parser(prog=PROG, description="Regional snapshots through Redis Streams.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    _add_produce(sub)
+    _add_consume(sub)
+    _add_views(sub)
+    add_parsers(sub, _common, _number, _int)
+    return parser
 
+
+def _add_produce(sub: Any) -> None:
     p = sub.add_parser("produce", help="publish snapshots to the stream")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true", help="publish one cycle and exit")
@@ -101,6 +110,8 @@ def build_parser() -> Parser:
     _metrics_flags(p)
     _common(p)
 
+
+def _add_consume(sub: Any) -> None:
     c = sub.add_parser("consume", help="run a group of workers persisting snapshots")
     c.add_argument("--workers", type=_int, help="concurrent workers (default 2)")
     c.add_argument("--batch", type=_int, help="entries per read (default 200)")
@@ -127,6 +138,8 @@ def build_parser() -> Parser:
     _metrics_flags(c)
     _common(c)
 
+
+def _add_views(sub: Any) -> None:
     s = sub.add_parser("show", help="print the latest persisted snapshot of a region")
     s.add_argument("region")
     s.add_argument("--json", action="store_true", help="print the stored JSON")
@@ -138,9 +151,6 @@ def build_parser() -> Parser:
     t.add_argument("--refresh", type=_number, default=1.0, help="seconds between frames (default 1)")
     t.add_argument("--regions", type=parse_regions, help="regions to show")
     _common(t)
-    from regionstream.opscli import add_parsers
-
-    add_parsers(sub, _common, _number, _int)
 
     d = sub.add_parser("demo", help="producer + consumer group + live view, self-contained")
     d.add_argument("--duration", type=_number, help="stop after S seconds (default: Ctrl-C)")
@@ -149,7 +159,6 @@ def build_parser() -> Parser:
     d.add_argument("--workers", type=_int, default=4)
     d.add_argument("--plain", action="store_true", help="no live view: a line per cycle")
     _common(d)
-    return parser
 
 
 SETTING_FLAGS = ("redis_url", "stream", "group", "prefix", "regions", "interval_s", "chunk",
