@@ -81,6 +81,11 @@ class Consumer:
             await self.prepare(control)
             tasks = [asyncio.create_task(w.run(), name=w.name)
                      for w in self.make_workers(workers)]
+            st = self.settings
+            log.info("consuming %s as group %s: consumers %s, batch %d, block %d ms, "
+                     "reclaim after %d ms idle%s", st.stream, st.group,
+                     ", ".join(w.name for w in self.workers), st.batch, st.block_ms,
+                     st.min_idle_ms, " (until drained)" if drain else "")
             if drain:
                 tasks.append(asyncio.create_task(self._drain_watch(control)))
             await self._supervise(tasks)

@@ -90,6 +90,9 @@ class Producer:
         self.metrics.last_success.set_to_current_time()
         self.report.published += len(ids)
         self.report.cycles += 1
+        log.info("cycle %d: published %d snapshots to %s (%s .. %s) in %.1f ms",
+                 self.report.cycles, len(ids), self.keys.stream, ids[0].decode(),
+                 ids[-1].decode(), (time.perf_counter() - started) * 1000)
         if self.on_cycle is not None:
             self.on_cycle(ids)
         return ids

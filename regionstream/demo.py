@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import signal
 import sys
 import time
@@ -67,6 +68,8 @@ async def _frames(client: aioredis.Redis, keys: Keys, settings: Settings,
 async def run_demo(settings: Settings, *, duration: float | None, interval_s: float,
                    workers: int, plain: bool, explicit_url: bool) -> int:
     err = Console(stderr=True)
+    # The screen shows every cycle; a log line per cycle would only tear the live view.
+    logging.getLogger("regionstream.producer").setLevel(logging.WARNING)
     with _server(settings, explicit_url, err) as url:
         # The cadence is accelerated from hours to seconds; the dedup window shrinks with it, or
         # every cycle after the first would land in a taken 15-minute bucket.
