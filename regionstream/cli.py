@@ -113,7 +113,7 @@ def _add_produce(sub: Any) -> None:
 
 def _add_consume(sub: Any) -> None:
     c = sub.add_parser("consume", help="run a group of workers persisting snapshots")
-    c.add_argument("--workers", type=_int, help="concurrent workers (default 2)")
+    c.add_argument("--workers", type=_int, help="concurrent workers (default 4)")
     c.add_argument("--batch", type=_int, help="entries per read (default 200)")
     c.add_argument("--block-ms", type=_int, help="how long a read waits for entries (default 2000)")
     c.add_argument("--drain", action="store_true",

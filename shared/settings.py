@@ -27,7 +27,7 @@ PRODUCE_INTERVAL_S = 6 * 3600.0  # upstream's cron cadence
 # Stream entries older than this may be trimmed, but never before every group acknowledged them.
 STREAM_RETENTION_S = 24 * 3600
 PRODUCE_CHUNK = 500  # entries per pipelined round trip in --count mode
-WORKERS = 2
+WORKERS = 4
 BATCH = 200
 BLOCK_MS = 2_000
 GRACE_S = 10.0  # in-flight work gets this long to finish and ack after SIGTERM
