@@ -110,7 +110,7 @@ async def run(args: argparse.Namespace) -> None:
         "batch": args.batch, "block_ms": args.block_ms, "retention_s": args.retention_s,
         "grace_s": args.grace_s,
     }, env={})
-    keys = Keys(settings.prefix, settings.stream, settings.group)
+    keys = settings.keys
     # redis-py's default 5 s socket timeout would cut a longer blocking read short.
     redis = (connect(settings.redis_url, socket_timeout=None) if args.long_reads
              else connect(settings.redis_url))

@@ -17,7 +17,6 @@ from consumer.worker import Worker
 from shared.aio import pause
 from shared.connection import SOCKET_TIMEOUT_S, connect
 from shared.group import ensure_group, read_group_stats
-from shared.keys import Keys
 from shared.metrics import CONSUMER_OUTCOMES, ConsumerMetrics
 from shared.settings import Settings
 
@@ -28,10 +27,6 @@ DRAIN_POLL_S = 0.2
 EXIT_SECOND_SIGNAL = 130
 
 
-def keys_of(s: Settings) -> Keys:
-    return Keys(prefix=s.prefix, stream=s.stream, group=s.group)
-
-
 @dataclass
 class Consumer:
     settings: Settings
@@ -39,7 +34,7 @@ class Consumer:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
-        self.keys = keys_of(self.settings)
+        self.keys = self.settings.keys
         self.metrics = ConsumerMetrics(self.registry, self.settings.regions)
         self.workers: list[Worker] = []
 

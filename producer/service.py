@@ -20,7 +20,6 @@ from producer.sources import Chunk, read_lines, read_stream, stdin_bytes
 from producer.synthetic import SyntheticSource
 from shared.aio import pause
 from shared.connection import ErrorKind, backoff, classify
-from shared.keys import Keys
 from shared.metrics import ProducerMetrics
 from shared.schema import encode
 from shared.settings import Settings
@@ -53,7 +52,7 @@ class Producer:
 
     def __post_init__(self) -> None:
         s = self.settings
-        self.keys = Keys(prefix=s.prefix, stream=s.stream, group=s.group)
+        self.keys = s.keys
         self.metrics = ProducerMetrics(self.registry, s.regions)
         self.source = SyntheticSource(s.regions, seed=self.seed)
         self.report = Report()

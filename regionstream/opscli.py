@@ -14,7 +14,6 @@ from rich.table import Table
 
 from consumer.ops import PendingReport, pending_report, replay_dlq, replay_pending, replay_range
 from regionstream.view import age_text
-from shared.keys import Keys
 from shared.settings import Settings
 
 
@@ -69,7 +68,7 @@ def print_pending(report: PendingReport) -> None:
 
 async def cmd_pending(args: argparse.Namespace, settings: Settings, redis: aioredis.Redis
                       ) -> int:
-    report = await pending_report(redis, Keys(settings.prefix, settings.stream, settings.group))
+    report = await pending_report(redis, settings.keys)
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     else:
@@ -79,7 +78,7 @@ async def cmd_pending(args: argparse.Namespace, settings: Settings, redis: aiore
 
 async def cmd_replay(args: argparse.Namespace, settings: Settings, redis: aioredis.Redis
                      ) -> int:
-    keys = Keys(settings.prefix, settings.stream, settings.group)
+    keys = settings.keys
     verb = "would move" if args.dry_run else "moved"
     if args.dlq:
         moved = await replay_dlq(redis, keys, region=args.region, reason=args.reason,

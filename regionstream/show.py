@@ -26,7 +26,7 @@ async def show(redis: aioredis.Redis, settings: Settings, region: str, *, as_jso
         print(f"regionstream show: unknown region {region!r}; known: "
               f"{', '.join(settings.regions)}", file=sys.stderr)
         return 2
-    keys = Keys(settings.prefix, settings.stream, settings.group)
+    keys = settings.keys
     payload = await latest_payload(redis, keys, region)
     if payload is None:
         print(f"regionstream show: no snapshot persisted for {region}", file=sys.stderr)

@@ -25,10 +25,6 @@ REFRESH_S = 1.0
 LIVE_REDRAWS_PER_S = 4
 
 
-def keys_of(settings: Settings) -> Keys:
-    return Keys(prefix=settings.prefix, stream=settings.stream, group=settings.group)
-
-
 async def frames(redis: aioredis.Redis, keys: Keys, regions: tuple[str, ...],
                  stop: asyncio.Event, every: float = REFRESH_S) -> AsyncIterator[Frame]:
     """Frames until ``stop``; every frame after the first carries rates since the previous."""
@@ -48,7 +44,7 @@ async def run_top(redis: aioredis.Redis, settings: Settings, *, once: bool = Fal
     """``once``: one frame and exit. ``plain`` (or no terminal): a summary line per frame.
     Otherwise a live redrawn table until ``stop`` (Ctrl-C in the CLI)."""
     out = console or Console()
-    keys = keys_of(settings)
+    keys = settings.keys
     if once:
         frame = await collect(redis, keys, settings.regions)
         out.print(summary_line(frame) if plain else render(frame), soft_wrap=plain)

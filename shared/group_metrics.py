@@ -75,7 +75,7 @@ def start_group_gauges(settings: Settings, registry: CollectorRegistry,
     """Register the group gauges in ``registry`` and refresh them in a background task of the
     running loop, on a connection of its own (a worker's blocked XREADGROUP never delays it).
     The task ends when ``stop`` is set or it is cancelled (``asyncio.run`` cancels it at exit)."""
-    keys = Keys(prefix=settings.prefix, stream=settings.stream, group=settings.group)
+    keys = settings.keys
     metrics = GroupMetrics(registry, keys.stream, keys.group)
 
     async def run() -> None:

@@ -51,11 +51,6 @@ class Keys:
     def index(self, region: str) -> str:
         return f"{self.prefix}:snapshot-index:v1:{self._tag(region)}"
 
-    def region_pattern(self, region: str) -> str:
-        """A SCAN pattern for every key of one region (tests and operators)."""
-        tag = self._tag(region).replace("{", "\\{").replace("}", "\\}")
-        return f"{self.prefix}:*:v1:{tag}*"
-
     def consumer_name(self, base: str, worker: int | str) -> str:
         """Stable per-worker consumer name: a restarted worker gets its old name back, and with
         it its own pending entries, which it replays before reading new ones."""

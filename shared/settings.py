@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from shared.keys import Keys
 from shared.schema import REGIONS
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
@@ -119,6 +120,11 @@ class Settings:
     consumer_timeout_s: float = field(default=CONSUMER_TIMEOUT_S, metadata={"check": _positive})
     metrics_host: str = field(default="127.0.0.1", metadata={"check": _name})
     metrics_port: int = field(default=0, metadata={"check": _port})
+
+    @property
+    def keys(self) -> Keys:
+        """Every key, stream and group name of this deployment (see shared/keys.py)."""
+        return Keys(prefix=self.prefix, stream=self.stream, group=self.group)
 
     @property
     def dedup_window_ms(self) -> int:

@@ -48,7 +48,7 @@ def settings(redis_url: str) -> Settings:
 
 @pytest.fixture
 def keys(settings: Settings) -> Keys:
-    return Keys(settings.prefix, settings.stream, settings.group)
+    return settings.keys
 
 
 @pytest.fixture

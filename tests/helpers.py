@@ -11,7 +11,6 @@ from prometheus_client import CollectorRegistry
 from consumer.service import Consumer
 from producer.publisher import Publisher
 from producer.synthetic import SyntheticSource
-from shared.keys import Keys
 from shared.schema import Snapshot
 from shared.settings import Settings
 
@@ -20,7 +19,7 @@ DRAIN_TIMEOUT_S = 60.0
 
 async def publish(client: aioredis.Redis, settings: Settings, snaps: list[Snapshot]
                   ) -> list[bytes]:
-    pub = Publisher(client, Keys(settings.prefix, settings.stream, settings.group), settings)
+    pub = Publisher(client, settings.keys, settings)
     await pub.prepare()
     return await pub.publish(snaps)
 

@@ -25,7 +25,7 @@ MAX_KILL_ATTEMPTS = 5
 
 
 async def prefill(client: aioredis.Redis, settings: Settings, n: int = N) -> None:
-    keys = Keys(settings.prefix, settings.stream, settings.group)
+    keys = settings.keys
     pub = Publisher(client, keys, settings)
     await pub.prepare()
     src, base = SyntheticSource(settings.regions, seed=21), int(time.time() * 1000)

@@ -37,7 +37,7 @@ class CountingConnection(Connection):
 
 
 def worker(client: aioredis.Redis, settings: Settings, name: str = "w") -> Worker:
-    keys = Keys(settings.prefix, settings.stream, settings.group)
+    keys = settings.keys
     return Worker(client, keys, settings, name, ConsumerMetrics(CollectorRegistry()),
                   asyncio.Event())
 
