@@ -21,7 +21,9 @@ from rich.live import Live
 
 from consumer.service import Consumer
 from producer.service import Producer
+from regionstream.top import frames
 from regionstream.view import Frame, collect, render, summary_line
+from shared.aio import pause
 from shared.connection import connect, describe_url
 from shared.keys import Keys
 from shared.servers import Server, redis_server_binary, start_fake_server, start_redis_server
@@ -51,16 +53,16 @@ def _server(settings: Settings, explicit: bool, err: Console):  # type: ignore[n
 async def _frames(client: aioredis.Redis, keys: Keys, settings: Settings,
                   totals: Callable[[], dict[str, int]], stop: asyncio.Event, every: float
                   ) -> AsyncIterator[Frame]:
+    """``top``'s frames, with the rates of this process's own outcomes in place of the
+    stream-wide ones (the demo knows what it persisted, deduplicated and dead-lettered)."""
     prev, prev_t = totals(), time.monotonic()
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), every)
+    await pause(stop, every)  # the first frame shows the first cycle, not an empty store
+    async for frame in frames(client, keys, settings.regions, stop, every):
         now_totals, now_t = totals(), time.monotonic()
         dt = max(now_t - prev_t, 1e-9)
-        rates = {k: (v - prev.get(k, 0.0)) / dt for k, v in now_totals.items()
+        rates = {k: (v - prev.get(k, 0)) / dt for k, v in now_totals.items()
                  if k in ("persisted", "duplicate", "dead_lettered")}
         prev, prev_t = now_totals, now_t
-        frame = await collect(client, keys, settings.regions)
         done = ", ".join(f"{k} {v}" for k, v in now_totals.items() if v)
         yield dataclasses.replace(frame, rates=rates, note=f"totals: {done}")
 
