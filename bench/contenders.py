@@ -82,7 +82,8 @@ class Baseline(_Contender):
 
     async def settle_one(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         checked = check_entry(entry_id, fields, max_bytes=self.s.max_bytes,
-                              now_ms=int(time.time() * MS_PER_S), regions=self.s.regions)
+                              now_ms=int(time.time() * MS_PER_S), regions=self.s.regions,
+                              retention_ms=self.s.retention_s * MS_PER_S)
         if isinstance(checked, Valid):
             await self._persist(checked)
         # upstream has no dead-letter stream: an invalid message is just acknowledged

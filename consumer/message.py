@@ -43,9 +43,11 @@ def check_entry(
     max_bytes: int,
     now_ms: int,
     regions: Collection[str] = REGIONS,
+    retention_ms: int | None = None,
 ) -> Valid | Poison:
-    """Validate one entry: version, size, payload against the schema, and the routing fields
-    against the payload (a mismatch would file the snapshot under the wrong keys)."""
+    """Validate one entry: version, size, payload against the schema, the routing fields
+    against the payload (a mismatch would file the snapshot under the wrong keys) and, given
+    ``retention_ms``, its age (a snapshot older than the retention would expire on arrival)."""
     payload = fields.get(wire.F_PAYLOAD)
     if payload is None:
         return Poison(entry_id, fields, "missing-payload", "entry has no 'payload' field")
@@ -77,5 +79,9 @@ def check_entry(
     if mismatch:
         return Poison(entry_id, fields, "field-mismatch",
                       f"entry field(s) {', '.join(mismatch)} disagree with the payload")
+    if retention_ms is not None and snap.generated_at + retention_ms <= now_ms:
+        return Poison(entry_id, fields, "past-retention",
+                      f"generated_at {snap.generated_at} is more than the retention "
+                      f"({retention_ms} ms) before now ({now_ms})")
     return Valid(entry_id, snap.region_id, snap.meta.snapshot_id, snap.meta.trigger_reason,
                  snap.generated_at, payload)

@@ -158,7 +158,8 @@ async def replay_range(redis: aioredis.Redis, keys: Keys, settings: Settings, *,
         page: Any = await redis.xrange(keys.stream, cursor, end, count=REPLAY_PAGE)
         now_ms = int(time.time() * 1000)
         checked = [check_entry(i, f, max_bytes=settings.max_bytes, now_ms=now_ms,
-                               regions=settings.regions) for i, f in page]
+                               regions=settings.regions,
+                               retention_ms=settings.retention_s * 1000) for i, f in page]
         valid = [c for c in checked if isinstance(c, Valid)]
         result.entries += len(page)
         result.ids += [text(i) for i, _ in page]

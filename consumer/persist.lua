@@ -1,27 +1,41 @@
 -- Persist a batch of snapshots of ONE region, deduplicated, and acknowledge them.
 --
+-- Runs inside MULTI ... EXEC, right after an MSET that wrote the batch's by-id keys:
+--   MULTI; MSET byid_1 payload_1 ... byid_n payload_n; EVALSHA persist ...; EXEC
+-- The payloads never pass through Lua: handing a 9 KB string to Redis's Lua costs ~20 µs of
+-- server CPU (it hashes every byte), twice what the whole rest of this script costs per
+-- message. MSET leaves the by-id keys without a TTL; this script gives every one of them its
+-- expiry, or deletes it, so after EXEC no by-id key of the batch is left without one. MULTI
+-- makes the MSET and this script one unit: never one without the other.
+--
 -- KEYS[1] stream ("" = don't ack here: on a cluster the stream lives in another slot and the
 --         caller sends XACK right after this script in the same pipeline)
 -- KEYS[2] snapshot index (ZSET generated_at -> snapshot_id)   all of one region: one hash tag,
 -- KEYS[3] latest pointer (snapshot_id)                         so one cluster slot
 -- KEYS[4+2i], KEYS[5+2i]  dedup marker, by-id key of message i (i = 0..n-1)
 -- ARGV[1] group, ARGV[2] dedup TTL s, ARGV[3] retention s, ARGV[4] retention ms
--- ARGV[5+4i .. 8+4i]  entry id, snapshot id, generated_at ms, payload of message i
+-- ARGV[5+3i .. 7+3i]  entry id, snapshot id, generated_at ms of message i
 --
 -- Returns one status per message: "p" persisted, "d" duplicate (another snapshot owns the
 -- bucket), "r" redelivered (this very snapshot is stored already), or "E<error>" when a write
 -- failed; a failed message is NOT acknowledged, so it is delivered again.
 --
--- Write order per message: by-id, index, latest, dedup marker LAST. Redis does not roll a
--- script back when a command fails half-way, so the order is what makes the marker a commit
--- record: a marker never exists without its data, and a failed message leaves no marker to
--- make its retry look like a duplicate (upstream's bug). An index entry likewise proves the
--- by-id key was written, which recognizes a redelivery after the marker expired.
+-- Write order per message: by-id (the MSET), index, latest, dedup marker LAST. Redis does not
+-- roll a script back when a command fails half-way, so the order is what makes the marker a
+-- commit record: a marker never exists without its data (the by-id key is proven to exist
+-- before anything else is written), and a failed message leaves no marker to make its retry
+-- look like a duplicate (upstream's bug). An index entry likewise proves the by-id key was
+-- written, which recognizes a redelivery after the marker expired.
+--
+-- A snapshot is kept until generated_at + retention: the by-id key expires then, and the index
+-- entry is pruned then, so a redelivery restores exactly the expiry it had.
 
 local stream, index, latest = KEYS[1], KEYS[2], KEYS[3]
 local group = ARGV[1]
 local dedup_ttl, retention_s, retention_ms = ARGV[2], ARGV[3], tonumber(ARGV[4])
-local n = (#ARGV - 4) / 4
+local n = (#ARGV - 4) / 3
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 local function failed(r)
   return type(r) == 'table' and r.err ~= nil
@@ -43,9 +57,14 @@ local function load_latest()
 end
 local latest_err = load_latest()
 
-local function persist(dedup, byid, sid, gen, payload)
-  local r = redis.pcall('SET', byid, payload, 'EX', retention_s)
+local function persist(dedup, byid, sid, gen, expire_at)
+  if expire_at <= now_ms then
+    redis.pcall('DEL', byid)
+    return {err = 'past retention: generated_at ' .. gen .. ' + retention is before now'}
+  end
+  local r = redis.pcall('PEXPIREAT', byid, expire_at)
   if failed(r) then return r end
+  if r == 0 then return {err = 'by-id key missing: the MSET before this script did not write it'} end
   r = redis.pcall('ZADD', index, gen, sid)
   if failed(r) then return r end
   if latest_err then return latest_err end
@@ -62,8 +81,8 @@ end
 local out, acks = {}, {}
 for i = 0, n - 1 do
   local dedup, byid = KEYS[4 + 2 * i], KEYS[5 + 2 * i]
-  local eid, sid = ARGV[5 + 4 * i], ARGV[6 + 4 * i]
-  local gen, payload = tonumber(ARGV[7 + 4 * i]), ARGV[8 + 4 * i]
+  local eid, sid, gen = ARGV[5 + 3 * i], ARGV[6 + 3 * i], tonumber(ARGV[7 + 3 * i])
+  local expire_at = gen + retention_ms
   local status
   local marker = redis.pcall('GET', dedup)
   if failed(marker) then
@@ -72,23 +91,32 @@ for i = 0, n - 1 do
     status = 'r'
   elseif marker then
     status = 'd'
+    -- The MSET wrote this duplicate's payload under its own id; unless that snapshot was
+    -- stored before (its marker expired and another one took the bucket), nothing refers to it.
+    local score = redis.pcall('ZSCORE', index, sid)
+    if not failed(score) and not score then
+      redis.pcall('DEL', byid)
+    end
   else
     local score = redis.pcall('ZSCORE', index, sid)
-    if not failed(score) and score then
+    if failed(score) then
+      status = 'E' .. score.err
+    elseif score then
       status = 'r'  -- stored before; its marker expired (or a replay of old history)
     else
-      local err = persist(dedup, byid, sid, gen, payload)
+      local err = persist(dedup, byid, sid, gen, expire_at)
       status = err and ('E' .. err.err) or 'p'
     end
   end
+  -- Whatever happened above, the by-id key gets its expiry back (the MSET removed it); a
+  -- deleted one is left alone (PEXPIREAT on a missing key does nothing).
+  if status ~= 'p' then redis.pcall('PEXPIREAT', byid, expire_at) end
   out[i + 1] = status
   if string.sub(status, 1, 1) ~= 'E' then acks[#acks + 1] = eid end
 end
 
 -- Prune index entries past retention, once per call.
-local t = redis.call('TIME')
-local cutoff = tonumber(t[1]) * 1000 - retention_ms
-redis.pcall('ZREMRANGEBYSCORE', index, '-inf', '(' .. cutoff)
+redis.pcall('ZREMRANGEBYSCORE', index, '-inf', '(' .. (now_ms - retention_ms))
 
 if stream ~= '' and #acks > 0 then
   local r = redis.pcall('XACK', stream, group, unpack(acks))

@@ -1,5 +1,9 @@
 """Settling one batch: every persist and dead-letter call of the batch in ONE pipelined round
-trip, each call atomic on the server (see ``persist.lua`` and ``dead_letter.lua``)."""
+trip, each call atomic on the server (see ``persist.lua`` and ``dead_letter.lua``).
+
+A persist call is one region's share of the batch, sent as ``MULTI; MSET <by-id keys and
+payloads>; EVALSHA persist ...; EXEC``: the payloads go to Redis as plain MSET arguments, never
+through Lua, which would cost the server twice as much per message (``persist.lua`` says why)."""
 
 from __future__ import annotations
 
@@ -44,6 +48,27 @@ class _Call:
     keys: list[str]
     args: list[Any]
     members: Sequence[Valid | Poison]
+    # persist calls: the by-id keys and payloads, MSET in the same transaction as the script
+    by_id: list[Any] | None = None
+
+    def commands(self) -> list[tuple[Any, ...]]:
+        evalsha = ("EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.args)
+        if self.by_id is None:
+            return [evalsha]
+        return [("MULTI",), ("MSET", *self.by_id), evalsha, ("EXEC",)]
+
+    def result(self, replies: Sequence[Any]) -> Any:
+        """The script's reply (or the error in its place) out of this call's replies."""
+        if self.by_id is None:
+            return replies[0]
+        executed = replies[-1]
+        if isinstance(executed, list):
+            # [MSET's reply, the script's]. A failed MSET needs no report of its own: the
+            # script proves each by-id key exists before persisting, and fails it otherwise.
+            return executed[1]
+        # EXECABORT: a command was refused when queued (out of memory, ...); nothing ran.
+        refused = [r for r in replies[1:-1] if isinstance(r, Exception)]
+        return refused[0] if refused else executed
 
 
 @dataclass(slots=True)
@@ -57,12 +82,14 @@ def _persist_call(keys: Keys, s: Settings, region: str, batch: list[Valid], ack:
                   ) -> _Call:
     k: list[str] = [keys.stream if ack else "", keys.index(region), keys.latest(region)]
     a: list[Any] = [keys.group, s.dedup_window_s, s.retention_s, s.retention_s * 1000]
+    by_id: list[Any] = []
     window = s.dedup_window_ms
     for v in batch:
-        k.append(keys.dedup(region, v.trigger_reason, v.generated_at // window))
-        k.append(keys.by_id(region, v.snapshot_id))
-        a += (v.entry_id, v.snapshot_id, v.generated_at, v.payload)
-    return _Call(scripts.persist(), k, a, batch)
+        by_id_key = keys.by_id(region, v.snapshot_id)
+        k += (keys.dedup(region, v.trigger_reason, v.generated_at // window), by_id_key)
+        a += (v.entry_id, v.snapshot_id, v.generated_at)
+        by_id += (by_id_key, v.payload)
+    return _Call(scripts.persist(), k, a, batch, by_id)
 
 
 def _dead_letter_call(keys: Keys, consumer: str, p: Poison) -> _Call:
@@ -94,10 +121,18 @@ def plan(keys: Keys, s: Settings, consumer: str,
 
 
 async def _send(redis: aioredis.Redis, calls: Sequence[_Call]) -> list[Any]:
+    """Every call's commands in one pipeline; one result per call."""
     pipe = redis.pipeline(transaction=False)
-    for c in calls:
-        pipe.evalsha(c.script.sha, len(c.keys), *c.keys, *c.args)
-    return await pipe.execute(raise_on_error=False)
+    per_call = [c.commands() for c in calls]
+    for commands in per_call:
+        for command in commands:
+            pipe.execute_command(*command)
+    replies = await pipe.execute(raise_on_error=False)
+    results, at = [], 0
+    for call, commands in zip(calls, per_call, strict=True):
+        results.append(call.result(replies[at:at + len(commands)]))
+        at += len(commands)
+    return results
 
 
 async def settle(redis: aioredis.Redis, keys: Keys, s: Settings, consumer: str,

@@ -3,7 +3,7 @@
 Layout (``{prefix}`` defaults to ``intelligence``)::
 
     {prefix}:dedup:v1:{<region>}:<trigger_reason>:<bucket>  -> snapshot_id   EX dedup window
-    {prefix}:snapshot-by-id:v1:{<region>}:<snapshot_id>     -> snapshot JSON EX retention
+    {prefix}:snapshot-by-id:v1:{<region>}:<snapshot_id>     -> snapshot JSON, expires generated_at + retention
     {prefix}:snapshot:v1:{<region>}:latest                  -> snapshot_id   EX retention
     {prefix}:snapshot-index:v1:{<region>}                   -> ZSET generated_at -> snapshot_id
 

@@ -1,0 +1,149 @@
+"""The persist transaction on a real Redis: ``MULTI; MSET <by-id keys>; EVALSHA persist; EXEC``.
+
+The payloads reach Redis as MSET arguments, which leave the by-id keys without an expiry; the
+script must give each its expiry (generated_at + retention) or delete it, whatever the outcome,
+and a transaction Redis refuses must write nothing at all."""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+
+from consumer import scripts, store
+from consumer.message import Poison, Valid, check_entry
+from consumer.service import Consumer
+from producer.synthetic import SyntheticSource
+from shared import wire
+from shared.connection import connect
+from shared.keys import Keys
+from shared.schema import Snapshot, encode
+from shared.servers import start_redis_server
+from shared.settings import Settings
+from tests.helpers import drain, outcomes, publish, publish_cycle
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def valid(snap: Snapshot, entry_id: bytes = b"1-1") -> Valid:
+    return Valid(entry_id, snap.region_id, snap.meta.snapshot_id, snap.meta.trigger_reason,
+                 snap.generated_at, encode(snap))
+
+
+async def by_id_expiries(client: aioredis.Redis, settings: Settings) -> dict[bytes, int]:
+    """Every by-id key of this test with its absolute expiry in ms (-1: none)."""
+    return {k: await client.pexpiretime(k)
+            async for k in client.scan_iter(match=f"{settings.prefix}:snapshot-by-id:*")}
+
+
+async def test_every_outcome_leaves_by_id_keys_with_their_expiry(
+        client: aioredis.Redis, settings: Settings, keys: Keys) -> None:
+    t = now_ms()
+    first = await publish_cycle(client, settings, t, seed=1)
+    # the same cycle again (redelivered), then other snapshots in the same buckets (duplicates)
+    await publish(client, settings, first)
+    bucket = t // settings.dedup_window_ms
+    same_bucket = [s for s in SyntheticSource(settings.regions, seed=2).cycle(t)
+                   if s.generated_at // settings.dedup_window_ms == bucket
+                   and s.meta.trigger_reason == first[settings.regions.index(s.region_id)]
+                   .meta.trigger_reason]
+    assert same_bucket, "the seeds were chosen to produce duplicates"
+    await publish(client, settings, same_bucket)
+    consumer = await drain(client, settings)
+    assert outcomes(consumer)["persisted"] == 8
+    assert outcomes(consumer)["redelivered"] == 8
+    assert outcomes(consumer)["duplicate"] == len(same_bucket)
+    retention_ms = settings.retention_s * 1000
+    # only the persisted snapshots have by-id keys, each expiring at generated_at + retention
+    assert await by_id_expiries(client, settings) == {
+        keys.by_id(s.region_id, s.meta.snapshot_id).encode(): s.generated_at + retention_ms
+        for s in first}
+
+
+async def test_duplicate_of_a_stored_snapshot_keeps_its_data(
+        client: aioredis.Redis, settings: Settings, keys: Keys) -> None:
+    """A stored snapshot whose marker expired and whose bucket another snapshot took since: a
+    redelivery of it is a duplicate, and its stored data must survive the MSET + cleanup."""
+    t = now_ms()
+    (a,) = SyntheticSource(("mena",), seed=3).cycle(t)
+    b = msgspec.structs.replace(a, generated_at=t + 1, meta=msgspec.structs.replace(
+        a.meta, snapshot_id=f"{t + 1:012x}-{'b' * 12}"))
+    stored = await store.settle(client, keys, settings, "w", [valid(a)], (), ack=False)
+    assert [o.outcome for o in stored.outcomes] == [store.PERSISTED]
+    await client.delete(keys.dedup("mena", a.meta.trigger_reason, t // settings.dedup_window_ms))
+    taken = await store.settle(client, keys, settings, "w", [valid(b, b"1-2")], (), ack=False)
+    assert [o.outcome for o in taken.outcomes] == [store.PERSISTED]
+    again = await store.settle(client, keys, settings, "w", [valid(a, b"1-3")], (), ack=False)
+    assert [o.outcome for o in again.outcomes] == [store.DUPLICATE]
+    assert await client.get(keys.by_id("mena", a.meta.snapshot_id)) == encode(a)
+    assert await client.pexpiretime(keys.by_id("mena", a.meta.snapshot_id)) == (
+        a.generated_at + settings.retention_s * 1000)
+
+
+async def test_past_retention_is_poison_and_the_script_refuses_it_too(
+        client: aioredis.Redis, settings: Settings, keys: Keys) -> None:
+    (old,) = SyntheticSource(("mena",), seed=4).cycle(now_ms() - settings.retention_s * 1000
+                                                      - 60_000)
+    fields = {wire.F_SCHEMA: wire.SCHEMA, wire.F_REGION: b"mena",
+              wire.F_SNAPSHOT_ID: old.meta.snapshot_id.encode(),
+              wire.F_GENERATED_AT: str(old.generated_at).encode(),
+              wire.F_TRIGGER: old.meta.trigger_reason.encode(), wire.F_PAYLOAD: encode(old)}
+    checked = check_entry(b"1-1", fields, max_bytes=settings.max_bytes, now_ms=now_ms(),
+                          retention_ms=settings.retention_s * 1000)
+    assert isinstance(checked, Poison) and checked.reason == "past-retention"
+    # Past check_entry anyway (a race at the edge): the script fails it and keeps nothing.
+    settled = await store.settle(client, keys, settings, "w", [valid(old)], (), ack=False)
+    (o,) = settled.outcomes
+    assert o.outcome == store.FAILED and o.error is not None and "past retention" in o.error
+    assert await by_id_expiries(client, settings) == {}
+    assert not [k async for k in client.scan_iter(match=f"{settings.prefix}:*")]
+
+
+async def test_lost_scripts_still_leave_every_by_id_key_expiring(
+        client: aioredis.Redis, settings: Settings, keys: Keys) -> None:
+    """EVALSHA inside MULTI fails at EXEC, after the MSET ran; the reload and resend must still
+    give those keys their expiry."""
+    snaps = await publish_cycle(client, settings, now_ms())
+    await client.script_flush()
+    consumer = await drain(client, settings)
+    assert outcomes(consumer)["persisted"] == 8
+    assert await client.script_exists(scripts.persist().sha) == [True]
+    expiries = await by_id_expiries(client, settings)
+    assert sorted(expiries.values()) == sorted(
+        s.generated_at + settings.retention_s * 1000 for s in snaps)
+
+
+async def test_out_of_memory_writes_nothing_and_heals() -> None:
+    """Redis refusing the MSET (maxmemory reached) aborts the whole transaction: no by-id key,
+    no marker, the entries stay pending; once memory is back they are persisted."""
+    with start_redis_server() as server:
+        s = Settings.load({"redis_url": server.url, "stream": "oom", "group": "g",
+                           "prefix": "oom"}, env={})
+        client = connect(server.url)
+        try:
+            await Consumer(s, registry=CollectorRegistry()).prepare(client)
+            await publish_cycle(client, s, now_ms())
+            read = await client.xreadgroup("g", "w", {"oom": ">"})
+            entries = read[0][1]
+            checked = [check_entry(i, f, max_bytes=s.max_bytes, now_ms=now_ms())
+                       for i, f in entries]
+            batch = [c for c in checked if isinstance(c, Valid)]
+            assert len(batch) == 8
+            await client.config_set("maxmemory", 1)  # anything more is over the limit
+            refused = await store.settle(client, s.keys, s, "w", batch, ())
+            assert {o.outcome for o in refused.outcomes} == {store.FAILED}
+            assert all("maxmemory" in (o.error or "") for o in refused.outcomes)
+            assert not [k async for k in client.scan_iter(match="oom:*")]
+            assert (await client.xpending("oom", "g"))["pending"] == 8
+            await client.config_set("maxmemory", 0)
+            healed = await store.settle(client, s.keys, s, "w", batch, ())
+            assert [o.outcome for o in healed.outcomes] == [store.PERSISTED] * 8
+            assert (await client.xpending("oom", "g"))["pending"] == 0
+            expiries = await by_id_expiries(client, s)
+            assert len(expiries) == 8 and -1 not in expiries.values()
+        finally:
+            await client.aclose()
