@@ -20,7 +20,7 @@ from shared.aio import pause
 from shared.connection import ErrorKind, backoff, classify
 from shared.group import ensure_group, id_key, id_seconds
 from shared.keys import Keys
-from shared.metrics import ConsumerMetrics
+from shared.metrics import ConsumerMetrics, observe_many
 from shared.settings import Settings
 
 log = logging.getLogger("regionstream.consumer")
@@ -192,7 +192,7 @@ class Worker:
         now = self.clock()
         tally: dict[str, int] = {}
         by_label: dict[tuple[str, str], int] = {}
-        observe = self.metrics.e2e_latency.observe
+        latencies: list[float] = []
         for o in settled.outcomes:
             tally[o.outcome] = tally.get(o.outcome, 0) + 1
             if o.outcome == store.SETTLED_ELSEWHERE:
@@ -210,7 +210,8 @@ class Worker:
                 log.warning("%s: entry %s (%s) dead-lettered after %d deliveries: %s: %s",
                             self.name, o.entry_id.decode(), o.region, o.deliveries, o.error,
                             o.detail)
-            observe(max(0.0, now - id_seconds(o.entry_id)))
+            latencies.append(max(0.0, now - id_seconds(o.entry_id)))
+        observe_many(self.metrics.e2e_latency, latencies)
         for label, n in by_label.items():
             self.metrics.outcome[label].inc(n)
         for err in settled.ack_errors:

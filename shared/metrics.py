@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Iterable
+from bisect import bisect_left
+from collections import Counter as Tally
+from collections.abc import Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
@@ -58,6 +60,25 @@ def redis_roundtrip(registry: CollectorRegistry) -> Histogram:
             rtt.labels(op)
         _RTT_BY_REGISTRY[registry] = rtt
     return rtt
+
+
+def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
+    """``histogram.observe(v)`` for every (finite) value of a batch, as one increment per bucket
+    touched: prometheus-client's ``observe`` takes a lock and scans the buckets per value, which
+    the consumer would pay once per entry. Uses the histogram's bucket counters directly and
+    falls back to ``observe`` if a prometheus-client release ever lays them out differently."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if (not values or bounds is None or buckets is None or total is None
+            or len(bounds) != len(buckets) or histogram._labelnames):
+        for v in values:
+            histogram.observe(v)
+        return
+    # observe() counts v in the first bucket whose upper bound is >= v: bisect_left finds it.
+    for i, n in Tally(bisect_left(bounds, v) for v in values).items():
+        buckets[i].inc(n)
+    total.inc(math.fsum(values))
 
 
 class ConsumerMetrics:

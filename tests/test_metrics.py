@@ -195,3 +195,31 @@ async def test_background_task_of_the_cli(client: aioredis.Redis, settings: Sett
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+def test_observe_many_exposes_exactly_what_observe_does() -> None:
+    """The consumer's batched histogram update must be indistinguishable, in the exposition,
+    from one observe() per value: every bound hit exactly, below the first, past the last."""
+    from prometheus_client import Histogram
+
+    from shared.metrics import LATENCY_BUCKETS, observe_many
+
+    values = [0.0, 0.0004, *LATENCY_BUCKETS, *(b * 1.01 for b in LATENCY_BUCKETS), 1e9, 0.003]
+    one_by_one, batched = CollectorRegistry(), CollectorRegistry()
+    h1 = Histogram("lat", "x", registry=one_by_one, buckets=LATENCY_BUCKETS)
+    h2 = Histogram("lat", "x", registry=batched, buckets=LATENCY_BUCKETS)
+    for v in values:
+        h1.observe(v)
+    observe_many(h2, values[:7])
+    observe_many(h2, values[7:])
+    observe_many(h2, [])
+
+    def samples(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+        return {(x.name, x.labels.get("le", "")): x.value for m in registry.collect()
+                for x in m.samples if not x.name.endswith("_created")}
+
+    expected, got = samples(one_by_one), samples(batched)
+    # the sum is added up in another order (exactly, with fsum): equal to rounding
+    assert got.pop(("lat_sum", "")) == pytest.approx(expected.pop(("lat_sum", "")), rel=1e-12)
+    assert got == expected  # every bucket and the count exactly
+    assert value(batched, "lat_count") == len(values)
