@@ -16,7 +16,18 @@ COMMANDS = [
     (b"XINFO STREAM", b"s"),
     ("EVALSHA", "a" * 40, 3, "s", "{mena}:i", "{mena}:l", "group", 900, 1.5, b"\x00\xff"),
     ("XREADGROUP", "GROUP", "g", "c", "COUNT", 200, "BLOCK", 2000, "STREAMS", "s", ">"),
+    # large arguments are passed through between hand-packed RESP headers
+    ("MSET", "{mena}:a", b"a" * 9000, "{mena}:b", b"\r\n" * 5000, b"k", 3, "é", b"x" * 2049),
+    ("XADD", "s", "*", "payload", b"{" * 2048, "v", 1.25, "big", b"}" * 2049),
+    ("XINFO STREAM", b"y" * 3000),
+    ("SET", "k", "s" * 9000),  # a large str goes through hiredis like any str
 ]
+
+
+def test_large_arguments_are_sent_without_a_copy() -> None:
+    payload = b"p" * 9000
+    chunks = _fast_packing(Connection)().pack_command("MSET", "k1", payload, "k2", payload)
+    assert sum(chunk is payload for chunk in chunks) == 2
 
 
 @pytest.mark.parametrize("command", COMMANDS)
