@@ -21,8 +21,21 @@ async def ensure_group(redis: aioredis.Redis, keys: Keys) -> bool:
     except ResponseError as exc:
         if classify(exc) is ErrorKind.BUSYGROUP:
             return False
+        # Refused for another reason (XGROUP CREATE is a write: a Redis at maxmemory refuses
+        # it before looking): fine if the group is there already; a consumer starting while
+        # Redis is full should wait for memory like a running one, not die here.
+        if await _group_exists(redis, keys):
+            return False
         raise
     return True
+
+
+async def _group_exists(redis: aioredis.Redis, keys: Keys) -> bool:
+    try:
+        groups: Any = await redis.xinfo_groups(keys.stream)
+    except ResponseError:  # no such stream
+        return False
+    return any(text(g["name"]) == keys.group for g in groups)
 
 
 # A consumer whose last read attempt is older than this is not counted as active. A live worker

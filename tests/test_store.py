@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 import msgspec
+import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
@@ -146,4 +147,28 @@ async def test_out_of_memory_writes_nothing_and_heals() -> None:
             expiries = await by_id_expiries(client, s)
             assert len(expiries) == 8 and -1 not in expiries.values()
         finally:
+            await client.aclose()
+
+
+async def test_a_consumer_starts_while_redis_is_full() -> None:
+    """XGROUP CREATE is refused at maxmemory even when the group exists; starting (or
+    recovering from NOGROUP) must not die on that, while a missing group still fails loudly."""
+    from redis.exceptions import OutOfMemoryError
+
+    from shared.group import ensure_group
+
+    with start_redis_server() as server:
+        s = Settings.load({"redis_url": server.url, "stream": "full", "group": "g",
+                           "prefix": "full"}, env={})
+        client = connect(server.url)
+        try:
+            assert await ensure_group(client, s.keys) is True
+            await client.config_set("maxmemory", 1)
+            assert await ensure_group(client, s.keys) is False
+            other = Settings.load({"redis_url": server.url, "stream": "full", "group": "h",
+                                   "prefix": "full"}, env={})
+            with pytest.raises(OutOfMemoryError):
+                await ensure_group(client, other.keys)
+        finally:
+            await client.config_set("maxmemory", 0)
             await client.aclose()
