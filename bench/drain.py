@@ -19,7 +19,9 @@ from bench.stats import ratio
 from shared.keys import Keys
 
 NAME = "drain"
-ROLES = ("ceiling", "consumer", "baseline")
+# "unchecked" is a diagnostic, not a contender: the real consumer with the payload decode +
+# validation skipped, to split the consumer's CPU per message into that check and the rest.
+ROLES = ("ceiling", "consumer", "unchecked", "baseline")
 DRAIN_TIMEOUT_S = 300.0  # the real consumer and the ceiling; the baseline has its own cap
 US_PER_S = 1e6
 KIB = 1024
@@ -116,6 +118,7 @@ async def _profiled(ctx: Context, url: str, stream: str, direct: aioredis.Redis,
 
 def _result(ctx: Context, pre: Prefilled, r: dict[str, Any]) -> dict[str, Any]:
     consumer, baseline, ceiling = r["consumer"], r["baseline"], r["ceiling"]
+    unchecked = r["unchecked"]
     vs_baseline = ratio(consumer["msgs_per_s"], baseline["msgs_per_s"])
     of_ceiling = ratio(consumer["msgs_per_s"], ceiling["msgs_per_s"])
     out = {
@@ -124,6 +127,11 @@ def _result(ctx: Context, pre: Prefilled, r: dict[str, Any]) -> dict[str, Any]:
         "messages": pre.count,
         "mean_payload_bytes": round(pre.mean_payload_bytes),
         "consumer": consumer, "baseline": baseline, "ceiling": ceiling,
+        "unchecked": unchecked,
+        # what decoding + validating a payload costs the consumer, per message
+        "check_cpu_us_per_msg": (round(consumer["cpu_us_per_msg"] - unchecked["cpu_us_per_msg"],
+                                       1) if consumer["cpu_us_per_msg"]
+                                 and unchecked["cpu_us_per_msg"] else None),
         "ratio_vs_baseline": vs_baseline,
         "fraction_of_ceiling": of_ceiling,
         "cpu_ratio_baseline_vs_consumer": ratio(baseline["cpu_us_per_msg"],

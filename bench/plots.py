@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt  # after use("Agg"): the backend is chosen first
 
 DPI = 110
 WIDE = (9.0, 4.8)
-COLORS = {"consumer": "tab:blue", "baseline": "tab:red", "ceiling": "tab:gray"}
+COLORS = {"consumer": "tab:blue", "baseline": "tab:red", "ceiling": "tab:gray",
+          "unchecked": "lightsteelblue"}
 LINESTYLES = ("-", "--", ":", "-.")
 HEADROOM = 1.2  # y-axis room above the highest point
 
@@ -34,11 +35,13 @@ def throughput(doc: dict[str, Any], out: Path) -> Path | None:
     d = doc["scenarios"].get("drain")
     if not d:
         return None
-    roles = ["baseline", "consumer", "ceiling"]
+    names = {"baseline": "baseline\n(upstream shape)", "consumer": "consumer",
+             "unchecked": "diagnostic: consumer\nwithout payload check",
+             "ceiling": "ceiling\n(read + ack only)"}
+    roles = [r for r in names if r in d]  # "unchecked" is absent from older results
     rates = [d[r]["msgs_per_s"] for r in roles]
     fig, ax = plt.subplots(figsize=WIDE)
-    bars = ax.bar(["baseline\n(upstream shape)", "consumer", "ceiling\n(read + ack only)"],
-                  rates, color=[COLORS[r] for r in roles])
+    bars = ax.bar([names[r] for r in roles], rates, color=[COLORS[r] for r in roles])
     for bar, r in zip(bars, roles, strict=True):
         label = f"{d[r]['msgs_per_s']:,.0f}/s\n{d[r]['cpu_us_per_msg']} CPU-µs/msg"
         ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()),

@@ -5,7 +5,8 @@ Protocol, one JSON object or word per line: the runner connects and prepares, pr
 ``{"event": "ready"}``; the parent writes ``go``; the runner works until the parent writes
 ``stop`` (or closes stdin, or ``--max-seconds`` pass), then prints ``{"event": "done", ...}``
 with its ack count, wall times, CPU seconds and RSS. Roles: ``consumer`` (the real
-``consumer.service.Consumer``), ``baseline`` and ``ceiling`` (``bench.contenders``).
+``consumer.service.Consumer``), ``baseline`` and ``ceiling`` (``bench.contenders``), and
+``unchecked``, a diagnostic: the real consumer without its payload check.
 """
 
 from __future__ import annotations
@@ -25,15 +26,15 @@ from typing import Any
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from bench.contenders import Baseline, Ceiling, Tracker
-from consumer import scripts, store
+from bench.contenders import Baseline, Ceiling, Tracker, unchecked_entry
+from consumer import scripts, store, worker
 from consumer.service import Consumer
 from shared.connection import connect
 from shared.group import ensure_group
 from shared.keys import Keys
 from shared.settings import Settings
 
-ROLES = ("consumer", "baseline", "ceiling")
+ROLES = ("consumer", "baseline", "ceiling", "unchecked")
 DEFAULT_MAX_SECONDS = 900.0  # a runner never outlives a forgotten parent by much
 PROFILE_INTERVAL_S = 0.0005
 MS_PER_S = 1000
@@ -73,7 +74,7 @@ def track_consumer_acks(tracker: Tracker) -> None:
 
 async def prepare(role: str, redis: aioredis.Redis, keys: Keys) -> None:
     await ensure_group(redis, keys)
-    if role == "consumer":
+    if role in ("consumer", "unchecked"):
         for name in scripts.ALL:
             await redis.script_load(scripts.script(name).body)
 
@@ -81,7 +82,9 @@ async def prepare(role: str, redis: aioredis.Redis, keys: Keys) -> None:
 def make_work(role: str, redis: aioredis.Redis, keys: Keys, settings: Settings,
               tracker: Tracker) -> tuple[Callable[[], Coroutine[Any, Any, None]], asyncio.Event]:
     """The contender's main coroutine, and the event that stops it gracefully."""
-    if role == "consumer":
+    if role in ("consumer", "unchecked"):
+        if role == "unchecked":  # the diagnostic: no payload decode + validation
+            worker.check_entry = unchecked_entry  # type: ignore[attr-defined]
         track_consumer_acks(tracker)
         consumer = Consumer(settings, registry=CollectorRegistry())
         return (lambda: consumer.run(redis=redis)), consumer.stop

@@ -60,7 +60,7 @@ def test_seed_cycle_and_drain_figures_are_sane(quick_run: tuple[dict[str, Any], 
         assert len(seed[role]["xack_times_rtt"]) >= 1
         assert seed[role]["entry_id_spread_ms"] >= 0
     drain = doc["scenarios"]["drain"]
-    for role in ("consumer", "baseline", "ceiling"):
+    for role in ("consumer", "baseline", "ceiling", "unchecked"):
         figures = drain[role]
         assert figures["messages"] == drain["messages"] > 0, role
         assert positive(figures["msgs_per_s"]) and positive(figures["cpu_us_per_msg"]), role
