@@ -2,9 +2,9 @@
 --
 -- Runs inside MULTI ... EXEC, right after an MSET that wrote the batch's by-id keys:
 --   MULTI; MSET byid_1 payload_1 ... byid_n payload_n; EVALSHA persist ...; EXEC
--- The payloads never pass through Lua: handing a 9 KB string to Redis's Lua costs ~20 µs of
--- server CPU (it hashes every byte), twice what the whole rest of this script costs per
--- message. MSET leaves the by-id keys without a TTL; this script gives every one of them its
+-- The payloads never pass through Lua: a 9 KB string handed to this script and written on
+-- from it cost Redis ~20 µs of CPU (Lua's cost grows with every byte it is handed), twice
+-- what the whole rest of this script costs per message. MSET leaves the by-id keys without a TTL; this script gives every one of them its
 -- expiry, or deletes it, so after EXEC no by-id key of the batch is left without one. MULTI
 -- makes the MSET and this script one unit: never one without the other.
 --
