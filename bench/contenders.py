@@ -95,7 +95,7 @@ class Baseline(_Contender):
     async def settle_one(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         checked = check_entry(entry_id, fields, max_bytes=self.s.max_bytes,
                               now_ms=int(time.time() * MS_PER_S), regions=self.s.regions,
-                              retention_ms=self.s.retention_s * MS_PER_S)
+                              retention_ms=self.s.retention_ms)
         if isinstance(checked, Valid):
             await self._persist(checked)
         # upstream has no dead-letter stream: an invalid message is just acknowledged
@@ -111,7 +111,7 @@ class Baseline(_Contender):
         if not fresh:
             return  # duplicate-bucket: skipped
         # Round trip 2: the data writes in one non-transactional pipeline.
-        cutoff_ms = int(time.time() * MS_PER_S) - s.retention_s * MS_PER_S
+        cutoff_ms = int(time.time() * MS_PER_S) - s.retention_ms
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(k.by_id(v.region, v.snapshot_id), v.payload, ex=s.retention_s)
         pipe.set(k.latest(v.region), v.snapshot_id, ex=s.retention_s)

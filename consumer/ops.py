@@ -159,7 +159,7 @@ async def replay_range(redis: aioredis.Redis, keys: Keys, settings: Settings, *,
         now_ms = int(time.time() * 1000)
         checked = [check_entry(i, f, max_bytes=settings.max_bytes, now_ms=now_ms,
                                regions=settings.regions,
-                               retention_ms=settings.retention_s * 1000) for i, f in page]
+                               retention_ms=settings.retention_ms) for i, f in page]
         valid = [c for c in checked if isinstance(c, Valid)]
         result.entries += len(page)
         result.ids += [text(i) for i, _ in page]

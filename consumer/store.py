@@ -81,7 +81,7 @@ class Settled:
 def _persist_call(keys: Keys, s: Settings, region: str, batch: list[Valid], ack: bool
                   ) -> _Call:
     k: list[str] = [keys.stream if ack else "", keys.index(region), keys.latest(region)]
-    a: list[Any] = [keys.group, s.dedup_window_s, s.retention_s, s.retention_s * 1000]
+    a: list[Any] = [keys.group, s.dedup_window_s, s.retention_s, s.retention_ms]
     by_id: list[Any] = []
     window = s.dedup_window_ms
     for v in batch:

@@ -160,7 +160,6 @@ class Worker:
     def _handle(self, entries: list[tuple[bytes, dict[bytes, bytes] | None]]
                 ) -> tuple[list[Valid], list[Poison], list[bytes]]:
         now_ms = int(self.clock() * 1000)
-        retention_ms = self.settings.retention_s * 1000
         valid: list[Valid] = []
         poison: list[Poison] = []
         gone: list[bytes] = []
@@ -170,7 +169,7 @@ class Worker:
                 continue
             checked = check_entry(entry_id, fields, max_bytes=self.settings.max_bytes,
                                   now_ms=now_ms, regions=self.settings.regions,
-                                  retention_ms=retention_ms)
+                                  retention_ms=self.settings.retention_ms)
             if isinstance(checked, Valid):
                 valid.append(checked)
             else:

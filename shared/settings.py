@@ -130,6 +130,10 @@ class Settings:
     def dedup_window_ms(self) -> int:
         return self.dedup_window_s * 1000
 
+    @property
+    def retention_ms(self) -> int:
+        return self.retention_s * 1000
+
     @classmethod
     def load(
         cls,

@@ -58,7 +58,7 @@ async def test_every_outcome_leaves_by_id_keys_with_their_expiry(
     assert outcomes(consumer)["persisted"] == 8
     assert outcomes(consumer)["redelivered"] == 8
     assert outcomes(consumer)["duplicate"] == len(same_bucket)
-    retention_ms = settings.retention_s * 1000
+    retention_ms = settings.retention_ms
     # only the persisted snapshots have by-id keys, each expiring at generated_at + retention
     assert await by_id_expiries(client, settings) == {
         keys.by_id(s.region_id, s.meta.snapshot_id).encode(): s.generated_at + retention_ms
@@ -82,19 +82,19 @@ async def test_duplicate_of_a_stored_snapshot_keeps_its_data(
     assert [o.outcome for o in again.outcomes] == [store.DUPLICATE]
     assert await client.get(keys.by_id("mena", a.meta.snapshot_id)) == encode(a)
     assert await client.pexpiretime(keys.by_id("mena", a.meta.snapshot_id)) == (
-        a.generated_at + settings.retention_s * 1000)
+        a.generated_at + settings.retention_ms)
 
 
 async def test_past_retention_is_poison_and_the_script_refuses_it_too(
         client: aioredis.Redis, settings: Settings, keys: Keys) -> None:
-    (old,) = SyntheticSource(("mena",), seed=4).cycle(now_ms() - settings.retention_s * 1000
+    (old,) = SyntheticSource(("mena",), seed=4).cycle(now_ms() - settings.retention_ms
                                                       - 60_000)
     fields = {wire.F_SCHEMA: wire.SCHEMA, wire.F_REGION: b"mena",
               wire.F_SNAPSHOT_ID: old.meta.snapshot_id.encode(),
               wire.F_GENERATED_AT: str(old.generated_at).encode(),
               wire.F_TRIGGER: old.meta.trigger_reason.encode(), wire.F_PAYLOAD: encode(old)}
     checked = check_entry(b"1-1", fields, max_bytes=settings.max_bytes, now_ms=now_ms(),
-                          retention_ms=settings.retention_s * 1000)
+                          retention_ms=settings.retention_ms)
     assert isinstance(checked, Poison) and checked.reason == "past-retention"
     # Past check_entry anyway (a race at the edge): the script fails it and keeps nothing.
     settled = await store.settle(client, keys, settings, "w", [valid(old)], (), ack=False)
@@ -115,7 +115,7 @@ async def test_lost_scripts_still_leave_every_by_id_key_expiring(
     assert await client.script_exists(scripts.persist().sha) == [True]
     expiries = await by_id_expiries(client, settings)
     assert sorted(expiries.values()) == sorted(
-        s.generated_at + settings.retention_s * 1000 for s in snaps)
+        s.generated_at + settings.retention_ms for s in snaps)
 
 
 async def test_out_of_memory_writes_nothing_and_heals() -> None:
