@@ -7,10 +7,28 @@
 -- Only an entry still pending for the group moves: if another consumer settled it meanwhile
 -- (after a reclaim), it is not dead-lettered a second time. The delivery count is read here,
 -- from the pending list itself, and recorded as dlq_deliveries.
--- Returns the delivery count if moved, 0 if the entry was not pending.
+--
+-- Order matters, because Redis does not roll a script back when a command fails half-way: the
+-- XADD comes first and the XACK only after it succeeded. A failed XADD (the dead-letter key
+-- holds another type, out of memory, an ACL user without +xadd) leaves the entry pending; a
+-- failed XACK removes the dead letter again. Either way the error is returned and the entry
+-- is still pending, to be retried - never acknowledged and in no stream.
+-- Returns the delivery count if moved, 0 if the entry was not pending, or the error.
+local function failed_at(command, r)
+  -- Say which command failed, keeping Redis's error code first (callers classify by it).
+  local code, rest = string.match(r.err, '^(%u+) (.*)$')
+  if not code then code, rest = 'ERR', r.err end
+  return redis.error_reply(code .. ' ' .. command .. ': ' .. rest)
+end
+
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
 if #p == 0 then return 0 end
 local deliveries = p[1][4]
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XADD', KEYS[2], '*', 'dlq_deliveries', deliveries, unpack(ARGV, 3))
+local id = redis.pcall('XADD', KEYS[2], '*', 'dlq_deliveries', deliveries, unpack(ARGV, 3))
+if type(id) == 'table' and id.err then return failed_at('XADD ' .. KEYS[2], id) end
+local acked = redis.pcall('XACK', KEYS[1], ARGV[1], ARGV[2])
+if type(acked) == 'table' and acked.err then
+  redis.pcall('XDEL', KEYS[2], id)
+  return failed_at('XACK ' .. KEYS[1], acked)
+end
 return deliveries

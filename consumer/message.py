@@ -4,9 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
+from enum import StrEnum
 
 from shared import wire
 from shared.schema import REGIONS, SnapshotInvalid, parse
+
+
+class Reason(StrEnum):
+    """Why an entry was dead-lettered: the ``dlq_reason`` field, in one closed set."""
+
+    TOO_MANY_FIELDS = "too-many-fields"
+    MISSING_PAYLOAD = "missing-payload"
+    UNSUPPORTED_SCHEMA = "unsupported-schema"
+    UNSUPPORTED_ENCODING = "unsupported-encoding"
+    TOO_LARGE = "too-large"
+    UNDECODABLE = "undecodable"
+    SCHEMA_INVALID = "schema-invalid"
+    FIELD_MISMATCH = "field-mismatch"
+    PAST_RETENTION = "past-retention"
+    CHECK_FAILED = "check-failed"  # the check itself raised: a bug, or input no check foresaw
+    MAX_DELIVERIES = "max-deliveries"  # valid, but every persist attempt failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +42,7 @@ class Poison:
 
     entry_id: bytes
     fields: dict[bytes, bytes]
-    reason: str  # a short, stable kind: undecodable, schema-invalid, too-large, ...
+    reason: Reason
     detail: str
 
     @property
@@ -34,6 +51,21 @@ class Poison:
         region = raw.decode("utf-8", "replace")
         # Metrics labels stay bounded: anything that is not a known region is "unknown".
         return region if region in REGIONS else "unknown"
+
+
+# A snapshot entry has 7 fields. Far more is a broken or hostile producer, and an entry with
+# thousands of fields cannot be copied field by field into the dead-letter stream (Lua's unpack
+# stops near 8,000 values): such an entry is dead-lettered with its fields packed into one.
+MAX_ENTRY_FIELDS = 64
+# Details are free text from decoders and validators: bounded, and without control characters,
+# so a hostile payload cannot forge log lines or bloat the dead-letter stream.
+MAX_DETAIL_CHARS = 1024
+_CONTROL = dict.fromkeys([*range(0x20), 0x7F], "?")
+
+
+def clean_detail(text: str) -> str:
+    text = text.translate(_CONTROL)
+    return text if len(text) <= MAX_DETAIL_CHARS else text[:MAX_DETAIL_CHARS] + "..."
 
 
 def check_entry(
@@ -45,26 +77,53 @@ def check_entry(
     regions: Collection[str] = REGIONS,
     retention_ms: int | None = None,
 ) -> Valid | Poison:
+    """Validate one entry (see ``_check``). Nothing one entry holds can raise out of here: any
+    exception while checking it makes it poison with the exception as the detail, because an
+    exception escaping a worker would crash-loop every consumer that is handed the entry."""
+    try:
+        checked = _check(entry_id, fields, max_bytes=max_bytes, now_ms=now_ms, regions=regions,
+                         retention_ms=retention_ms)
+    except Exception as exc:  # any exception at all: see the docstring
+        return Poison(entry_id, fields, Reason.CHECK_FAILED,
+                      clean_detail(f"{type(exc).__name__}: {exc}"))
+    if isinstance(checked, Poison):
+        return Poison(entry_id, fields, checked.reason, clean_detail(checked.detail))
+    return checked
+
+
+def _check(
+    entry_id: bytes,
+    fields: dict[bytes, bytes],
+    *,
+    max_bytes: int,
+    now_ms: int,
+    regions: Collection[str] = REGIONS,
+    retention_ms: int | None = None,
+) -> Valid | Poison:
     """Validate one entry: version, size, payload against the schema, the routing fields
     against the payload (a mismatch would file the snapshot under the wrong keys) and, given
     ``retention_ms``, its age (a snapshot older than the retention would expire on arrival)."""
+    if len(fields) > MAX_ENTRY_FIELDS:
+        return Poison(entry_id, fields, Reason.TOO_MANY_FIELDS,
+                      f"entry has {len(fields)} fields, at most {MAX_ENTRY_FIELDS} allowed")
     payload = fields.get(wire.F_PAYLOAD)
     if payload is None:
-        return Poison(entry_id, fields, "missing-payload", "entry has no 'payload' field")
+        return Poison(entry_id, fields, Reason.MISSING_PAYLOAD, "entry has no 'payload' field")
     schema = fields.get(wire.F_SCHEMA)
     if schema != wire.SCHEMA:
-        return Poison(entry_id, fields, "unsupported-schema",
+        return Poison(entry_id, fields, Reason.UNSUPPORTED_SCHEMA,
                       f"schema {schema!r} is not {wire.SCHEMA!r}")
     encoding = fields.get(wire.F_ENCODING, wire.ENCODING_JSON)
     if encoding != wire.ENCODING_JSON:
-        return Poison(entry_id, fields, "unsupported-encoding", f"encoding {encoding!r}")
+        return Poison(entry_id, fields, Reason.UNSUPPORTED_ENCODING, f"encoding {encoding!r}")
     if len(payload) > max_bytes:
-        return Poison(entry_id, fields, "too-large",
+        return Poison(entry_id, fields, Reason.TOO_LARGE,
                       f"payload is {len(payload)} bytes, limit {max_bytes}")
     try:
         snap = parse(payload, now_ms=now_ms, regions=regions)
     except SnapshotInvalid as exc:
-        kind = "undecodable" if getattr(exc, "undecodable", False) else "schema-invalid"
+        kind = (Reason.UNDECODABLE if getattr(exc, "undecodable", False)
+                else Reason.SCHEMA_INVALID)
         return Poison(entry_id, fields, kind, str(exc))
     mismatch = [
         name.decode()
@@ -77,10 +136,10 @@ def check_entry(
         if fields.get(name) != value.encode()
     ]
     if mismatch:
-        return Poison(entry_id, fields, "field-mismatch",
+        return Poison(entry_id, fields, Reason.FIELD_MISMATCH,
                       f"entry field(s) {', '.join(mismatch)} disagree with the payload")
     if retention_ms is not None and snap.generated_at + retention_ms <= now_ms:
-        return Poison(entry_id, fields, "past-retention",
+        return Poison(entry_id, fields, Reason.PAST_RETENTION,
                       f"generated_at {snap.generated_at} is more than the retention "
                       f"({retention_ms} ms) before now ({now_ms})")
     return Valid(entry_id, snap.region_id, snap.meta.snapshot_id, snap.meta.trigger_reason,

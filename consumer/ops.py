@@ -12,8 +12,10 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from consumer import scripts, store
-from consumer.message import Valid, check_entry
+from consumer.dead_letters import original_fields
+from consumer.message import MAX_ENTRY_FIELDS, Valid, check_entry
 from consumer.worker import Worker
+from shared.failpoints import failpoint
 from shared.group import id_seconds, read_group_stats, text
 from shared.keys import Keys
 from shared.metrics import ConsumerMetrics
@@ -24,7 +26,6 @@ from shared.settings import Settings
 PENDING_SCAN_LIMIT = 10_000
 DLQ_PAGE = 500
 REPLAY_PAGE = 200
-PROVENANCE_PREFIX = b"dlq_"
 
 
 @dataclass
@@ -76,6 +77,7 @@ class Moved:
     region: str
     reason: str
     new_id: str | None = None
+    skipped: str | None = None  # why it was left in the dead-letter stream
 
 
 async def replay_dlq(redis: aioredis.Redis, keys: Keys, *, region: str | None = None,
@@ -95,14 +97,17 @@ async def replay_dlq(redis: aioredis.Redis, keys: Keys, *, region: str | None = 
             if (region and r != region) or (reason and reason not in why):
                 continue
             m = Moved(text(dlq_id), r, why)
-            if not dry_run:
-                original = [x for k, v in fields.items()
-                            if not k.startswith(PROVENANCE_PREFIX) for x in (k, v)]
+            original = original_fields(fields)
+            if len(original) > 2 * MAX_ENTRY_FIELDS:
+                # It would only be dead-lettered again, and cannot pass through Lua's unpack.
+                m.skipped = f"{len(original) // 2} fields: not replayable"
+            elif not dry_run:
                 new_id = await scripts.call(redis, scripts.replay_dlq(), [keys.stream, keys.dlq],
                                             [dlq_id, *original])
                 if new_id is None:
                     continue  # replayed by someone else meanwhile
                 m.new_id = text(new_id)
+                failpoint("replay.dlq-moved")
             moved.append(m)
         if len(page) < DLQ_PAGE:
             break

@@ -10,6 +10,7 @@ from typing import Any
 from consumer import scripts
 from consumer.worker import NEW, StepResult, Worker
 from shared.aio import pause
+from shared.failpoints import failpoint
 from shared.group import text
 
 log = logging.getLogger("regionstream.consumer")
@@ -47,6 +48,7 @@ class Reclaimer(Worker):
         if deleted:  # trimmed or deleted while pending: Redis dropped them from the list
             self.count_lost(len(deleted))
         if entries:
+            failpoint("reclaim.after-claim")
             self.metrics.reclaimed.inc(len(entries))
             log.info("%s: reclaimed %d idle entries", self.name, len(entries))
         return list(entries)

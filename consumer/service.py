@@ -6,7 +6,9 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
@@ -40,10 +42,7 @@ class Consumer:
 
     def totals(self) -> dict[str, int]:
         """Entries settled so far by this process, per outcome over all regions."""
-        totals = dict.fromkeys(CONSUMER_OUTCOMES, 0)
-        for (_, outcome), child in self.metrics.outcome.items():
-            totals[outcome] += int(child._value.get())
-        return totals
+        return {k: self.metrics.totals[k] for k in CONSUMER_OUTCOMES}
 
     async def prepare(self, redis: aioredis.Redis) -> None:
         await ensure_group(redis, self.keys)
@@ -92,22 +91,35 @@ class Consumer:
                 await workers.aclose()
 
     async def _supervise(self, tasks: list[asyncio.Task[None]]) -> None:
-        """Wait for the workers; a crashed worker stops the others (then the process exits
-        non-zero and its entries stay pending for replay)."""
+        """Wait for the workers until a stop (signal, drained) or a crash; then give them
+        ``grace_s`` to settle what they hold, and cancel the rest: their entries stay pending
+        for replay. A crashed worker stops the others (the process then exits non-zero)."""
+        stopped = asyncio.ensure_future(self.stop.wait())
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for t in done:
-                if not t.cancelled() and t.exception() is not None:
-                    self.stop.set()
-                    raise t.exception()  # type: ignore[misc]
-            grace = self.settings.grace_s
-            _, late = await asyncio.wait(tasks, timeout=grace)
-            for t in late:  # past the grace period: their entries stay pending
-                t.cancel()
+            while not self.stop.is_set():
+                done, _ = await asyncio.wait([*tasks, stopped],
+                                             return_when=asyncio.FIRST_COMPLETED)
+                self._raise_crash(done)
+                if all(t.done() for t in tasks):
+                    return
+            self.stop.set()
+            _, late = await asyncio.wait(tasks, timeout=self.settings.grace_s)
+            if late:
+                log.warning("grace period of %.1fs over: cancelling %d busy worker(s); what "
+                            "they hold stays pending and is replayed", self.settings.grace_s,
+                            len(late))
+            self._raise_crash(t for t in tasks if t.done())
         finally:
+            stopped.cancel()
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _raise_crash(self, done: Iterable[asyncio.Future[Any]]) -> None:
+        for t in done:
+            if not t.cancelled() and t.exception() is not None:
+                self.stop.set()
+                raise t.exception()  # type: ignore[misc]
 
     async def _drain_watch(self, redis: aioredis.Redis) -> None:
         """Stop once the group has no undelivered and no pending entries."""

@@ -17,13 +17,16 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
 from consumer import scripts
-from consumer.message import Poison, Valid
-from shared.keys import Keys
+from consumer.dead_letters import MAX_DETAIL_BYTES, stored_fields
+from consumer.message import Poison, Reason, Valid
+from shared import failpoints
+from shared.connection import ErrorKind, classify
+from shared.keys import Keys, dedup_bucket
 from shared.settings import Settings
 
 PERSISTED, DUPLICATE, REDELIVERED, DEAD_LETTERED, FAILED, SETTLED_ELSEWHERE = (
     "persisted", "duplicate", "redelivered", "dead_lettered", "failed", "settled_elsewhere")
-MAX_DELIVERIES_REASON = "max-deliveries"
+MAX_DELIVERIES_REASON = Reason.MAX_DELIVERIES
 _STATUS = {"p": PERSISTED, "d": DUPLICATE, "r": REDELIVERED}
 
 
@@ -35,6 +38,9 @@ class Outcome:
     error: str | None = None  # the failure, or the dead-letter reason
     deliveries: int = 0  # for a dead-lettered entry: how often it had been delivered
     detail: str = ""  # for a dead-lettered entry: what exactly was wrong
+    # A failure no retry of this entry can fix: a missing permission, or the stream or the
+    # dead-letter stream holding another type. The worker stops on it (entries stay pending).
+    fatal: bool = False
 
     @property
     def invalid(self) -> bool:
@@ -86,7 +92,8 @@ def _persist_call(keys: Keys, s: Settings, region: str, batch: list[Valid], ack:
     window = s.dedup_window_ms
     for v in batch:
         by_id_key = keys.by_id(region, v.snapshot_id)
-        k += (keys.dedup(region, v.trigger_reason, v.generated_at // window), by_id_key)
+        bucket = dedup_bucket(v.generated_at, window)
+        k += (keys.dedup(region, v.trigger_reason, bucket), by_id_key)
         a += (v.entry_id, v.snapshot_id, v.generated_at)
         by_id += (by_id_key, v.payload)
     return _Call(scripts.persist(), k, a, batch, by_id)
@@ -95,16 +102,14 @@ def _persist_call(keys: Keys, s: Settings, region: str, batch: list[Valid], ack:
 def _dead_letter_call(keys: Keys, consumer: str, p: Poison) -> _Call:
     provenance = {
         b"dlq_reason": p.reason.encode(),
-        b"dlq_error": p.detail.encode("utf-8", "replace")[:2048],
+        b"dlq_error": p.detail.encode("utf-8", "replace")[:MAX_DETAIL_BYTES],
         b"dlq_original_id": p.entry_id,
         b"dlq_stream": keys.stream.encode(),
         b"dlq_group": keys.group.encode(),
         b"dlq_consumer": consumer.encode(),
         b"dlq_at_ms": str(int(time.time() * 1000)).encode(),
     }
-    args: list[Any] = [keys.group, p.entry_id]
-    for name, value in {**p.fields, **provenance}.items():
-        args += (name, value)
+    args: list[Any] = [keys.group, p.entry_id, *stored_fields(p.fields, provenance)]
     return _Call(scripts.dead_letter(), [keys.stream, keys.dlq], args, [p])
 
 
@@ -124,6 +129,10 @@ async def _send(redis: aioredis.Redis, calls: Sequence[_Call]) -> list[Any]:
     """Every call's commands in one pipeline; one result per call."""
     pipe = redis.pipeline(transaction=False)
     per_call = [c.commands() for c in calls]
+    if failpoints.due("consumer.settle-in-flight") or (
+            any(c.script.name == "dead_letter" for c in calls)
+            and failpoints.due("consumer.dead-letter-in-flight")):
+        await failpoints.die_after_sending(redis, [c for cs in per_call for c in cs])
     for commands in per_call:
         for command in commands:
             pipe.execute_command(*command)
@@ -165,7 +174,11 @@ def _interpret(calls: Sequence[_Call], results: Sequence[Any]) -> Settled:
             (p,) = call.members
             assert isinstance(p, Poison)
             if isinstance(result, RedisError):
-                settled.outcomes.append(Outcome(p.entry_id, p.region, FAILED, str(result)))
+                # The dead-letter stream itself refused it: it stays pending. A missing
+                # permission or a wrong type there fails every dead letter alike.
+                fatal = classify(result) in (ErrorKind.PERMANENT, ErrorKind.WRONGTYPE)
+                settled.outcomes.append(Outcome(p.entry_id, p.region, FAILED, str(result),
+                                                fatal=fatal))
             elif result:
                 settled.outcomes.append(Outcome(p.entry_id, p.region, DEAD_LETTERED, p.reason,
                                                 int(result), p.detail))
@@ -173,14 +186,18 @@ def _interpret(calls: Sequence[_Call], results: Sequence[Any]) -> Settled:
                 settled.outcomes.append(Outcome(p.entry_id, p.region, SETTLED_ELSEWHERE))
             continue
         if isinstance(result, RedisError):
+            fatal = classify(result) is ErrorKind.PERMANENT
             for v in call.members:
-                settled.outcomes.append(Outcome(v.entry_id, v.region, FAILED, str(result)))
+                settled.outcomes.append(Outcome(v.entry_id, v.region, FAILED, str(result),
+                                                fatal=fatal))
             continue
         statuses = [x.decode() if isinstance(x, bytes) else str(x) for x in result]
         for v, status in zip(call.members, statuses, strict=False):
             assert isinstance(v, Valid)
             if status[0] == "E":
-                settled.outcomes.append(Outcome(v.entry_id, v.region, FAILED, status[1:]))
+                fatal = classify(status[1:]) is ErrorKind.PERMANENT
+                settled.outcomes.append(Outcome(v.entry_id, v.region, FAILED, status[1:],
+                                                fatal=fatal))
             else:
                 settled.outcomes.append(Outcome(v.entry_id, v.region, _STATUS[status]))
         settled.ack_errors += [x[1:] for x in statuses[len(call.members):]]

@@ -17,8 +17,9 @@ from redis.exceptions import RedisError, ResponseError
 from consumer import store
 from consumer.message import Poison, Valid, check_entry
 from shared.aio import pause
-from shared.connection import ErrorKind, backoff, classify
-from shared.group import ensure_group, id_key, id_seconds
+from shared.connection import ErrorKind, PermanentError, backoff, classify
+from shared.failpoints import failpoint
+from shared.group import ensure_group, id_seconds
 from shared.keys import Keys
 from shared.metrics import ConsumerMetrics, observe_many
 from shared.settings import Settings
@@ -81,8 +82,13 @@ class Worker:
             return await self.step()
         read = asyncio.ensure_future(self._read())
         stopped = asyncio.ensure_future(self.stop.wait())
-        await asyncio.wait({read, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        stopped.cancel()
+        try:
+            await asyncio.wait({read, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the grace period is over: leave no read behind
+            read.cancel()
+            raise
+        finally:
+            stopped.cancel()
         if not read.done():
             read.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -112,13 +118,17 @@ class Worker:
         """Validate and settle entries already read; never abandoned half-way."""
         if not entries:
             return StepResult(replay=replay)
+        failpoint("consumer.after-read")
         started = time.perf_counter()
         valid, poison, gone = self._handle(entries)
         if gone:
             await self._drop_gone(gone)
+        sent = time.perf_counter()
         settled = await store.settle(self.redis, self.keys, self.settings, self.name,
                                      valid, poison)
-        self.metrics.rtt["settle"].observe(time.perf_counter() - started)
+        self.metrics.rtt["settle"].observe(time.perf_counter() - sent)  # the round trip alone
+        failpoint("consumer.after-settle")
+        self._stop_on_fatal(settled.outcomes)
         if settled.scripts_reloaded:
             self.metrics.failure["noscript"].inc()
             log.warning("%s: Redis had lost our scripts; loaded them again", self.name)
@@ -143,10 +153,14 @@ class Worker:
         """Dead-letter the failed entries that used up their deliveries; the rest stay pending
         for another attempt. A message failing every attempt thus ends in the dead-letter
         stream after exactly ``max_deliveries`` deliveries, instead of looping forever."""
-        ids = sorted((o.entry_id for o in failed), key=id_key)
-        rows = await self.redis.xpending_range(self.keys.stream, self.keys.group, ids[0],
-                                               ids[-1], len(ids) * 4, self.name)
-        delivered = {r["message_id"]: int(r["times_delivered"]) for r in rows}
+        # Each failed entry's own pending row (one pipelined round trip): a range query over
+        # the batch's ids would also return other entries and could miss some of these.
+        pipe = self.redis.pipeline(transaction=False)
+        for o in failed:
+            pipe.xpending_range(self.keys.stream, self.keys.group, o.entry_id, o.entry_id, 1,
+                                self.name)
+        delivered = {r["message_id"]: int(r["times_delivered"])
+                     for rows in await pipe.execute() for r in rows}
         exhausted = [
             Poison(o.entry_id, fields[o.entry_id], store.MAX_DELIVERIES_REASON, o.error or "")
             for o in failed if delivered.get(o.entry_id, 0) >= self.settings.max_deliveries
@@ -156,6 +170,15 @@ class Worker:
         settled = await store.settle(self.redis, self.keys, self.settings, self.name,
                                      (), exhausted)
         return [o for o in settled.outcomes if o.outcome != store.FAILED]
+
+    def _stop_on_fatal(self, outcomes: list[store.Outcome]) -> None:
+        """A failure no retry fixes (a missing permission, the dead-letter stream of the wrong
+        type) stops the worker: retrying would only burn delivery counts and fill the log.
+        The entries stay pending, to be settled once an operator fixed the cause."""
+        for o in outcomes:
+            if o.fatal:
+                raise PermanentError(f"settling entry {o.entry_id.decode()} ({o.region})",
+                                     o.error or "")
 
     def _handle(self, entries: list[tuple[bytes, dict[bytes, bytes] | None]]
                 ) -> tuple[list[Valid], list[Poison], list[bytes]]:
@@ -213,6 +236,7 @@ class Worker:
         observe_many(self.metrics.e2e_latency, latencies)
         for label, n in by_label.items():
             self.metrics.outcome[label].inc(n)
+            self.metrics.totals[label[1]] += n
         for err in settled.ack_errors:
             self.metrics.failure["ack"].inc()
             log.error("%s: XACK failed: %s", self.name, err)
@@ -232,7 +256,10 @@ class Worker:
                 await self._on_response_error(exc)
                 continue
             except (RedisError, OSError) as exc:
-                if classify(exc) is not ErrorKind.TRANSIENT:
+                kind = classify(exc)
+                if kind is ErrorKind.PERMANENT:
+                    raise PermanentError(f"{self.name} talking to Redis", exc) from exc
+                if kind is not ErrorKind.TRANSIENT:
                     raise
                 self.metrics.failure["transient"].inc()
                 log.warning("%s: Redis unavailable (%s); retrying", self.name, exc)
@@ -248,6 +275,10 @@ class Worker:
 
     async def _on_response_error(self, exc: ResponseError) -> None:
         kind = classify(exc)
+        # The commands that raise here (XREADGROUP, XAUTOCLAIM, XPENDING, XACK) all work on the
+        # stream: a wrong type there, like a missing permission, is a deployment fault.
+        if kind in (ErrorKind.PERMANENT, ErrorKind.WRONGTYPE):
+            raise PermanentError(f"{self.name} on stream {self.keys.stream}", exc) from exc
         if kind is ErrorKind.NOGROUP:
             # Redis lost the group (restart without persistence, someone ran XGROUP DESTROY):
             # recreate it rather than failing every read.

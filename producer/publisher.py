@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 
-from shared import wire
+from shared import failpoints, wire
 from shared.group import ensure_group, min_id, safe_trim_id
 from shared.keys import Keys
 from shared.metrics import ProducerMetrics
@@ -38,7 +38,11 @@ class Publisher:
         for snap, payload in zip(snaps, payloads, strict=True):
             pipe.xadd(self.keys.stream, wire.entry_fields(snap, payload))  # type: ignore[arg-type]
         started = time.perf_counter()
+        if failpoints.due("producer.publish-in-flight"):
+            await failpoints.die_after_sending(
+                self.redis, [("MULTI",), *(c[0] for c in pipe.command_stack), ("EXEC",)])
         ids: list[bytes] = await pipe.execute()
+        failpoints.failpoint("producer.after-publish")
         if self.metrics is not None:
             self.metrics.rtt["publish"].observe(time.perf_counter() - started)
             for snap in snaps:

@@ -54,7 +54,8 @@ class Producer:
         s = self.settings
         self.keys = s.keys
         self.metrics = ProducerMetrics(self.registry, s.regions)
-        self.source = SyntheticSource(s.regions, seed=self.seed)
+        self.source = SyntheticSource(s.regions, seed=self.seed,
+                                      dedup_window_ms=s.dedup_window_ms)
         self.report = Report()
         self._backoff = backoff()
 

@@ -53,6 +53,7 @@ from shared.schema import (
     encode,
     new_snapshot_id,
 )
+from shared.settings import DEDUP_WINDOW_S
 
 # Upstream documents snapshots of 3-12 KB; the builder aims inside that band by construction and
 # trims evidence as a last resort so no seed can ever produce an out-of-band message.
@@ -60,7 +61,6 @@ MAX_ENCODED_BYTES = 12 * 1024
 MIN_ENCODED_BYTES = 3 * 1024
 CYCLE_MS = 6 * 3600 * 1000  # upstream runs every 6 h; cycles are nominally this far apart
 EVIDENCE_MAX_AGE_MS = 48 * 3600 * 1000  # evidence cited is at most two days old
-COUNT_BUCKET_MS = 15 * 60 * 1000  # one dedup bucket; snapshot_for_count steps back by this much
 TEMPLATES_PER_REGION = 4
 _MASK48 = (1 << 48) - 1
 MIN_ACTORS = 3
@@ -486,13 +486,17 @@ def _clip(x: float, lo: float = 0.0, hi: float = 1.0) -> float:
 class SyntheticSource:
     """Builds realistic regional snapshots; one instance is one reproducible "world"."""
 
-    def __init__(self, regions: Sequence[str] = REGIONS, *, seed: int | None = None) -> None:
+    def __init__(self, regions: Sequence[str] = REGIONS, *, seed: int | None = None,
+                 dedup_window_ms: int = DEDUP_WINDOW_S * 1000) -> None:
         unknown = [r for r in regions if r not in _VOCAB]
         if unknown:
             raise ValueError(f"regions: no vocabulary for {unknown}")
         if not regions:
             raise ValueError("regions: at least one region is needed")
         self.regions: tuple[str, ...] = tuple(regions)
+        # snapshot_for_count steps back one dedup bucket at a time: it must be the bucket the
+        # consumer deduplicates by (the deployment's setting), or its snapshots collide.
+        self.dedup_window_ms = dedup_window_ms
         self._seed = seed
         self._rng = random.Random(seed)
         self._states: dict[str, _RegionState] = {r: self._initial_state(r) for r in self.regions}
@@ -517,12 +521,12 @@ class SyntheticSource:
 
     def snapshot_for_count(self, i: int, base_ms: int) -> Snapshot:
         """The ``i``-th snapshot of a load run: round-robin over regions, then trigger reasons,
-        each (region, trigger_reason, bucket) taken once.
+        each (region, trigger_reason, bucket) taken once, buckets of ``dedup_window_ms``.
 
         ``k = i // (len(regions) * len(TRIGGER_REASONS))`` steps back ``k`` dedup buckets from
         ``base_ms``, so every snapshot of a run survives dedup and all lie in the past; cycling
-        the trigger reasons keeps 100k snapshots within 26 days, well inside the 90-day
-        retention (1M reach back 260 days: raise the retention for such a run). Built by
+        the trigger reasons keeps 100k snapshots within 26 days of 15-minute buckets, well inside
+        the 90-day retention (``reach_ms`` says how far a run reaches back). Built by
         re-stamping one of a few pre-built templates, which keeps it to a few microseconds.
         """
         n = len(self.regions)
@@ -530,9 +534,14 @@ class SyntheticSource:
         slot = i // n
         reason = TRIGGER_REASONS[slot % len(TRIGGER_REASONS)]
         k = slot // len(TRIGGER_REASONS)
-        generated_at = base_ms - k * COUNT_BUCKET_MS
+        generated_at = base_ms - k * self.dedup_window_ms
         template = self._region_templates(base_ms)[region][k % TEMPLATES_PER_REGION]
         return _restamp(template, generated_at, i, self._id_salt, reason)
+
+    def reach_ms(self, count: int) -> int:
+        """How far before ``base_ms`` the oldest of ``count`` load-run snapshots lies."""
+        per_bucket = len(self.regions) * len(TRIGGER_REASONS)
+        return max(0, (count - 1) // per_bucket) * self.dedup_window_ms
 
     # -- state ------------------------------------------------------------------------------
 

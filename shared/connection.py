@@ -10,8 +10,11 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
 from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
     BusyLoadingError,
     ConnectionError,
+    NoPermissionError,
     NoScriptError,
     ReadOnlyError,
     ResponseError,
@@ -43,13 +46,28 @@ class ErrorKind(enum.Enum):
     BUSYGROUP = "busygroup"  # group exists already: fine
     NOSCRIPT = "noscript"  # script cache flushed: load it again
     WRONGTYPE = "wrongtype"  # a key of ours holds the wrong type: a data fault, not transient
+    # No retry can fix it: a missing ACL permission, a wrong password, a command the server
+    # does not know. The process says once what is missing and exits (EXIT_PERMANENT).
+    PERMANENT = "permanent"
     OTHER = "other"
+
+
+class PermanentError(Exception):
+    """Redis refused something no retry can fix (see ErrorKind.PERMANENT); ``what`` says what
+    was being done."""
+
+    def __init__(self, what: str, cause: BaseException | str) -> None:
+        super().__init__(f"{what}: {cause}")
+        self.what, self.cause = what, str(cause)
 
 
 def classify(exc: BaseException | str) -> ErrorKind:
     """Classify a Redis exception (or an error string returned inside a script reply)."""
     if isinstance(exc, NoScriptError):
         return ErrorKind.NOSCRIPT
+    # Before ConnectionError: redis-py makes a wrong password one of those.
+    if isinstance(exc, AuthenticationError | AuthorizationError | NoPermissionError):
+        return ErrorKind.PERMANENT
     if isinstance(exc, ConnectionError | TimeoutError | BusyLoadingError | ReadOnlyError):
         return ErrorKind.TRANSIENT
     if isinstance(exc, OSError):
@@ -58,6 +76,11 @@ def classify(exc: BaseException | str) -> ErrorKind:
     words = text.split(" ", 2)
     # Some servers (fakeredis, proxies) put a generic "ERR" before the specific code.
     head = (words[1] if words[0] == "ERR" and len(words) > 1 else words[0]).upper()
+    if text.lower().startswith(("err unknown command", "unknown command")):
+        return ErrorKind.PERMANENT
+    # An ACL refusal inside a script comes without the NOPERM code (Redis 7.0).
+    if "user executing the script can't" in text:
+        return ErrorKind.PERMANENT
     return {
         "NOGROUP": ErrorKind.NOGROUP,
         "BUSYGROUP": ErrorKind.BUSYGROUP,
@@ -68,6 +91,9 @@ def classify(exc: BaseException | str) -> ErrorKind:
         "READONLY": ErrorKind.TRANSIENT,
         "MASTERDOWN": ErrorKind.TRANSIENT,
         "TRYAGAIN": ErrorKind.TRANSIENT,
+        "NOPERM": ErrorKind.PERMANENT,
+        "NOAUTH": ErrorKind.PERMANENT,
+        "WRONGPASS": ErrorKind.PERMANENT,
     }.get(head, ErrorKind.OTHER)
 
 
@@ -156,11 +182,18 @@ def connect(url: str, *, retries: int = CONNECT_RETRIES,
 
 
 def describe_url(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    from urllib.parse import urlsplit, urlunsplit
+    """The URL without its password (``user:password@`` or ``?password=``), for messages and
+    logs; it never raises, whatever the text.
 
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+    Split by hand, not by urlsplit: an unencoded '/', '?' or '#' in a password makes urlsplit
+    cut the userinfo short, and it would show the rest of the password as host or path."""
+    import re
+
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    userinfo, at, host = rest.rpartition("@")  # the last '@': a password may hold one too
+    if at and ":" in userinfo:
+        rest = userinfo.partition(":")[0] + ":***@" + host
+    rest = re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", rest)
+    return scheme + sep + rest

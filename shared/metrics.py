@@ -26,7 +26,7 @@ from shared.schema import REGIONS
 
 NAMESPACE = "regionstream"
 CONSUMER_OUTCOMES = ("persisted", "duplicate", "redelivered", "invalid", "dead_lettered")
-FAILURE_KINDS = ("persist", "transient", "nogroup", "noscript", "ack", "other")
+FAILURE_KINDS = ("persist", "transient", "nogroup", "noscript", "ack", "permanent", "other")
 REDIS_OPS = ("read", "settle", "claim", "publish", "trim", "group_info")
 # Latency buckets from 1 ms (loopback batch) to 6 h (upstream's cadence: a backlog replayed).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -111,6 +111,9 @@ class ConsumerMetrics:
         }
         self.failure = {k: self.failures.labels(k) for k in FAILURE_KINDS}
         self.rtt = {op: self.redis_rtt.labels(op) for op in REDIS_OPS}
+        # What this process settled, per outcome over all regions, kept beside the counters
+        # (prometheus-client offers no public read of a child's value).
+        self.totals: Tally[str] = Tally(dict.fromkeys(CONSUMER_OUTCOMES, 0))
 
 
 class ProducerMetrics:

@@ -79,8 +79,6 @@ PROBABILITY_TOLERANCE = 1e-6
 # minutes tolerates a sloppy host while still catching a snapshot stamped hours (or ms-vs-s
 # confusions, years) into the future, which would otherwise win "latest" forever.
 MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
-# Upstream dedups per 15-minute bucket of generated_at.
-BUCKET_WINDOW_MS = 15 * 60 * 1000
 
 _SNAPSHOT_ID_RE = re.compile(r"^[0-9a-f]{12}-[0-9a-f]{12}$")
 _ID_PART_MAX = 1 << 48  # 12 hex digits
@@ -404,6 +402,13 @@ def decode(data: bytes | str) -> Snapshot:
         raise SnapshotInvalid([f"wrong shape: {exc}"]) from exc
     except msgspec.DecodeError as exc:
         raise SnapshotInvalid([f"not valid JSON: {exc}"], undecodable=True) from exc
+    except RecursionError as exc:
+        # msgspec walks nested arrays and objects recursively, unknown fields included: a 2 KB
+        # `{"x":[[[[...]]]]}` exhausts the stack. That is bad input, not a crash.
+        raise SnapshotInvalid(["not decodable: nested too deeply"], undecodable=True) from exc
+    except (ValueError, MemoryError) as exc:  # any other refusal of the bytes themselves
+        raise SnapshotInvalid([f"not decodable: {type(exc).__name__}: {exc}"],
+                              undecodable=True) from exc
 
 
 def parse(
@@ -430,8 +435,3 @@ def new_snapshot_id(ms: int, rng: random.Random | None = None) -> str:
         raise ValueError(f"ms: {ms} does not fit in 12 hex digits")
     rand = rng.getrandbits(48) if rng is not None else secrets.randbits(48)
     return f"{ms:012x}-{rand:012x}"
-
-
-def bucket_of(generated_at_ms: int, window_ms: int = BUCKET_WINDOW_MS) -> int:
-    """The dedup bucket of a timestamp: ``floor(generated_at / window)`` as upstream does."""
-    return generated_at_ms // window_ms

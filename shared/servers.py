@@ -42,6 +42,7 @@ class Server:
     kind: str  # "redis-server" or "fakeredis"
     port: int
     _stop: Any = field(repr=False, default=None)
+    proc: subprocess.Popen[bytes] | None = field(repr=False, default=None)  # redis-server's
 
     def stop(self) -> None:
         if self._stop is not None:
@@ -87,7 +88,7 @@ def start_redis_server(binary: str | None = None, *, port: int | None = None,
             proc.wait()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    return Server(f"redis://127.0.0.1:{port}/0", "redis-server", port, stop)
+    return Server(f"redis://127.0.0.1:{port}/0", "redis-server", port, stop, proc)
 
 
 def start_fake_server() -> Server:

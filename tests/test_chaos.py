@@ -111,3 +111,49 @@ async def test_sigkill_holding_pending_replays_them_on_restart(
     assert again["redelivered"] <= held  # only what the killed one had persisted but not acked
     assert (await client.xpending(settings.stream, settings.group))["pending"] == 0
     assert await stored(client, keys, settings.regions) == N
+
+
+@pytest.mark.chaos
+async def test_sigterm_while_redis_hangs_exits_within_grace() -> None:
+    """--grace is a deadline: with Redis frozen (SIGSTOP) a SIGTERM still ends the process
+    within the grace period (plus start-up slack); what it held stays pending for replay."""
+    import uuid
+
+    from shared.connection import connect
+    from shared.servers import start_redis_server
+
+    grace_s = 1.0
+    with start_redis_server() as server:
+        tag = uuid.uuid4().hex[:8]
+        s = Settings.load({"redis_url": server.url, "stream": f"g-{tag}", "group": f"g-{tag}",
+                           "prefix": f"g-{tag}"}, env={})
+        client = connect(server.url)
+        try:
+            await prefill(client, s, 1000)
+            proc = spawn_cli(["consume", "--workers", "2", "--batch", "20", "--block-ms", "200",
+                              "--grace", str(grace_s), "--name", "frozen", *common_flags(s)])
+
+            async def holding() -> bool:
+                return bool((await client.xpending(s.stream, s.group))["pending"])
+
+            await wait_until(holding, what="the consumer holding entries")
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGSTOP)
+            try:
+                proc.send_signal(signal.SIGTERM)
+                started = time.monotonic()
+                code, err = await finish(proc)
+                took = time.monotonic() - started
+            finally:
+                server.proc.send_signal(signal.SIGCONT)
+            assert code == 0, err.decode()[-2000:]
+            assert took < grace_s + 3.0, f"exit took {took:.1f}s with --grace {grace_s}"
+            assert b"grace period" in err
+            left = int((await client.xpending(s.stream, s.group))["pending"])
+            assert left > 0  # nothing settled while frozen: it stays pending, not lost
+            code, err = await finish(spawn_cli(["consume", "--drain", "--name", "frozen",
+                                                *common_flags(s)]))
+            assert code == 0, err.decode()[-2000:]
+            assert await stored(client, s.keys, s.regions) == 1000
+        finally:
+            await client.aclose()

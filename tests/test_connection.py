@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
-from redis.exceptions import BusyLoadingError, NoScriptError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    BusyLoadingError,
+    NoPermissionError,
+    NoScriptError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shared.connection import ErrorKind, _fast_packing, classify, connect, describe_url
@@ -53,7 +59,15 @@ async def test_connect_uses_fast_packing_and_talks_to_redis(redis_url: str) -> N
     (ResponseError("ERR BUSYGROUP Consumer Group name already exists"), ErrorKind.BUSYGROUP),
     (ResponseError("BUSY Redis is busy running a script"), ErrorKind.TRANSIENT),
     (ResponseError("WRONGTYPE Operation against a key"), ErrorKind.WRONGTYPE),
-    (ResponseError("ERR unknown command"), ErrorKind.OTHER),
+    (ResponseError("ERR unknown command 'XAUTOCLAIM', with args beginning with:"),
+     ErrorKind.PERMANENT),
+    (ResponseError("ERR syntax error"), ErrorKind.OTHER),
+    (NoPermissionError("NOPERM this user has no permissions to run the 'evalsha' command"),
+     ErrorKind.PERMANENT),
+    ("NOPERM No permissions to access a key", ErrorKind.PERMANENT),
+    ("The user executing the script can't run this command or subcommand", ErrorKind.PERMANENT),
+    (AuthenticationError("WRONGPASS invalid username-password pair"), ErrorKind.PERMANENT),
+    (ResponseError("NOAUTH Authentication required."), ErrorKind.PERMANENT),
     (NoScriptError("NOSCRIPT No matching script"), ErrorKind.NOSCRIPT),
     (RedisConnectionError("reset"), ErrorKind.TRANSIENT),
     (BusyLoadingError("LOADING"), ErrorKind.TRANSIENT),

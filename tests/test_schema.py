@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from shared.keys import dedup_bucket
 from shared.schema import (
     HORIZONS,
     LANES,
@@ -32,13 +33,13 @@ from shared.schema import (
     Snapshot,
     SnapshotInvalid,
     SnapshotMeta,
-    bucket_of,
     decode,
     encode,
     new_snapshot_id,
     parse,
     validate,
 )
+from shared.settings import DEDUP_WINDOW_S
 
 GEN = 1_700_000_000_000  # a fixed "now" in epoch ms
 replace = msgspec.structs.replace
@@ -399,12 +400,14 @@ def test_snapshot_id_rejects_out_of_range_ms(ms: int) -> None:
         new_snapshot_id(ms)
 
 
-def test_bucket_is_floor_of_fifteen_minutes() -> None:
-    assert bucket_of(0) == 0
-    assert bucket_of(899_999) == 0
-    assert bucket_of(900_000) == 1
-    assert bucket_of(GEN) == GEN // 900_000
-    assert bucket_of(GEN, window_ms=60_000) == GEN // 60_000
+def test_bucket_is_floor_of_the_window_fifteen_minutes_by_default() -> None:
+    window = DEDUP_WINDOW_S * 1000
+    assert window == 900_000
+    assert dedup_bucket(0, window) == 0
+    assert dedup_bucket(899_999, window) == 0
+    assert dedup_bucket(900_000, window) == 1
+    assert dedup_bucket(GEN, window) == GEN // 900_000
+    assert dedup_bucket(GEN, 60_000) == GEN // 60_000
 
 
 def test_snapshot_invalid_from_one_string_and_pickled() -> None:

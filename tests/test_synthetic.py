@@ -15,6 +15,7 @@ from producer.synthetic import (
     SyntheticSource,
     _fit_size,
 )
+from shared.keys import dedup_bucket
 from shared.schema import (
     HORIZONS,
     MAX_ACTORS,
@@ -23,7 +24,6 @@ from shared.schema import (
     REGIONS,
     TRIGGER_REASONS,
     Snapshot,
-    bucket_of,
     decode,
     encode,
     validate,
@@ -176,7 +176,7 @@ def test_count_helper_gives_distinct_dedup_triples_in_the_past() -> None:
     src = SyntheticSource(seed=5)
     n = len(REGIONS) * 60 + 3
     snaps = [src.snapshot_for_count(i, BASE) for i in range(n)]
-    triples = {(s.region_id, s.meta.trigger_reason, bucket_of(s.generated_at)) for s in snaps}
+    triples = {(s.region_id, s.meta.trigger_reason, dedup_bucket(s.generated_at, src.dedup_window_ms)) for s in snaps}
     assert len(triples) == n
     assert len({s.meta.snapshot_id for s in snaps}) == n
     assert [s.region_id for s in snaps[:16]] == list(REGIONS) * 2  # round-robin
