@@ -1,18 +1,21 @@
 -- Persist a batch of snapshots of ONE region, deduplicated, and acknowledge them.
 --
--- Runs inside MULTI ... EXEC, right after an MSET that wrote the batch's by-id keys:
---   MULTI; MSET byid_1 payload_1 ... byid_n payload_n; EVALSHA persist ...; EXEC
+-- Runs inside MULTI ... EXEC, right after an MSET that wrote the batch's payloads to staging keys:
+--   MULTI; MSET incoming_1 payload_1 ... incoming_n payload_n; EVALSHA persist ...; EXEC
 -- The payloads never pass through Lua: a 9 KB string handed to this script and written on
 -- from it cost Redis ~20 µs of CPU (Lua's cost grows with every byte it is handed), twice
--- what the whole rest of this script costs per message. MSET leaves the by-id keys without a TTL; this script gives every one of them its
--- expiry, or deletes it, so after EXEC no by-id key of the batch is left without one. MULTI
--- makes the MSET and this script one unit: never one without the other.
+-- what the whole rest of this script costs per message. A persisted message's staging key is
+-- RENAMEd to its by-id key (O(1), no bytes copied) and given its expiry; every other staging
+-- key is deleted, so after EXEC none is left. The by-id key is thus written once, by the
+-- message that persisted the snapshot: a later entry carrying the same snapshot id (a
+-- redelivery, or a different payload under a reused id) never overwrites it. MULTI makes the
+-- MSET and this script one unit: never one without the other.
 --
 -- KEYS[1] stream ("" = don't ack here: on a cluster the stream lives in another slot and the
 --         caller sends XACK right after this script in the same pipeline)
 -- KEYS[2] snapshot index (ZSET generated_at -> snapshot_id)   all of one region: one hash tag,
 -- KEYS[3] latest pointer (snapshot_id)                         so one cluster slot
--- KEYS[4+2i], KEYS[5+2i]  dedup marker, by-id key of message i (i = 0..n-1)
+-- KEYS[4+3i], KEYS[5+3i], KEYS[6+3i]  dedup marker, by-id key, staging key of message i
 -- ARGV[1] group, ARGV[2] dedup TTL s, ARGV[3] retention s, ARGV[4] retention ms
 -- ARGV[5+3i .. 7+3i]  entry id, snapshot id, generated_at ms of message i
 --
@@ -20,10 +23,10 @@
 -- bucket), "r" redelivered (this very snapshot is stored already), or "E<error>" when a write
 -- failed; a failed message is NOT acknowledged, so it is delivered again.
 --
--- Write order per message: by-id (the MSET), index, latest, dedup marker LAST. Redis does not
+-- Write order per message: by-id (the RENAME), index, latest, dedup marker LAST. Redis does not
 -- roll a script back when a command fails half-way, so the order is what makes the marker a
--- commit record: a marker never exists without its data (the by-id key is proven to exist
--- before anything else is written), and a failed message leaves no marker to make its retry
+-- commit record: a marker never exists without its data (the by-id key is written before
+-- anything else), and a failed message leaves no marker to make its retry
 -- look like a duplicate (upstream's bug). An index entry likewise proves the by-id key was
 -- written, which recognizes a redelivery after the marker expired.
 --
@@ -57,14 +60,16 @@ local function load_latest()
 end
 local latest_err = load_latest()
 
-local function persist(dedup, byid, sid, gen, expire_at)
+local function persist(dedup, byid, staged, sid, gen, expire_at)
   if expire_at <= now_ms then
-    redis.pcall('DEL', byid)
     return {err = 'past retention: generated_at ' .. gen .. ' + retention is before now'}
   end
-  local r = redis.pcall('PEXPIREAT', byid, expire_at)
+  local r = redis.pcall('RENAME', staged, byid)
+  if failed(r) then
+    return {err = 'staged payload missing: the MSET before this script did not write it (' .. r.err .. ')'}
+  end
+  r = redis.pcall('PEXPIREAT', byid, expire_at)
   if failed(r) then return r end
-  if r == 0 then return {err = 'by-id key missing: the MSET before this script did not write it'} end
   r = redis.pcall('ZADD', index, gen, sid)
   if failed(r) then return r end
   if latest_err then return latest_err end
@@ -80,7 +85,7 @@ end
 
 local out, acks = {}, {}
 for i = 0, n - 1 do
-  local dedup, byid = KEYS[4 + 2 * i], KEYS[5 + 2 * i]
+  local dedup, byid, staged = KEYS[4 + 3 * i], KEYS[5 + 3 * i], KEYS[6 + 3 * i]
   local eid, sid, gen = ARGV[5 + 3 * i], ARGV[6 + 3 * i], tonumber(ARGV[7 + 3 * i])
   local expire_at = gen + retention_ms
   local status
@@ -91,12 +96,6 @@ for i = 0, n - 1 do
     status = 'r'
   elseif marker then
     status = 'd'
-    -- The MSET wrote this duplicate's payload under its own id; unless that snapshot was
-    -- stored before (its marker expired and another one took the bucket), nothing refers to it.
-    local score = redis.pcall('ZSCORE', index, sid)
-    if not failed(score) and not score then
-      redis.pcall('DEL', byid)
-    end
   else
     local score = redis.pcall('ZSCORE', index, sid)
     if failed(score) then
@@ -104,13 +103,13 @@ for i = 0, n - 1 do
     elseif score then
       status = 'r'  -- stored before; its marker expired (or a replay of old history)
     else
-      local err = persist(dedup, byid, sid, gen, expire_at)
+      local err = persist(dedup, byid, staged, sid, gen, expire_at)
       status = err and ('E' .. err.err) or 'p'
     end
   end
-  -- Whatever happened above, the by-id key gets its expiry back (the MSET removed it); a
-  -- deleted one is left alone (PEXPIREAT on a missing key does nothing).
-  if status ~= 'p' then redis.pcall('PEXPIREAT', byid, expire_at) end
+  -- Whatever happened above, no staging key outlives the call (a persisted one was renamed;
+  -- DEL of a missing key does nothing). A failed message's MSET is sent again on its retry.
+  if status ~= 'p' then redis.pcall('DEL', staged) end
   out[i + 1] = status
   if string.sub(status, 1, 1) ~= 'E' then acks[#acks + 1] = eid end
 end

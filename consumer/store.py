@@ -1,7 +1,7 @@
 """Settling one batch: every persist and dead-letter call of the batch in ONE pipelined round
 trip, each call atomic on the server (see ``persist.lua`` and ``dead_letter.lua``).
 
-A persist call is one region's share of the batch, sent as ``MULTI; MSET <by-id keys and
+A persist call is one region's share of the batch, sent as ``MULTI; MSET <staging keys and
 payloads>; EVALSHA persist ...; EXEC``: the payloads go to Redis as plain MSET arguments, never
 through Lua, which would cost the server twice as much per message (``persist.lua`` says why)."""
 
@@ -54,23 +54,23 @@ class _Call:
     keys: list[str]
     args: list[Any]
     members: Sequence[Valid | Poison]
-    # persist calls: the by-id keys and payloads, MSET in the same transaction as the script
-    by_id: list[Any] | None = None
+    # persist calls: the staging keys and payloads, MSET in the same transaction as the script
+    staged: list[Any] | None = None
 
     def commands(self) -> list[tuple[Any, ...]]:
         evalsha = ("EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.args)
-        if self.by_id is None:
+        if self.staged is None:
             return [evalsha]
-        return [("MULTI",), ("MSET", *self.by_id), evalsha, ("EXEC",)]
+        return [("MULTI",), ("MSET", *self.staged), evalsha, ("EXEC",)]
 
     def result(self, replies: Sequence[Any]) -> Any:
         """The script's reply (or the error in its place) out of this call's replies."""
-        if self.by_id is None:
+        if self.staged is None:
             return replies[0]
         executed = replies[-1]
         if isinstance(executed, list):
             # [MSET's reply, the script's]. A failed MSET needs no report of its own: the
-            # script proves each by-id key exists before persisting, and fails it otherwise.
+            # script fails a message whose staged payload is missing.
             return executed[1]
         # EXECABORT: a command was refused when queued (out of memory, ...); nothing ran.
         refused = [r for r in replies[1:-1] if isinstance(r, Exception)]
@@ -88,15 +88,16 @@ def _persist_call(keys: Keys, s: Settings, region: str, batch: list[Valid], ack:
                   ) -> _Call:
     k: list[str] = [keys.stream if ack else "", keys.index(region), keys.latest(region)]
     a: list[Any] = [keys.group, s.dedup_window_s, s.retention_s, s.retention_ms]
-    by_id: list[Any] = []
+    staged: list[Any] = []
     window = s.dedup_window_ms
     for v in batch:
-        by_id_key = keys.by_id(region, v.snapshot_id)
+        staging_key = keys.incoming(region, v.entry_id)
         bucket = dedup_bucket(v.generated_at, window)
-        k += (keys.dedup(region, v.trigger_reason, bucket), by_id_key)
+        k += (keys.dedup(region, v.trigger_reason, bucket), keys.by_id(region, v.snapshot_id),
+              staging_key)
         a += (v.entry_id, v.snapshot_id, v.generated_at)
-        by_id += (by_id_key, v.payload)
-    return _Call(scripts.persist(), k, a, batch, by_id)
+        staged += (staging_key, v.payload)
+    return _Call(scripts.persist(), k, a, batch, staged)
 
 
 def _dead_letter_call(keys: Keys, consumer: str, p: Poison) -> _Call:

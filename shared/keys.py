@@ -6,6 +6,10 @@ Layout (``{prefix}`` defaults to ``intelligence``)::
     {prefix}:snapshot-by-id:v1:{<region>}:<snapshot_id>     -> snapshot JSON, expires generated_at + retention
     {prefix}:snapshot:v1:{<region>}:latest                  -> snapshot_id   EX retention
     {prefix}:snapshot-index:v1:{<region>}                   -> ZSET generated_at -> snapshot_id
+    {prefix}:incoming:v1:{<region>}:<entry id>              -> payload, only inside one MULTI/EXEC
+
+An ``incoming`` key holds a payload between the MSET and the persist script of one
+transaction (see consumer/persist.lua); it never outlives the EXEC.
 
 ``{<region>}`` is a Redis Cluster hash tag: all keys of one region hash to one slot, so the
 persist script (which touches all four) is legal on a cluster too.
@@ -13,7 +17,10 @@ persist script (which touches all four) is legal on a cluster too.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+from shared.schema import REGIONS, TRIGGER_REASONS
 
 DLQ_SUFFIX = ":dlq"
 
@@ -51,6 +58,10 @@ class Keys:
     def index(self, region: str) -> str:
         return f"{self.prefix}:snapshot-index:v1:{self._tag(region)}"
 
+    def incoming(self, region: str, entry_id: bytes | str) -> str:
+        eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        return f"{self.prefix}:incoming:v1:{self._tag(region)}:{eid}"
+
     def consumer_name(self, base: str, worker: int | str) -> str:
         """Stable per-worker consumer name: a restarted worker gets its old name back, and with
         it its own pending entries, which it replays before reading new ones."""
@@ -58,3 +69,30 @@ class Keys:
 
     def reclaimer_name(self, base: str) -> str:
         return f"{base}-reclaimer"
+
+    def kind_of(self, key: bytes | str) -> str | None:
+        """Which key of the layout above ``key`` is ("stream", "dlq", "dedup", "by-id",
+        "latest", "index", "incoming"), or None when it is none of them: tests scan Redis with this to
+        prove nothing outside the documented layout is ever written."""
+        text = key.decode("utf-8", "surrogateescape") if isinstance(key, bytes) else key
+        if text == self.stream:
+            return "stream"
+        if text == self.dlq:
+            return "dlq"
+        for kind, pattern in _layout(self.prefix).items():
+            if pattern.fullmatch(text):
+                return kind
+        return None
+
+
+def _layout(prefix: str) -> dict[str, re.Pattern[str]]:
+    p = re.escape(prefix)
+    tag = "\\{(?:" + "|".join(map(re.escape, REGIONS)) + ")\\}"
+    reasons = "(?:" + "|".join(TRIGGER_REASONS) + ")"
+    return {
+        "dedup": re.compile(f"{p}:dedup:v1:{tag}:{reasons}:[0-9]+"),
+        "by-id": re.compile(f"{p}:snapshot-by-id:v1:{tag}:[0-9a-f]{{12}}-[0-9a-f]{{12}}"),
+        "latest": re.compile(f"{p}:snapshot:v1:{tag}:latest"),
+        "index": re.compile(f"{p}:snapshot-index:v1:{tag}"),
+        "incoming": re.compile(f"{p}:incoming:v1:{tag}:[0-9]+-[0-9]+"),
+    }
