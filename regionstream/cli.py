@@ -1,7 +1,9 @@
 """The ``regionstream`` command: produce, consume, show, demo.
 
 Exit codes: 0 ok; 1 runtime failure (Redis unreachable, nothing to show); 2 bad usage or a bad
-setting (one line naming it); 4 some source lines were rejected (the rest was published).
+setting (one line naming it); 3 Redis refused what no retry fixes (a missing ACL permission, a
+key of the wrong type): entries stay pending, fix the cause and restart - a supervisor should
+not restart in a loop on it; 4 some source lines were rejected (the rest was published).
 """
 
 from __future__ import annotations
@@ -10,23 +12,30 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
+import math
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, NoReturn
 
+from redis.asyncio.connection import parse_url
+from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from regionstream import __version__
-from shared.connection import connect, describe_url
-from shared.settings import Settings, SettingsError, parse_regions
+from shared import failpoints
+from shared.connection import ErrorKind, PermanentError, classify, connect, describe_url
+from shared.settings import Settings, SettingsError, flag_fields, parse_regions
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 4
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_PERMANENT, EXIT_REJECTED = 0, 1, 2, 3, 4
 DEMO_NAMES = {"stream": "regionstream-demo", "group": "demo-persisters",
               "prefix": "regionstream-demo"}
 PROG = "regionstream"
+# Faster redraws than this only add load on Redis (three round trips a frame) and flicker.
+MIN_REFRESH_S = 0.1
 
 
 class UsageError(Exception):
@@ -55,6 +64,20 @@ def _number(text: str) -> float:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def _positive_number(text: str) -> float:
+    value = _number(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0 (got {text})")
+    return value
+
+
+def _refresh(text: str) -> float:
+    value = _positive_number(text)
+    if value < MIN_REFRESH_S:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_REFRESH_S} s (got {text})")
+    return value
 
 
 def _int(text: str) -> int:
@@ -88,7 +111,7 @@ def build_parser() -> Parser:
     _add_produce(sub)
     _add_consume(sub)
     _add_views(sub)
-    add_parsers(sub, _common, _number, _int)
+    add_parsers(sub, _common, _int, _positive_int)
     return parser
 
 
@@ -148,12 +171,14 @@ def _add_views(sub: Any) -> None:
     t = sub.add_parser("top", help="live view of the stream, group, DLQ and regions (Redis only)")
     t.add_argument("--once", action="store_true", help="print one frame and exit")
     t.add_argument("--plain", action="store_true", help="a summary line per refresh, no table")
-    t.add_argument("--refresh", type=_number, default=1.0, help="seconds between frames (default 1)")
+    t.add_argument("--refresh", type=_refresh, default=1.0,
+                   help=f"seconds between frames (default 1, at least {MIN_REFRESH_S})")
     t.add_argument("--regions", type=parse_regions, help="regions to show")
     _common(t)
 
     d = sub.add_parser("demo", help="producer + consumer group + live view, self-contained")
-    d.add_argument("--duration", type=_number, help="stop after S seconds (default: Ctrl-C)")
+    d.add_argument("--duration", type=_positive_number,
+                   help="stop after S seconds (default: Ctrl-C)")
     d.add_argument("--interval", type=_number, dest="interval_s", default=2.0,
                    help="seconds between producer cycles (default 2)")
     d.add_argument("--workers", type=_int, default=4)
@@ -161,10 +186,7 @@ def _add_views(sub: Any) -> None:
     _common(d)
 
 
-SETTING_FLAGS = ("redis_url", "stream", "group", "prefix", "regions", "interval_s", "chunk",
-                 "stream_retention_s", "workers", "batch", "block_ms", "name", "grace_s",
-                 "max_bytes", "metrics_port", "metrics_host", "min_idle_ms", "claim_interval_ms",
-                 "max_deliveries", "consumer_timeout_s", "retry_backoff_ms")
+SETTING_FLAGS = flag_fields()
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -180,6 +202,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         settings = settings_from(args)
+        _check_source(args)
+        _check_count(args, settings)
+        failpoints.arm()
+    except failpoints.FailpointError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except UsageError as exc:
         print(f"{exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -195,18 +223,68 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         return _run(commands[args.command](args, settings))
-    except (RedisConnectionError, RedisTimeoutError, ConnectionRefusedError) as exc:
-        print(f"{PROG}: cannot reach Redis at {describe_url(settings.redis_url)}: {exc}",
-              file=sys.stderr)
-        return EXIT_FAILURE
-    except RedisError as exc:
-        print(f"{PROG}: Redis error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    except FileNotFoundError as exc:
-        print(f"{PROG}: {exc.strerror}: {exc.filename}", file=sys.stderr)
-        return EXIT_FAILURE
+    except UsageError as exc:  # a bad setting only running finds: a metrics port in use
+        print(f"{exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except PermanentError as exc:
+        print(f"{PROG}: stopped, not retrying: {exc} (entries stay pending; fix the "
+              "permission or key, then restart)", file=sys.stderr)
+        return EXIT_PERMANENT
+    except (RedisError, ConnectionRefusedError, FileNotFoundError) as exc:
+        print(f"{PROG}: {_failure(exc, settings)}", file=sys.stderr)
+        permanent = (isinstance(exc, RedisError) and classify(exc) is ErrorKind.PERMANENT
+                     and not isinstance(exc, AuthenticationError))
+        return EXIT_PERMANENT if permanent else EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+
+
+def _check_source(args: argparse.Namespace) -> None:
+    """Open a --source FILE before anything connects: a missing file or a directory must be
+    one line, and must not leave a stream and group created behind it."""
+    source = getattr(args, "source", "synthetic")
+    if source in ("synthetic", "-"):
+        return
+    try:
+        with open(source, "rb"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{PROG} produce: --source {source!r}: {exc.strerror or exc}") from None
+
+
+def _check_count(args: argparse.Namespace, settings: Settings) -> None:
+    """A load run steps back one dedup bucket per round of regions and reasons: with a large
+    window or count it would reach past the retention and be dead-lettered on arrival."""
+    from producer.synthetic import count_reach_ms
+
+    count = getattr(args, "count", None)
+    if not count:
+        return
+    reach = count_reach_ms(count, len(settings.regions), settings.dedup_window_ms)
+    if reach >= settings.retention_ms:
+        day = 86_400_000
+        raise UsageError(
+            f"{PROG} produce: --count {count} reaches back {reach / day:.0f} days with a "
+            f"{settings.dedup_window_s} s dedup window, past the {settings.retention_ms / day:.0f}"
+            "-day retention: lower --count or raise REGIONSTREAM_RETENTION_S")
+
+
+def _failure(exc: Exception, settings: Settings) -> str:
+    """One line for a runtime failure; the URL only ever through describe_url."""
+    url = describe_url(settings.redis_url)
+    if isinstance(exc, FileNotFoundError):
+        return f"{exc.strerror}: {exc.filename}"
+    # Before ConnectionError, of which redis-py makes it a subclass.
+    if isinstance(exc, AuthenticationError) or str(exc).startswith(("NOAUTH", "WRONGPASS")):
+        if parse_url(settings.redis_url).get("password") is None:
+            return f"Redis at {url} requires a password (AUTH failed / NOAUTH)"
+        return (f"Redis at {url} refused the credentials in the URL (WRONGPASS: wrong "
+                "username or password, or the user is disabled)")
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError | ConnectionRefusedError):
+        return f"cannot reach Redis at {url}: {exc}"
+    if classify(exc) is ErrorKind.NOGROUP:
+        return f"stream {settings.stream!r} has no group {settings.group!r}"
+    return f"Redis error: {exc}"
 
 
 async def _ping(settings: Settings) -> Any:
@@ -217,18 +295,33 @@ async def _ping(settings: Settings) -> Any:
 
 def _serve_metrics(settings: Settings, registry: Any, cadence_s: float | None = None) -> None:
     if settings.metrics_port:
-        from prometheus_client import start_http_server
-
         from shared.group_metrics import start_group_gauges
         from shared.metrics import build_info, producer_cadence
 
         build_info(registry, __version__)
         if cadence_s is not None:
             producer_cadence(registry, cadence_s)
+        _listen(settings, registry)  # first: nothing is left running if it fails
         # Group gauges (lag, pending, DLQ...) come from every process that serves metrics,
         # producer included: they stay visible when every consumer is down.
         start_group_gauges(settings, registry)
-        start_http_server(settings.metrics_port, settings.metrics_host, registry=registry)
+
+
+def _listen(settings: Settings, registry: Any) -> None:
+    """Serve metrics; a port in use or a host that does not resolve is a bad setting (exit 2,
+    naming the flag), not a traceback."""
+    from prometheus_client import start_http_server
+
+    host, port = settings.metrics_host, settings.metrics_port
+    try:
+        start_http_server(port, host, registry=registry)
+    except socket.gaierror as exc:
+        raise UsageError(f"{PROG}: bad setting --metrics-host: cannot resolve {host!r}: "
+                         f"{exc.strerror}") from None
+    except OSError as exc:
+        flag = "--metrics-host" if exc.errno == errno.EADDRNOTAVAIL else "--metrics-port"
+        raise UsageError(f"{PROG}: bad setting {flag}: cannot listen on {host}:{port}: "
+                         f"{exc.strerror}") from None
 
 
 async def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:

@@ -9,10 +9,12 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
@@ -22,7 +24,7 @@ from rich.live import Live
 from consumer.service import Consumer
 from producer.service import Producer
 from regionstream.top import frames
-from regionstream.view import Frame, collect, render, summary_line
+from regionstream.view import Frame, collect, logs_through, render, summary_line
 from shared.aio import pause
 from shared.connection import connect, describe_url
 from shared.keys import Keys
@@ -30,6 +32,33 @@ from shared.servers import Server, redis_server_binary, start_fake_server, start
 from shared.settings import Settings
 
 REFRESH_S = 0.5
+RATE_KEYS = ("persisted", "duplicate", "dead_lettered")
+# The view refreshes faster than cycles come, so a rate between two refreshes is 0 except in
+# the one a cycle landed in. Rates span at least two cycles instead: a window of one cycle
+# holds one burst or two (the rate swings twofold), a window of two holds two or three.
+RATE_WINDOW_CYCLES = 2
+MIN_RATE_WINDOW_S = 2.0
+
+Sample = tuple[float, dict[str, int]]  # (monotonic time, the consumer's outcome totals)
+
+
+def rate_window_s(interval_s: float) -> float:
+    return max(RATE_WINDOW_CYCLES * interval_s, MIN_RATE_WINDOW_S)
+
+
+def windowed_rates(samples: Sequence[Sample], window_s: float) -> dict[str, float]:
+    """Per-second rates from the newest sample at least ``window_s`` older than the last one
+    (the oldest while none is that old yet) to the last one."""
+    if len(samples) < 2:
+        return {}
+    now_t, now = samples[-1]
+    base_t, base = samples[0]
+    for t, totals in samples:
+        if t > now_t - window_s:
+            break
+        base_t, base = t, totals
+    dt = max(now_t - base_t, 1e-9)
+    return {k: (v - base.get(k, 0)) / dt for k, v in now.items() if k in RATE_KEYS}
 
 
 @contextlib.contextmanager
@@ -54,17 +83,19 @@ async def _frames(client: aioredis.Redis, keys: Keys, settings: Settings,
                   totals: Callable[[], dict[str, int]], stop: asyncio.Event, every: float
                   ) -> AsyncIterator[Frame]:
     """``top``'s frames, with the rates of this process's own outcomes in place of the
-    stream-wide ones (the demo knows what it persisted, deduplicated and dead-lettered)."""
-    prev, prev_t = totals(), time.monotonic()
+    stream-wide ones (the demo knows what it persisted, deduplicated and dead-lettered),
+    over a sliding window (see RATE_WINDOW_CYCLES)."""
+    window_s = rate_window_s(settings.interval_s)
+    # Samples are at least ``every`` apart: this many always cover the window.
+    samples: deque[Sample] = deque(maxlen=math.ceil(window_s / every) + 2)
+    samples.append((time.monotonic(), totals()))
     await pause(stop, every)  # the first frame shows the first cycle, not an empty store
     async for frame in frames(client, keys, settings.regions, stop, every):
-        now_totals, now_t = totals(), time.monotonic()
-        dt = max(now_t - prev_t, 1e-9)
-        rates = {k: (v - prev.get(k, 0)) / dt for k, v in now_totals.items()
-                 if k in ("persisted", "duplicate", "dead_lettered")}
-        prev, prev_t = now_totals, now_t
+        now_totals = totals()
+        samples.append((time.monotonic(), now_totals))
         done = ", ".join(f"{k} {v}" for k, v in now_totals.items() if v)
-        yield dataclasses.replace(frame, rates=rates, note=f"totals: {done}")
+        yield dataclasses.replace(frame, rates=windowed_rates(samples, window_s),
+                                  note=f"totals: {done}")
 
 
 async def run_demo(settings: Settings, *, duration: float | None, interval_s: float,
@@ -113,6 +144,7 @@ async def _show(client: aioredis.Redis, keys: Keys, s: Settings,
         async for frame in _frames(client, keys, s, totals, stop, max(s.interval_s, 1.0)):
             print(summary_line(frame), flush=True)
         return
-    with Live(console=Console(file=sys.stdout), refresh_per_second=4) as live:
+    console = Console(file=sys.stdout)
+    with Live(console=console, refresh_per_second=4) as live, logs_through(console):
         async for frame in _frames(client, keys, s, totals, stop, REFRESH_S):
             live.update(render(frame))

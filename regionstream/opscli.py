@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -16,8 +18,33 @@ from consumer.ops import PendingReport, pending_report, replay_dlq, replay_pendi
 from regionstream.view import age_text
 from shared.settings import Settings
 
+# A stream id as XRANGE takes it: -, +, <ms> or <ms>-<seq>, the numbers after an optional "("
+# (exclusive). Each part is a 64-bit unsigned integer.
+_STREAM_ID = re.compile(r"\(?(\d+)(?:-(\d+))?")
 
-def add_parsers(sub: Any, common: Any, number: Any, integer: Any) -> None:
+
+def is_stream_id(text: str) -> bool:
+    if text in ("-", "+"):
+        return True
+    m = _STREAM_ID.fullmatch(text)
+    return m is not None and all(int(g) < 2**64 for g in m.groups() if g is not None)
+
+
+class _RangeAction(argparse.Action):
+    """--range START END, each checked before anything connects: Redis's own complaint
+    ("Invalid stream ID") says neither which argument was wrong nor what it was."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: str | Sequence[Any] | None, option_string: str | None = None) -> None:
+        assert isinstance(values, list)  # nargs=2
+        for label, value in zip(("START", "END"), values, strict=True):
+            if not is_stream_id(value):
+                parser.error(f"--range {label}: not a stream id: {value!r} (expected -, +, "
+                             "<ms> or <ms>-<seq>, a number optionally after '(' to exclude it)")
+        setattr(namespace, self.dest, values)
+
+
+def add_parsers(sub: Any, common: Any, integer: Any, positive_int: Any) -> None:
     p = sub.add_parser("pending", help="who holds what: per-consumer pending, lag, DLQ")
     p.add_argument("--json", action="store_true")
     common(p)
@@ -28,11 +55,11 @@ def add_parsers(sub: Any, common: Any, number: Any, integer: Any) -> None:
     what.add_argument("--dlq", action="store_true", help="move dead letters back onto the stream")
     what.add_argument("--pending", action="store_true",
                       help="claim and process now what a (dead) consumer holds")
-    what.add_argument("--range", nargs=2, metavar=("START", "END"),
+    what.add_argument("--range", nargs=2, metavar=("START", "END"), action=_RangeAction,
                       help="re-drive stream entries START..END through dedup (idempotent)")
     r.add_argument("--region", help="--dlq: only this region")
     r.add_argument("--reason", help="--dlq: only dead letters whose reason contains TEXT")
-    r.add_argument("--limit", type=integer, help="--dlq: at most N entries")
+    r.add_argument("--limit", type=positive_int, help="--dlq: at most N entries (N > 0)")
     r.add_argument("--consumer", help="--pending: only this consumer's entries")
     r.add_argument("--min-idle-ms", type=integer, default=None, dest="replay_min_idle_ms",
                    help="--pending: only entries idle at least this long (default: the "

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from rich.console import Console
 from rich.live import Live
 
-from regionstream.view import Frame, collect, rates_between, render, summary_line
+from regionstream.view import Frame, collect, logs_through, rates_between, render, summary_line
 from shared.aio import pause
 from shared.keys import Keys
 from shared.settings import Settings
@@ -54,7 +54,7 @@ async def run_top(redis: aioredis.Redis, settings: Settings, *, once: bool = Fal
         async for frame in frames(redis, keys, settings.regions, stop, every):
             out.print(summary_line(frame), soft_wrap=True)
         return 0
-    with Live(console=out, refresh_per_second=LIVE_REDRAWS_PER_S) as live:
+    with Live(console=out, refresh_per_second=LIVE_REDRAWS_PER_S) as live, logs_through(out):
         async for frame in frames(redis, keys, settings.regions, stop, every):
             live.update(render(frame))
     return 0

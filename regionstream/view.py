@@ -6,12 +6,16 @@ table; both are plain functions so a test can render a frame from a known Redis 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import msgspec
 import redis.asyncio as aioredis
-from rich.console import Group
+from rich.console import Console, Group
+from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
 
@@ -196,3 +200,23 @@ def summary_line(frame: Frame) -> str:
             f"consumers={frame.active_consumers}/{frame.consumers} "
             f"oldest_pending={age_text(frame.oldest_pending_age_s)} dlq={frame.dlq_length} regions_with_latest={with_latest}/{len(frame.regions)} "
             f"stored={sum(r.stored for r in frame.regions)} {rates}").rstrip()
+
+
+@contextlib.contextmanager
+def logs_through(console: Console) -> Iterator[None]:
+    """While a rich Live view draws on ``console``, log records go through that console too.
+
+    The root logger's stream handler writes straight to the terminal, into the middle of the
+    table, and tears it; printed through the Live's console a record lands above the view."""
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    rich = RichHandler(console=console, show_path=False)
+    for h in saved:
+        root.removeHandler(h)
+    root.addHandler(rich)
+    try:
+        yield
+    finally:
+        root.removeHandler(rich)
+        for h in saved:
+            root.addHandler(h)

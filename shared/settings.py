@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from redis.asyncio.connection import ConnectionPool
+from redis.exceptions import RedisError
+
+from shared.connection import describe_url
 from shared.keys import Keys
 from shared.schema import REGIONS
 
@@ -70,16 +75,38 @@ def _name(v: Any) -> str | None:
 
 
 def _redis_url(v: Any) -> str | None:
+    """Everything redis-py would refuse only at connect time (or never: a path like /abc
+    silently meant db 0), refused now. Messages show the URL through describe_url only."""
+    shown = describe_url(v)
     try:
         parts = urlsplit(v)
         parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as exc:
-        return f"not a valid Redis URL ({exc}): {v!r}"
+    except ValueError:  # its text may quote a piece of a mis-encoded password: not shown
+        return f"not a valid Redis URL (bad host or port): {shown}"
     if parts.scheme not in ("redis", "rediss", "unix"):
-        return f"scheme must be redis://, rediss:// or unix:// (got {v!r})"
+        return f"scheme must be redis://, rediss:// or unix:// (got {shown})"
     if parts.scheme != "unix" and not parts.hostname:
-        return f"has no host: {v!r}"
-    return None
+        return f"has no host: {shown}"
+    if parts.scheme != "unix" and not re.fullmatch(r"/?|/\d+", parts.path):
+        return f"path must be empty or /<db number>: {shown}"
+    return _url_options(v, shown)
+
+
+def _url_options(v: str, shown: str) -> str | None:
+    """Query options as redis-py takes them: it parses known ones (ValueError on a bad value)
+    and hands the rest to the connection class, which refuses an unknown one (TypeError).
+    Making a connection object does not connect."""
+    try:
+        pool = ConnectionPool.from_url(v)
+        pool.connection_class(**pool.connection_kwargs)
+    except TypeError as exc:
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+        what = f"unknown option {unknown.group(1)!r}" if unknown else str(exc)
+        return f"{what}: {shown}"
+    except (ValueError, RedisError) as exc:
+        return f"{str(exc).rstrip('.')}: {shown}"
+    db = pool.connection_kwargs.get("db", 0)
+    return None if db >= 0 else f"db must be >= 0 (got {db}): {shown}"
 
 
 def _regions(v: Any) -> str | None:
@@ -95,31 +122,58 @@ def _regions(v: Any) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    redis_url: str = field(default=DEFAULT_REDIS_URL, metadata={"check": _redis_url})
-    stream: str = field(default=DEFAULT_STREAM, metadata={"check": _name})
-    group: str = field(default=DEFAULT_GROUP, metadata={"check": _name})
-    prefix: str = field(default=DEFAULT_PREFIX, metadata={"check": _name})
-    dedup_window_s: int = field(default=DEDUP_WINDOW_S, metadata={"check": _positive})
-    retention_s: int = field(default=RETENTION_S, metadata={"check": _positive})
+    """Each field's metadata: "check" validates a value, "flag" is the command-line option
+    that sets it, named in messages (None: only REGIONSTREAM_* or code set it). The flag is
+    spelled out, not derived from the field name: --grace sets grace_s."""
+
+    redis_url: str = field(default=DEFAULT_REDIS_URL,
+                           metadata={"check": _redis_url, "flag": "--redis-url"})
+    stream: str = field(default=DEFAULT_STREAM,
+                        metadata={"check": _name, "flag": "--stream"})
+    group: str = field(default=DEFAULT_GROUP,
+                       metadata={"check": _name, "flag": "--group"})
+    prefix: str = field(default=DEFAULT_PREFIX,
+                        metadata={"check": _name, "flag": "--prefix"})
+    dedup_window_s: int = field(default=DEDUP_WINDOW_S,
+                                metadata={"check": _positive, "flag": None})
+    retention_s: int = field(default=RETENTION_S,
+                             metadata={"check": _positive, "flag": None})
     # producer
-    regions: tuple[str, ...] = field(default=REGIONS, metadata={"check": _regions})
-    interval_s: float = field(default=PRODUCE_INTERVAL_S, metadata={"check": _positive})
-    stream_retention_s: int = field(default=STREAM_RETENTION_S, metadata={"check": _non_negative})
-    chunk: int = field(default=PRODUCE_CHUNK, metadata={"check": _positive})
+    regions: tuple[str, ...] = field(default=REGIONS,
+                                     metadata={"check": _regions, "flag": "--regions"})
+    interval_s: float = field(default=PRODUCE_INTERVAL_S,
+                              metadata={"check": _positive, "flag": "--interval"})
+    stream_retention_s: int = field(default=STREAM_RETENTION_S,
+                                    metadata={"check": _non_negative, "flag": "--stream-retention"})
+    chunk: int = field(default=PRODUCE_CHUNK,
+                       metadata={"check": _positive, "flag": "--chunk"})
     # consumer
-    workers: int = field(default=WORKERS, metadata={"check": _positive})
-    batch: int = field(default=BATCH, metadata={"check": _positive})
-    block_ms: int = field(default=BLOCK_MS, metadata={"check": _positive})
-    name: str = field(default_factory=socket.gethostname, metadata={"check": _name})
-    grace_s: float = field(default=GRACE_S, metadata={"check": _non_negative})
-    max_bytes: int = field(default=MAX_BYTES, metadata={"check": _positive})
-    min_idle_ms: int = field(default=MIN_IDLE_MS, metadata={"check": _positive})
-    claim_interval_ms: int = field(default=CLAIM_INTERVAL_MS, metadata={"check": _positive})
-    max_deliveries: int = field(default=MAX_DELIVERIES, metadata={"check": _positive})
-    retry_backoff_ms: int = field(default=RETRY_BACKOFF_MS, metadata={"check": _non_negative})
-    consumer_timeout_s: float = field(default=CONSUMER_TIMEOUT_S, metadata={"check": _positive})
-    metrics_host: str = field(default="127.0.0.1", metadata={"check": _name})
-    metrics_port: int = field(default=0, metadata={"check": _port})
+    workers: int = field(default=WORKERS,
+                         metadata={"check": _positive, "flag": "--workers"})
+    batch: int = field(default=BATCH,
+                       metadata={"check": _positive, "flag": "--batch"})
+    block_ms: int = field(default=BLOCK_MS,
+                          metadata={"check": _positive, "flag": "--block-ms"})
+    name: str = field(default_factory=socket.gethostname,
+                      metadata={"check": _name, "flag": "--name"})
+    grace_s: float = field(default=GRACE_S,
+                           metadata={"check": _non_negative, "flag": "--grace"})
+    max_bytes: int = field(default=MAX_BYTES,
+                           metadata={"check": _positive, "flag": "--max-bytes"})
+    min_idle_ms: int = field(default=MIN_IDLE_MS,
+                             metadata={"check": _positive, "flag": "--min-idle-ms"})
+    claim_interval_ms: int = field(default=CLAIM_INTERVAL_MS,
+                                   metadata={"check": _positive, "flag": "--claim-interval-ms"})
+    max_deliveries: int = field(default=MAX_DELIVERIES,
+                                metadata={"check": _positive, "flag": "--max-deliveries"})
+    retry_backoff_ms: int = field(default=RETRY_BACKOFF_MS,
+                                  metadata={"check": _non_negative, "flag": "--retry-backoff-ms"})
+    consumer_timeout_s: float = field(default=CONSUMER_TIMEOUT_S,
+                                      metadata={"check": _positive, "flag": "--consumer-timeout"})
+    metrics_host: str = field(default="127.0.0.1",
+                              metadata={"check": _name, "flag": "--metrics-host"})
+    metrics_port: int = field(default=0,
+                              metadata={"check": _port, "flag": "--metrics-port"})
 
     @property
     def keys(self) -> Keys:
@@ -148,7 +202,7 @@ class Settings:
         origin: dict[str, str] = {}
         problems: list[str] = []
         for f in dataclasses.fields(cls):
-            flag = "--" + f.name.replace("_", "-")
+            flag = f.metadata["flag"] or f.name
             var = ENV_PREFIX + f.name.upper()
             if flags.get(f.name) is not None:
                 values[f.name], origin[f.name] = flags[f.name], flag
@@ -172,6 +226,11 @@ class Settings:
         if problems:  # only a bad hostname can get here
             raise SettingsError(problems)
         return settings
+
+
+def flag_fields() -> tuple[str, ...]:
+    """The settings a command-line flag can set (the rest: environment or code only)."""
+    return tuple(f.name for f in dataclasses.fields(Settings) if f.metadata["flag"])
 
 
 def parse_regions(text: str) -> tuple[str, ...]:

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
+import pathlib
+import socket
+import subprocess
+from collections.abc import Iterator
 
 import msgspec
 import pytest
 import redis.asyncio as aioredis
 
 from producer.synthetic import SyntheticSource
+from regionstream.cli import build_parser
+from regionstream.opscli import is_stream_id
 from shared.keys import Keys
 from shared.schema import encode
-from shared.servers import free_port
-from shared.settings import Settings
+from shared.servers import free_port, start_redis_server
+from shared.settings import Settings, SettingsError
 from tests.proc import cli_env, common_flags, run_cli
 
 
@@ -25,13 +33,160 @@ from tests.proc import cli_env, common_flags, run_cli
     (["produce", "--redis-url", "redis://:99999999"], "--redis-url"),
     (["consume", "--frobnicate"], "--frobnicate"),
     (["produce", "--once", "--count", "5"], "--count"),
+    # URL options redis-py would refuse only when connecting, and a path that is no db number
+    (["produce", "--redis-url", "redis://localhost/0?foo=bar"], "--redis-url: unknown option 'foo'"),
+    (["produce", "--redis-url", "redis://localhost/0?socket_timeout=abc"], "'socket_timeout'"),
+    (["produce", "--redis-url", "redis://localhost/abc"], "--redis-url: path must be"),
+    (["produce", "--redis-url", "redis://localhost/0?db=-1"], "--redis-url: db must be"),
+    # settings name the flag a user typed ("--grace", not the field's "--grace-s")
+    (["consume", "--grace", "-1"], "--grace: must be"),
+    (["produce", "--interval", "0"], "--interval: must be"),
+    (["produce", "--stream-retention", "-1"], "--stream-retention: must be"),
+    (["consume", "--consumer-timeout", "0"], "--consumer-timeout: must be"),
+    # values checked before anything connects
+    (["replay", "--dlq", "--limit", "-1"], "--limit: must be > 0"),
+    (["replay", "--dlq", "--limit", "0"], "--limit: must be > 0"),
+    (["top", "--refresh", "0"], "--refresh: must be a number > 0"),
+    (["top", "--refresh", "0.05"], "--refresh: must be at least 0.1 s"),
+    (["demo", "--duration", "-5"], "--duration: must be a number > 0"),
+    (["demo", "--duration", "nan"], "--duration: must be a number > 0"),
+    (["replay", "--range", "foo", "bar"], "replay: --range START: not a stream id: 'foo'"),
+    (["replay", "--range", "(1700000000000-3", "x"], "--range END: not a stream id: 'x'"),
 ])
 def test_bad_flag_is_one_line_naming_it_exit_2(args: list[str], names: str) -> None:
     done = run_cli(args)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.decode().strip().splitlines()
     assert len(lines) == 1, lines
-    assert names in lines[0] and "Traceback" not in lines[0]
+    assert names in lines[0] and "Traceback" not in lines[0], lines[0]
+
+
+def one_line(done: subprocess.CompletedProcess[bytes], code: int) -> str:
+    """The single stderr line of a failed run with exit ``code``."""
+    assert done.returncode == code, done.stderr
+    lines = done.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in lines[0], lines
+    return lines[0]
+
+
+@pytest.mark.parametrize(("url", "code"), [
+    ("redis://:secret@host:70000/0", 2),  # bad port
+    ("redis://user:secret@localhost:99999/0", 2),
+    ("redis://:secret@localhost/0?socket_timeout=abc", 2),  # bad query value
+    ("redis://:secret@localhost/0?foo=bar", 2),  # unknown option
+    ("redis://:secret@localhost/abc", 2),  # bad path
+    ("redis://localhost/abc?password=secret", 2),
+    ("redis://:se/cret@localhost/0", 2),  # an unencoded '/' in the password
+    ("redis://user:secret@127.0.0.1:{port}/0", 1),  # unreachable, with a password
+    ("redis://127.0.0.1:{port}/0?password=secret", 1),
+])
+def test_a_password_never_shows_in_a_message(url: str, code: int) -> None:
+    url = url.format(port=free_port())
+    line = one_line(run_cli(["produce", "--once", "--redis-url", url]), code)
+    assert "secret" not in line and "cret" not in line
+    assert ("--redis-url" if code == 2 else "cannot reach Redis at") in line
+
+
+def test_a_password_in_the_environment_never_shows() -> None:
+    env = cli_env() | {"REGIONSTREAM_REDIS_URL": "redis://:secret@localhost/0?foo=bar"}
+    line = one_line(run_cli(["produce", "--once"], env=env), 2)
+    assert "REGIONSTREAM_REDIS_URL" in line and "secret" not in line
+
+
+def _options_and_dests() -> set[tuple[str, str]]:
+    """(option string, dest) of every option of every subcommand."""
+    subs = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {(opt, action.dest) for p in subs.choices.values() for action in p._actions
+            for opt in action.option_strings}
+
+
+def test_every_setting_message_names_a_real_flag() -> None:
+    """A message names the flag that sets a field; that flag must exist and set that field
+    (it once said --grace-s for --grace). Fields no flag sets are named as themselves."""
+    bad = {"str": "", "int": -1, "float": -1.0}
+    options = _options_and_dests()
+    for f in dataclasses.fields(Settings):
+        value = () if str(f.type).startswith("tuple") else bad[str(f.type)]
+        with pytest.raises(SettingsError) as caught:
+            Settings.load({f.name: value}, env={})
+        named = caught.value.problems[0].split(": ", 1)[0]
+        if f.metadata["flag"] is None:
+            assert named == f.name and all(dest != f.name for _, dest in options), f.name
+        else:
+            assert (named, f.name) in options, (named, f.name)
+
+
+@pytest.mark.parametrize(("text", "ok"), [
+    ("-", True), ("+", True), ("0", True), ("1700000000000-3", True), ("(1700000000000-3", True),
+    ("(5", True), ("foo", False), ("(-", False), ("1-", False), ("-1", False), ("1-2-3", False),
+    (str(2**64), False), ("", False),
+])
+def test_stream_ids(text: str, ok: bool) -> None:
+    assert is_stream_id(text) is ok
+
+
+def test_source_that_is_a_directory_is_one_line(tmp_path: pathlib.Path) -> None:
+    line = one_line(run_cli(["produce", "--source", str(tmp_path)]), 2)
+    assert f"--source {str(tmp_path)!r}" in line and "directory" in line
+
+
+async def test_missing_source_creates_nothing(client: aioredis.Redis, settings: Settings,
+                                              tmp_path: pathlib.Path) -> None:
+    missing = tmp_path / "nope.jsonl"
+    line = one_line(run_cli(["produce", "--source", str(missing), *common_flags(settings)]), 2)
+    assert f"--source {str(missing)!r}" in line and "No such file" in line
+    assert await client.exists(settings.stream) == 0  # checked before connecting
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+async def test_metrics_port_in_use_is_one_line(client: aioredis.Redis, settings: Settings,
+                                               busy_port: int) -> None:
+    done = run_cli(["produce", "--once", "--metrics-port", str(busy_port),
+                    *common_flags(settings)])
+    line = one_line(done, 2)
+    assert "--metrics-port" in line and str(busy_port) in line
+    assert await client.exists(settings.stream) == 0  # refused before any work
+
+
+def test_unresolvable_metrics_host_is_one_line(settings: Settings) -> None:
+    done = run_cli(["consume", "--drain", "--metrics-port", str(free_port()),
+                    "--metrics-host", "no-such-host.invalid", *common_flags(settings)])
+    line = one_line(done, 2)
+    assert "--metrics-host" in line and "no-such-host.invalid" in line
+
+
+def test_replay_pending_without_the_group_says_so(settings: Settings) -> None:
+    line = one_line(run_cli(["replay", "--pending", *common_flags(settings)]), 1)
+    assert line == (f"regionstream: stream {settings.stream!r} has no group "
+                    f"{settings.group!r}")
+
+
+@pytest.fixture(scope="module")
+def locked_redis_port() -> Iterator[int]:
+    """A private redis-server that requires the password "pw"."""
+    with start_redis_server(extra=("--requirepass", "pw")) as server:
+        yield server.port
+
+
+@pytest.mark.parametrize(("userinfo", "says"), [
+    ("", "requires a password (AUTH failed / NOAUTH)"),
+    (":badpass@", "refused the credentials in the URL (WRONGPASS"),
+    ("someone:badpass@", "refused the credentials in the URL (WRONGPASS"),
+])
+def test_authentication_failures_are_one_line(locked_redis_port: int, userinfo: str,
+                                              says: str) -> None:
+    url = f"redis://{userinfo}127.0.0.1:{locked_redis_port}/0"
+    line = one_line(run_cli(["pending", "--redis-url", url]), 1)
+    shown = url.replace(":badpass@", ":***@")
+    assert line.startswith(f"regionstream: Redis at {shown} {says}"), line
+    assert "badpass" not in line and "HELLO" not in line
 
 
 def test_bad_environment_values_reported_together() -> None:

@@ -78,9 +78,24 @@ def test_errors_are_classified_in_one_place(error: BaseException | str, kind: Er
     assert classify(error) is kind
 
 
-def test_password_never_shown() -> None:
-    assert describe_url("redis://user:s3cret@h:6379/0") == "redis://user:***@h:6379/0"
-    assert describe_url("redis://h:6379/0") == "redis://h:6379/0"
+@pytest.mark.parametrize(("url", "shown"), [
+    ("redis://user:s3cret@h:6379/0", "redis://user:***@h:6379/0"),
+    ("redis://:s3cret@h:6379/0", "redis://:***@h:6379/0"),
+    ("redis://h:6379/0", "redis://h:6379/0"),
+    ("redis://h:6379/0?password=s3cret", "redis://h:6379/0?password=***"),
+    ("redis://h/0?socket_timeout=3&PASSWORD=s3cret&db=1",
+     "redis://h/0?socket_timeout=3&PASSWORD=***&db=1"),
+    ("unix:///tmp/redis.sock?password=s3cret&db=2", "unix:///tmp/redis.sock?password=***&db=2"),
+    ("unix:///tmp/redis.sock", "unix:///tmp/redis.sock"),
+    # unencoded '/', '@', '?', '#' in a password: urlsplit would cut it and show the rest
+    ("redis://:s3/cret@h/0", "redis://:***@h/0"),
+    ("redis://u:s3@cret@h/0", "redis://u:***@h/0"),
+    ("redis://:s3?cret@h/0", "redis://:***@h/0"),
+    ("redis://:s3#cret@h:70000/0", "redis://:***@h:70000/0"),
+    ("redis://:s3cret@[::1/0", "redis://:***@[::1/0"),  # unparseable, still masked
+])
+def test_password_never_shown(url: str, shown: str) -> None:
+    assert describe_url(url) == shown
 
 
 def test_unix_and_tls_urls_keep_their_connection_kind() -> None:

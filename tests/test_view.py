@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
+import logging
 import time
 
+import pytest
 import redis.asyncio as aioredis
 from rich.console import Console
+from rich.live import Live
 
 from regionstream.cli import main
+from regionstream.demo import Sample, rate_window_s, windowed_rates
 from regionstream.top import frames, run_top
-from regionstream.view import Frame, collect, rates_between, render, summary_line
+from regionstream.view import Frame, collect, logs_through, rates_between, render, summary_line
 from shared.keys import Keys
 from shared.schema import REGIONS
 from shared.settings import Settings
@@ -119,3 +123,62 @@ def test_top_command_once_plain(settings: Settings, capsys: object) -> None:
     assert code == 0
     out = capsys.readouterr().out  # type: ignore[attr-defined]
     assert "stream=0 lag=None pending=0" in out
+
+
+def steady_samples(interval_s: float, every: float, until: float) -> list[Sample]:
+    """The demo's totals sampled every ``every`` s while 8 entries are persisted every
+    ``interval_s`` s (a burst just after each cycle starts)."""
+    samples: list[Sample] = []
+    for i in range(int(until / every) + 1):
+        t = i * every
+        bursts = int((t + interval_s - 0.1) // interval_s)  # at 0.1, 0.1 + interval, ...
+        samples.append((t, {"persisted": 8 * bursts, "duplicate": 0, "dead_lettered": 0}))
+    return samples
+
+
+@pytest.mark.parametrize(("interval_s", "every"), [(2.0, 0.5), (1.0, 0.5), (5.0, 0.5),
+                                                   (2.0, 2.0)])
+def test_demo_rates_are_steady_over_a_window(interval_s: float, every: float) -> None:
+    """Frames come faster than cycles: rates between two frames were 0.0/s in three frames of
+    four. Over the window a steady pipeline shows a steady rate, near the true one."""
+    window = rate_window_s(interval_s)
+    assert window >= interval_s
+    samples = steady_samples(interval_s, every, until=60.0)
+    true_rate = 8 / interval_s
+    for n in range(2, len(samples) + 1):
+        rates = windowed_rates(samples[:n], window)
+        assert set(rates) == {"persisted", "duplicate", "dead_lettered"}
+        if samples[n - 1][0] >= window:  # once a whole window has been seen
+            assert 0.6 * true_rate <= rates["persisted"] <= 1.6 * true_rate, (n, rates)
+            assert rates["duplicate"] == 0.0
+
+
+def test_demo_rates_use_the_newest_sample_a_window_old() -> None:
+    samples: list[Sample] = [(0.0, {"persisted": 0}), (1.0, {"persisted": 10}),
+                             (2.5, {"persisted": 20}), (3.0, {"persisted": 40})]
+    assert windowed_rates(samples, 2.0) == {"persisted": 30 / 2.0}  # from t=1.0
+    assert windowed_rates(samples, 10.0) == {"persisted": 40 / 3.0}  # from the oldest
+    assert windowed_rates(samples[:1], 2.0) == {}
+    assert windowed_rates(samples, 2.0) == windowed_rates(samples[1:], 2.0)  # no state
+
+
+def test_log_records_go_through_the_live_console() -> None:
+    """A record logged while the live view draws must not be written raw to the terminal
+    (it tears the table): it goes through the Live's console, above the view."""
+    terminal = io.StringIO()  # where the root logger's handler (basicConfig) writes
+    raw = logging.StreamHandler(terminal)
+    root = logging.getLogger()
+    root.addHandler(raw)
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=WIDE, color_system=None)
+    log = logging.getLogger("regionstream.consumer")
+    try:
+        with Live(console=console, auto_refresh=False), logs_through(console):
+            log.warning("worker w-0 reclaimed 3 entries")
+            assert raw not in root.handlers
+        log.warning("after the view")
+    finally:
+        root.removeHandler(raw)
+    assert "worker w-0 reclaimed 3 entries" not in terminal.getvalue()
+    assert "worker w-0 reclaimed 3 entries" in screen.getvalue()
+    assert terminal.getvalue() == "after the view\n"  # the handler is back afterwards
