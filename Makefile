@@ -9,13 +9,15 @@ DEMO_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help setup system-deps test lint typecheck demo bench bench-quick soak clean
+.PHONY: help setup system-deps test lint typecheck demo bench bench-quick soak fuzz crash clean
 
 help:
 	@echo "make demo   - producer + consumer group + live view (REGIONSTREAM_REDIS_URL or an embedded Redis)"
 	@echo "make test   - lint, type-check and the whole test suite against a real redis-server"
 	@echo "make bench  - benchmarks, JSON + PNG under bench/results/"
 	@echo "make soak   - the long chaos/soak run (minutes)"
+	@echo "make fuzz   - the long property-based fuzz run (~10 min; FUZZ_SEED, FUZZ_ENTRIES)"
+	@echo "make crash  - the crash matrix: SIGKILL at every fail point, then drain and check"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +68,17 @@ bench-quick: $(STAMP) system-deps
 SOAK_SECONDS ?= 300
 soak: $(STAMP) system-deps
 	SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest tests/test_soak.py -s --timeout $$(( $(SOAK_SECONDS) + 300 ))
+
+# The long fuzz run (the suite runs at least 10,000 entries of the same test). A fixed seed
+# makes a run reproducible; hypothesis prints the seed of a failing run to re-run it.
+FUZZ_SEED ?= 20261125
+FUZZ_ENTRIES ?= 300000
+fuzz: $(STAMP) system-deps
+	FUZZ_ENTRIES=$(FUZZ_ENTRIES) $(PY) -m pytest tests/test_fuzz.py -s -p no:logging \
+	  --hypothesis-seed=$(FUZZ_SEED) --timeout 1800
+
+crash: $(STAMP) system-deps
+	$(PY) -m pytest tests/test_crash_matrix.py tests/test_chaos.py -v -p no:logging
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

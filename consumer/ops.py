@@ -139,11 +139,13 @@ async def replay_pending(redis: aioredis.Redis, keys: Keys, settings: Settings, 
     while True:
         rows: Any = await redis.xpending_range(keys.stream, keys.group, start, "+", REPLAY_PAGE,
                                           consumer, idle=min_idle_ms)
-        ids = [r["message_id"] for r in rows if r["consumer"] != as_name.encode()]
+        # Its own entries too: what an earlier `replay --pending` claimed and then died on.
+        ids = [r["message_id"] for r in rows]
         result.ids += [text(i) for i in ids]
         if ids and not dry_run:
             claimed: Any = await redis.xclaim(keys.stream, keys.group, as_name, min_idle_ms, ids)
             result.entries += len(claimed)
+            failpoint("replay.pending-claimed")
             step = await worker.process(claimed)
             for k, v in step.outcomes.items():
                 result.outcomes[k] = result.outcomes.get(k, 0) + v

@@ -483,6 +483,11 @@ def _clip(x: float, lo: float = 0.0, hi: float = 1.0) -> float:
     return lo if x < lo else hi if x > hi else x
 
 
+def count_reach_ms(count: int, regions: int, dedup_window_ms: int) -> int:
+    """How far back a load run of ``count`` snapshots reaches (see snapshot_for_count)."""
+    return max(0, (count - 1) // (regions * len(TRIGGER_REASONS))) * dedup_window_ms
+
+
 class SyntheticSource:
     """Builds realistic regional snapshots; one instance is one reproducible "world"."""
 
@@ -540,8 +545,7 @@ class SyntheticSource:
 
     def reach_ms(self, count: int) -> int:
         """How far before ``base_ms`` the oldest of ``count`` load-run snapshots lies."""
-        per_bucket = len(self.regions) * len(TRIGGER_REASONS)
-        return max(0, (count - 1) // per_bucket) * self.dedup_window_ms
+        return count_reach_ms(count, len(self.regions), self.dedup_window_ms)
 
     # -- state ------------------------------------------------------------------------------
 

@@ -293,3 +293,47 @@ async def test_max_entry_fields_is_far_above_a_real_entry() -> None:
 async def test_publish_helper_still_works(client: aioredis.Redis, settings: Settings) -> None:
     (snap,) = SyntheticSource(("mena",), seed=9).cycle(now_ms())
     assert len(await publish(client, settings, [snap])) == 1
+
+
+# -- 4. a permanent error is said once, and the process exits ----------------------------------
+
+@pytest.mark.parametrize("forbidden", ["evalsha", "xreadgroup"])
+async def test_consume_without_a_permission_exits_3_saying_what_is_missing(
+        client: aioredis.Redis, settings: Settings, acl_user: tuple[str, str],
+        forbidden: str) -> None:
+    from tests.proc import common_flags, run_cli
+
+    await publish_cycle(client, settings, now_ms())
+    await Consumer(settings, registry=CollectorRegistry()).prepare(client)
+    await client.execute_command("ACL", "SETUSER", acl_user[0], "on", f">{acl_user[1]}",
+                                 "~*", "+@all", f"-{forbidden}")
+    flags = common_flags(settings)
+    flags[flags.index("--redis-url") + 1] = as_user(settings, acl_user)
+    started = time.monotonic()
+    done = run_cli(["consume", "--drain", "--workers", "2", "--block-ms", "100", *flags])
+    assert done.returncode == 3, done.stderr.decode()[-2000:]
+    assert time.monotonic() - started < 20  # stops at once; it used to retry forever
+    err = done.stderr.decode()
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("regionstream: stopped, not retrying") and forbidden in last, last
+    assert "Traceback" not in err and acl_user[1] not in err
+    assert err.count(f"'{forbidden}'") <= 4  # said a few times at most, not 25-40 lines a second
+    assert await pending(client, settings) + await undelivered(client, settings) == 8
+
+
+def test_unknown_fail_point_is_a_usage_error() -> None:
+    from tests.proc import cli_env, run_cli
+
+    done = run_cli(["pending"], env=cli_env() | {"REGIONSTREAM_FAILPOINT": "consumer.nowhere"})
+    assert done.returncode == 2 and b"unknown fail point" in done.stderr
+
+
+def test_count_past_retention_is_refused_before_connecting() -> None:
+    from tests.proc import cli_env, run_cli
+
+    env = cli_env() | {"REGIONSTREAM_DEDUP_WINDOW_S": "86400"}
+    done = run_cli(["produce", "--count", "10000", "--redis-url", "redis://127.0.0.1:1/0"],
+                   env=env)
+    assert done.returncode == 2, done.stderr
+    line, = done.stderr.decode().strip().splitlines()
+    assert "--count 10000" in line and "retention" in line

@@ -1,0 +1,140 @@
+"""The crash matrix: real processes SIGKILL themselves at each risky point (shared/failpoints.py),
+then are restarted without the fail point, and the group is drained. For every row: every
+published snapshot is stored exactly once (its payload, its expiry), `latest` is the newest per
+region, nothing is pending or undelivered, no staging key is left, and the dead-letter stream
+holds exactly the poison entries, each once."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from producer.publisher import Publisher
+from producer.synthetic import SyntheticSource
+from shared import wire
+from shared.failpoints import ENV, POINTS
+from shared.schema import decode, encode
+from shared.settings import Settings
+from tests.proc import cli_env, common_flags, run_cli
+
+N = 240
+POISON = [b"{oops-%d" % i for i in range(3)] + [b'{"x":' + b"[" * 2000 + b"]" * 2000 + b"}"]
+KILLED = -signal.SIGKILL
+CONSUME = ["consume", "--drain", "--workers", "2", "--batch", "20", "--block-ms", "100",
+           "--min-idle-ms", "200", "--claim-interval-ms", "100", "--retry-backoff-ms", "50"]
+REPLAY_PENDING = ["replay", "--pending", "--min-idle-ms", "0"]
+PRODUCE = ["produce", "--chunk", "20"]  # + --source FILE
+
+# row -> steps: (command, fail point or None, expected exit code)
+Step = tuple[list[str], str | None, int]
+ROWS: dict[str, list[Step]] = {
+    "consumer.after-read": [
+        ([*CONSUME, "--name", "a"], "consumer.after-read:3", KILLED),
+        ([*CONSUME, "--name", "a"], None, 0)],
+    "consumer.settle-in-flight": [
+        ([*CONSUME, "--name", "a"], "consumer.settle-in-flight:3", KILLED),
+        ([*CONSUME, "--name", "a"], None, 0)],
+    "consumer.dead-letter-in-flight": [
+        ([*CONSUME, "--name", "a"], "consumer.dead-letter-in-flight", KILLED),
+        ([*CONSUME, "--name", "a"], None, 0)],
+    "consumer.after-settle": [
+        ([*CONSUME, "--name", "a"], "consumer.after-settle:3", KILLED),
+        ([*CONSUME, "--name", "b"], None, 0)],  # another name: the reclaimer takes a's
+    "reclaim.after-claim": [
+        ([*CONSUME, "--name", "a"], "consumer.after-read:2", KILLED),
+        ([*CONSUME, "--name", "b"], "reclaim.after-claim", KILLED),
+        ([*CONSUME, "--name", "b"], None, 0)],
+    "replay.pending-claimed": [
+        ([*CONSUME, "--name", "a"], "consumer.after-read:2", KILLED),
+        (REPLAY_PENDING, "replay.pending-claimed", KILLED),
+        (REPLAY_PENDING, None, 0),
+        ([*CONSUME, "--name", "a"], None, 0)],
+    "replay.dlq-moved": [
+        ([*CONSUME, "--name", "a"], None, 0),
+        (["replay", "--dlq"], "replay.dlq-moved", KILLED),
+        (["replay", "--dlq"], None, 0),
+        ([*CONSUME, "--name", "a"], None, 0)],
+    "producer.publish-in-flight": [
+        (PRODUCE, "producer.publish-in-flight:4", KILLED),
+        (PRODUCE, None, 0),
+        ([*CONSUME, "--name", "a"], None, 0)],
+    "producer.after-publish": [
+        (PRODUCE, "producer.after-publish:4", KILLED),
+        (PRODUCE, None, 0),
+        ([*CONSUME, "--name", "a"], None, 0)],
+}
+
+
+def test_every_fail_point_has_a_row() -> None:
+    assert set(ROWS) == set(POINTS)
+
+
+def snapshots(settings: Settings) -> list[bytes]:
+    src, base = SyntheticSource(settings.regions, seed=17), int(time.time() * 1000)
+    return [encode(src.snapshot_for_count(i, base)) for i in range(N)]
+
+
+async def prefill(client: aioredis.Redis, settings: Settings, payloads: list[bytes]) -> None:
+    """The snapshots in chunks, one poison entry after each of the first chunks."""
+    pub = Publisher(client, settings.keys, settings)
+    await pub.prepare()
+    poison = iter(POISON)
+    for start in range(0, len(payloads), 40):
+        chunk = payloads[start:start + 40]
+        await pub.publish([decode(p) for p in chunk], chunk)
+        bad = next(poison, None)
+        if bad is not None:
+            await client.xadd(settings.stream, {b"schema": b"1", b"payload": bad})
+
+
+@pytest.mark.chaos
+@pytest.mark.parametrize("row", list(ROWS))
+async def test_crash_at_each_fail_point_loses_nothing_and_applies_nothing_twice(
+        client: aioredis.Redis, settings: Settings, tmp_path: Path, row: str) -> None:
+    payloads = snapshots(settings)
+    producer_row = row.startswith("producer.")
+    source = tmp_path / "snapshots.jsonl"
+    if producer_row:
+        source.write_bytes(b"\n".join(payloads) + b"\n")
+    else:
+        await prefill(client, settings, payloads)
+    for command, point, expected in ROWS[row]:
+        args = [*command, *common_flags(settings)]
+        if command is PRODUCE:
+            args += ["--source", str(source)]
+        env = cli_env() | ({ENV: point} if point else {})
+        done = await asyncio.to_thread(run_cli, args, env=env)
+        assert done.returncode == expected, (command, point, done.stderr.decode()[-3000:])
+    await assert_exactly_once(client, settings, payloads,
+                              [] if producer_row else POISON)
+
+
+async def assert_exactly_once(client: aioredis.Redis, s: Settings, payloads: list[bytes],
+                              poison: list[bytes]) -> None:
+    keys = s.keys
+    by_region: dict[str, dict[str, tuple[int, bytes]]] = {r: {} for r in s.regions}
+    for p in payloads:
+        snap = decode(p)
+        by_region[snap.region_id][snap.meta.snapshot_id] = (snap.generated_at, p)
+    for region, expected in by_region.items():
+        index = dict(await client.zrange(keys.index(region), 0, -1, withscores=True))
+        assert {k.decode() for k in index} == set(expected), region
+        for sid, (_, payload) in expected.items():
+            by_id = keys.by_id(region, sid)
+            assert await client.get(by_id) == payload
+            assert await client.pttl(by_id) > 0
+        newest = max(expected.items(), key=lambda kv: (kv[1][0], kv[0]))[0]
+        assert await client.get(keys.latest(region)) == newest.encode()
+    info = await client.xinfo_groups(s.stream)
+    (group,) = [g for g in info if g["name"] == s.group.encode()]
+    assert group["pending"] == 0 and (group["lag"] or 0) == 0
+    dead = [d for _, d in await client.xrange(keys.dlq)]
+    assert Counter(d[wire.F_PAYLOAD] for d in dead) == Counter(poison)
+    staged = [k async for k in client.scan_iter(match=f"{s.prefix}:incoming:*")]
+    assert not staged
