@@ -39,6 +39,9 @@ def _check(lineno: int, raw: bytes, now_ms: int, regions: Collection[str],
     except SnapshotInvalid as exc:
         chunk.rejected.append(Rejected(lineno, str(exc)))
         return
+    except Exception as exc:  # whatever one line holds, it costs that line, not the run
+        chunk.rejected.append(Rejected(lineno, f"{type(exc).__name__}: {exc}"))
+        return
     chunk.snapshots.append(snap)
     chunk.payloads.append(text)  # published as given: the bytes the consumer will store
 

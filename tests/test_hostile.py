@@ -337,3 +337,19 @@ def test_count_past_retention_is_refused_before_connecting() -> None:
     assert done.returncode == 2, done.stderr
     line, = done.stderr.decode().strip().splitlines()
     assert "--count 10000" in line and "retention" in line
+
+
+async def test_source_file_with_a_deeply_nested_line_rejects_that_line_only(
+        client: aioredis.Redis, settings: Settings, tmp_path: object) -> None:
+    from pathlib import Path
+
+    from tests.proc import common_flags, run_cli
+
+    good = [encode(s) for s in SyntheticSource(seed=4).cycle(now_ms())]
+    source = Path(str(tmp_path)) / "in.jsonl"
+    source.write_bytes(b"\n".join([good[0], DEEP, *good[1:]]) + b"\n")
+    done = run_cli(["produce", "--source", str(source), *common_flags(settings)])
+    assert done.returncode == 4, done.stderr.decode()[-2000:]
+    err = done.stderr.decode()
+    assert "line 2" in err and "nested too deeply" in err and "Traceback" not in err
+    assert await client.xlen(settings.stream) == 8
