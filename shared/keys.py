@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cache
 
 from shared.schema import REGIONS, TRIGGER_REASONS
 
@@ -85,6 +86,7 @@ class Keys:
         return None
 
 
+@cache  # compiled once per prefix, not once per key checked
 def _layout(prefix: str) -> dict[str, re.Pattern[str]]:
     p = re.escape(prefix)
     tag = "\\{(?:" + "|".join(map(re.escape, REGIONS)) + ")\\}"

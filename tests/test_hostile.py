@@ -28,7 +28,7 @@ from shared.keys import dedup_bucket
 from shared.metrics import ConsumerMetrics
 from shared.schema import TRIGGER_REASONS, encode
 from shared.settings import Settings
-from tests.helpers import drain, publish, publish_cycle
+from tests.helpers import drain, publish_cycle
 
 DEEP = b'{"x":' + b"[" * 1000 + b"]" * 1000 + b"}"  # 2 KB; crash-looped every consumer
 
@@ -289,10 +289,6 @@ async def test_settle_round_trip_excludes_decoding(client: aioredis.Redis, setti
 async def test_max_entry_fields_is_far_above_a_real_entry() -> None:
     assert len(valid_fields()) * 4 < MAX_ENTRY_FIELDS
 
-
-async def test_publish_helper_still_works(client: aioredis.Redis, settings: Settings) -> None:
-    (snap,) = SyntheticSource(("mena",), seed=9).cycle(now_ms())
-    assert len(await publish(client, settings, [snap])) == 1
 
 
 # -- 4. a permanent error is said once, and the process exits ----------------------------------
