@@ -68,8 +68,8 @@ class Consumer:
         Without ``redis``, the workers get a client that never re-sends a command by itself
         (see shared.connection.connect: a silently re-sent XREADGROUP would skip entries) and
         set-up and the drain watch get one that does."""
-        control = redis or connect(self.settings.redis_url)
-        workers = redis or connect(self.settings.redis_url, retries=0,
+        control = redis or connect(self.settings.redis_url, tls=self.settings.tls)
+        workers = redis or connect(self.settings.redis_url, retries=0, tls=self.settings.tls,
                                    socket_timeout=SOCKET_TIMEOUT_S + self.settings.block_ms / 1000)
         try:
             await self.prepare(control)

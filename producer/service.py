@@ -19,7 +19,6 @@ from producer.publisher import Publisher
 from producer.sources import Chunk, read_lines, read_stream, stdin_bytes
 from producer.synthetic import SyntheticSource
 from shared.aio import pause
-from shared.connection import ErrorKind, backoff, classify
 from shared.metrics import ProducerMetrics
 from shared.schema import encode
 from shared.settings import Settings
@@ -57,35 +56,14 @@ class Producer:
         self.source = SyntheticSource(s.regions, seed=self.seed,
                                       dedup_window_ms=s.dedup_window_ms)
         self.report = Report()
-        self._backoff = backoff()
 
     async def cycle(self, pub: Publisher) -> list[bytes]:
-        """One cycle: a snapshot per region, published in one round trip, then a trim.
-
-        If Redis is unavailable the same snapshots are published again after a capped,
-        jittered backoff until they land or the producer is stopped (a retried publish that
-        had landed after all is recognized downstream as a redelivery): a Redis outage delays
-        a cycle, it does not lose it."""
+        """One cycle: a snapshot per region, published in one round trip (again while Redis
+        is unavailable: Publisher.publish_until_done), then a trim."""
         snaps = self.source.cycle(now_ms())
         started = time.perf_counter()
-        failures = 0
-        while True:
-            try:
-                ids = await pub.publish(snaps)
-                break
-            except (RedisError, OSError) as exc:
-                if classify(exc) is not ErrorKind.TRANSIENT or self.stop.is_set():
-                    self.metrics.publish_failures.inc()
-                    raise
-                failures += 1
-                self.metrics.publish_failures.inc()
-                log.warning("publishing cycle failed (%s); retry %d", exc, failures)
-                if await pause(self.stop, self._backoff.compute(failures)):
-                    raise
-        try:
-            await pub.trim()
-        except (RedisError, OSError) as exc:  # the cycle is published; trimming can wait
-            log.warning("trimming the stream failed: %s", exc)
+        ids = await pub.publish_until_done(snaps, None, self.stop)
+        await self.trim(pub)
         self.metrics.cycle_seconds.observe(time.perf_counter() - started)
         self.metrics.last_success.set_to_current_time()
         self.report.published += len(ids)
@@ -96,6 +74,12 @@ class Producer:
         if self.on_cycle is not None:
             self.on_cycle(ids)
         return ids
+
+    async def trim(self, pub: Publisher) -> None:
+        try:
+            await pub.trim()
+        except (RedisError, OSError) as exc:  # what is published stays; trimming can wait
+            log.warning("trimming the stream failed: %s", exc)
 
     async def run_cycles(self, pub: Publisher, *, once: bool) -> None:
         while not self.stop.is_set():
@@ -114,12 +98,12 @@ class Producer:
                     break
                 snaps = [self.source.snapshot_for_count(i, base)
                          for i in range(start, min(count, start + size))]
-                await pub.publish(snaps, [encode(s) for s in snaps])
+                await pub.publish_until_done(snaps, [encode(s) for s in snaps], self.stop)
                 self.report.published += len(snaps)
                 if n % TRIM_EVERY_CHUNKS == TRIM_EVERY_CHUNKS - 1:
-                    await pub.trim()
+                    await self.trim(pub)
                 advance(len(snaps))
-        await pub.trim()
+        await self.trim(pub)
         self.metrics.last_success.set_to_current_time()
 
     async def run_source(self, pub: Publisher, chunks: AsyncIterator[Chunk] | Iterable[Chunk]
@@ -131,11 +115,11 @@ class Producer:
                 self.metrics.rejected.inc()
                 print(f"regionstream produce: rejected {msg}", file=sys.stderr)
             if chunk.snapshots:
-                await pub.publish(chunk.snapshots, chunk.payloads)
+                await pub.publish_until_done(chunk.snapshots, chunk.payloads, self.stop)
                 self.report.published += len(chunk.snapshots)
             if self.stop.is_set():
                 break
-        await pub.trim()
+        await self.trim(pub)
 
     async def run(self, redis: aioredis.Redis, *, once: bool = False, count: int | None = None,
                   source: str = "synthetic", progress: bool = False) -> Report:

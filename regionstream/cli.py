@@ -20,14 +20,20 @@ import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, NoReturn
 
-from redis.asyncio.connection import parse_url
 from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from regionstream import __version__
 from shared import failpoints
-from shared.connection import ErrorKind, PermanentError, classify, connect, describe_url
+from shared.connection import (
+    ErrorKind,
+    PermanentError,
+    classify,
+    connect,
+    describe_url,
+    url_password,
+)
 from shared.settings import Settings, SettingsError, flag_fields, parse_regions
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_PERMANENT, EXIT_REJECTED = 0, 1, 2, 3, 4
@@ -89,7 +95,14 @@ def _int(text: str) -> int:
 
 def _common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("connection (flags override REGIONSTREAM_* variables)")
-    g.add_argument("--redis-url", help="env REGIONSTREAM_REDIS_URL, default redis://localhost:6379/0")
+    g.add_argument("--redis-url", help="redis://, rediss:// (TLS), unix:// or "
+                   "redis+sentinel://host:port[,host:port...]/<master>[/<db>]; "
+                   "env REGIONSTREAM_REDIS_URL, default redis://localhost:6379/0")
+    g.add_argument("--tls-ca", help="CA file that signed the server's certificate (rediss://); "
+                   "env REGIONSTREAM_TLS_CA")
+    g.add_argument("--tls-cert", help="client certificate, for servers that ask for one; "
+                   "env REGIONSTREAM_TLS_CERT")
+    g.add_argument("--tls-key", help="client certificate's key; env REGIONSTREAM_TLS_KEY")
     g.add_argument("--stream", help="env REGIONSTREAM_STREAM, default snapshots")
     g.add_argument("--group", help="env REGIONSTREAM_GROUP, default persisters")
     g.add_argument("--prefix", help="key prefix; env REGIONSTREAM_PREFIX, default intelligence")
@@ -130,6 +143,11 @@ def _add_produce(sub: Any) -> None:
     p.add_argument("--stream-retention", type=_int, dest="stream_retention_s",
                    help="seconds of acknowledged history to keep on the stream (default 86400)")
     p.add_argument("--seed", type=_int, help="seed of the synthetic source")
+    p.add_argument("--min-replicas", type=_int,
+                   help="count a publish only once N replicas confirmed it (WAIT), publish it "
+                   "again otherwise (default 0: no wait)")
+    p.add_argument("--min-replicas-timeout-ms", type=_int,
+                   help="how long a publish waits for --min-replicas (default 1000)")
     _metrics_flags(p)
     _common(p)
 
@@ -232,6 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_PERMANENT
     except (RedisError, ConnectionRefusedError, FileNotFoundError) as exc:
         print(f"{PROG}: {_failure(exc, settings)}", file=sys.stderr)
+        if _is_tls_refusal(exc):  # a certificate or TLS setting to fix, like a bad flag
+            return EXIT_USAGE
         permanent = (isinstance(exc, RedisError) and classify(exc) is ErrorKind.PERMANENT
                      and not isinstance(exc, AuthenticationError))
         return EXIT_PERMANENT if permanent else EXIT_FAILURE
@@ -276,10 +296,15 @@ def _failure(exc: Exception, settings: Settings) -> str:
         return f"{exc.strerror}: {exc.filename}"
     # Before ConnectionError, of which redis-py makes it a subclass.
     if isinstance(exc, AuthenticationError) or str(exc).startswith(("NOAUTH", "WRONGPASS")):
-        if parse_url(settings.redis_url).get("password") is None:
+        if url_password(settings.redis_url) is None:
             return f"Redis at {url} requires a password (AUTH failed / NOAUTH)"
         return (f"Redis at {url} refused the credentials in the URL (WRONGPASS: wrong "
                 "username or password, or the user is disabled)")
+    if isinstance(exc, RedisConnectionError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        return (f"Redis at {url}: TLS certificate not trusted ({_ssl_reason(exc)}); "
+                "pass the CA that signed it with --tls-ca")
+    if isinstance(exc, RedisConnectionError) and "SSL" in str(exc):
+        return f"Redis at {url}: TLS handshake failed ({_ssl_reason(exc)})"
     if isinstance(exc, RedisConnectionError | RedisTimeoutError | ConnectionRefusedError):
         return f"cannot reach Redis at {url}: {exc}"
     if classify(exc) is ErrorKind.NOGROUP:
@@ -287,8 +312,21 @@ def _failure(exc: Exception, settings: Settings) -> str:
     return f"Redis error: {exc}"
 
 
+def _ssl_reason(exc: Exception) -> str:
+    """The OpenSSL reason inside redis-py's connection error text, without its file:line."""
+    import re
+
+    text = str(exc)
+    found = re.search(r"\[SSL[^\]]*\]\s*([^(]+)", text)
+    return found.group(1).strip() if found else text
+
+
+def _is_tls_refusal(exc: BaseException) -> bool:
+    return isinstance(exc, RedisConnectionError) and "SSL" in str(exc)
+
+
 async def _ping(settings: Settings) -> Any:
-    client = connect(settings.redis_url)
+    client = connect(settings.redis_url, tls=settings.tls)
     await client.ping()
     return client
 

@@ -114,7 +114,7 @@ async def run_demo(settings: Settings, *, duration: float | None, interval_s: fl
             loop.add_signal_handler(sig, stop.set)
         if duration is not None:
             loop.call_later(duration, stop.set)
-        client = connect(url)
+        client = connect(url, tls=s.tls)
         await client.ping()
         registry = CollectorRegistry()
         producer = Producer(s, registry=registry, stop=stop)

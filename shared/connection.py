@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl, unquote
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -156,8 +158,108 @@ def _fast_packing(cls: type) -> type:
     return _FAST_CLASSES[cls]
 
 
+@dataclass(frozen=True, slots=True)
+class Tls:
+    """Client-side TLS files (``--tls-ca``, ``--tls-cert``, ``--tls-key``) for a rediss:// or
+    rediss+sentinel:// URL. The server's certificate is always verified, hostname included."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        given = {"ssl_ca_certs": self.ca, "ssl_certfile": self.cert, "ssl_keyfile": self.key}
+        return {k: v for k, v in given.items() if v}
+
+
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+SENTINEL_PORT = 26379
+# Options of a Sentinel URL's query: credentials for the sentinels themselves (the URL's
+# user:password@ is for the primary).
+SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password")
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelTarget:
+    """``redis+sentinel://[user:password@]host[:port][,host[:port]...]/<master>[/<db>]``
+    (``rediss+sentinel://`` for TLS to sentinels and primary alike)."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    master: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    options: dict[str, str] = field(default_factory=dict)
+
+
+def is_sentinel_url(url: str) -> bool:
+    return url.partition("://")[0].lower() in SENTINEL_SCHEMES
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    """Raises ValueError with a message that never quotes the password."""
+    scheme, _, rest = url.partition("://")
+    rest, _, query = rest.partition("?")
+    userinfo, at, rest = rest.rpartition("@")
+    hosts, _, path = rest.partition("/")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    sentinels = []
+    for item in hosts.split(","):
+        host, colon, port = item.strip().rpartition(":") if ":" in item else (item, "", "")
+        host = host.strip("[]")
+        if not host:
+            raise ValueError("names no sentinel host (host[:port][,host[:port]...])")
+        try:
+            number = int(port) if colon else SENTINEL_PORT
+        except ValueError:
+            raise ValueError(f"bad sentinel port {port!r}") from None
+        if not 0 < number < 65536:
+            raise ValueError(f"bad sentinel port {number}")
+        sentinels.append((host, number))
+    parts = [p for p in path.split("/") if p]
+    if not parts or len(parts) > 2:
+        raise ValueError("path must be /<master name> or /<master name>/<db number>")
+    if len(parts) == 2 and not parts[1].isdigit():
+        raise ValueError(f"db must be a number (got {parts[1]!r})")
+    options = dict(parse_qsl(query, keep_blank_values=True))
+    unknown = sorted(set(options) - set(SENTINEL_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))}; a Sentinel URL "
+                         f"takes {', '.join(SENTINEL_OPTIONS)}")
+    return SentinelTarget(tuple(sentinels), unquote(parts[0]), int(parts[1]) if len(parts) > 1
+                          else 0, username, password, scheme.lower() == "rediss+sentinel",
+                          options)
+
+
+def url_password(url: str) -> str | None:
+    """The password a URL carries (for messages: whether one was given, never what)."""
+    if is_sentinel_url(url):
+        return parse_sentinel_url(url).password
+    from redis.asyncio.connection import parse_url
+
+    password: str | None = parse_url(url).get("password")
+    return password
+
+
+class _SentinelRedis(aioredis.Redis):
+    """A client of the primary a Sentinel names; closing it closes the sentinel clients too."""
+
+    sentinel: Any = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if self.sentinel is not None:
+            await self.sentinel.aclose()
+
+
 def connect(url: str, *, retries: int = CONNECT_RETRIES,
-            socket_timeout: float | None = SOCKET_TIMEOUT_S, **kwargs: Any) -> aioredis.Redis:
+            socket_timeout: float | None = SOCKET_TIMEOUT_S, tls: Tls | None = None,
+            **kwargs: Any) -> aioredis.Redis:
     """An asyncio client for ``url`` (hiredis parses replies when installed).
 
     ``retries`` > 0: redis-py re-sends a command after a dropped connection. That suits
@@ -165,19 +267,49 @@ def connect(url: str, *, retries: int = CONNECT_RETRIES,
     but not XREADGROUP: when a reply is lost the server has already moved the entries into the
     consumer's pending list, and a silent re-send would read past them. The consumer's workers
     therefore use ``retries=0`` and handle the error themselves (re-reading their own pending
-    entries first)."""
-    client = aioredis.Redis.from_url(
-        url,
+    entries first).
+
+    A ``redis+sentinel://`` URL gives a client of the primary its sentinels name: a connection
+    lost in a failover is opened again to the promoted replica, and a demoted primary's
+    READONLY reply drops the connection the same way (redis-py's SentinelConnectionPool)."""
+    options: dict[str, Any] = dict(
         decode_responses=False,
         socket_connect_timeout=SOCKET_CONNECT_TIMEOUT_S,
         socket_timeout=socket_timeout,
         health_check_interval=HEALTH_CHECK_INTERVAL_S,
         retry=Retry(backoff(), retries),
         retry_on_error=[ConnectionError, TimeoutError, BusyLoadingError] if retries else [],
+        **(tls.kwargs() if tls else {}),
         **kwargs,
     )
+    if is_sentinel_url(url):
+        client = _sentinel_client(parse_sentinel_url(url), options, tls)
+    else:
+        client = aioredis.Redis.from_url(url, **options)
     pool = client.connection_pool
     pool.connection_class = _fast_packing(pool.connection_class)
+    return client
+
+
+def _sentinel_client(target: SentinelTarget, options: dict[str, Any],
+                     tls: Tls | None) -> aioredis.Redis:
+    from redis.asyncio.sentinel import Sentinel
+
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_connect_timeout": SOCKET_CONNECT_TIMEOUT_S, "socket_timeout": SOCKET_TIMEOUT_S,
+        "decode_responses": True,  # SENTINEL replies are parsed as text by redis-py
+        "username": target.options.get("sentinel_username") or None,
+        "password": target.options.get("sentinel_password") or None,
+    }
+    if target.tls:
+        sentinel_kwargs |= {"ssl": True, **(tls.kwargs() if tls else {})}
+    sentinel = Sentinel(list(target.sentinels),  # type: ignore[no-untyped-call]
+                        sentinel_kwargs=sentinel_kwargs)
+    client = sentinel.master_for(
+        target.master, redis_class=_SentinelRedis, db=target.db, username=target.username,
+        password=target.password, ssl=target.tls, **options)
+    assert isinstance(client, _SentinelRedis)
+    client.sentinel = sentinel
     return client
 
 
@@ -195,5 +327,5 @@ def describe_url(url: str) -> str:
     userinfo, at, host = rest.rpartition("@")  # the last '@': a password may hold one too
     if at and ":" in userinfo:
         rest = userinfo.partition(":")[0] + ":***@" + host
-    rest = re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", rest)
+    rest = re.sub(r"(?i)([?&](?:sentinel_)?password=)[^&#]*", r"\1***", rest)
     return scheme + sep + rest

@@ -79,7 +79,7 @@ def start_group_gauges(settings: Settings, registry: CollectorRegistry,
     metrics = GroupMetrics(registry, keys.stream, keys.group)
 
     async def run() -> None:
-        client = connect(settings.redis_url)
+        client = connect(settings.redis_url, tls=settings.tls)
         try:
             await refresh_forever(client, keys, metrics, stop or asyncio.Event())
         finally:

@@ -123,8 +123,12 @@ class ProducerMetrics:
                                  namespace=ns, registry=registry)
         self.rejected = Counter("source_rejected", "Source records rejected as invalid.",
                                 namespace=ns, registry=registry)
-        self.publish_failures = Counter("publish_failures", "Cycles that failed to publish.",
+        self.publish_failures = Counter("publish_failures", "Publish attempts that failed "
+                                        "(each is retried while Redis is unavailable).",
                                         namespace=ns, registry=registry)
+        self.unconfirmed = Counter(
+            "publish_unconfirmed", "Publishes fewer than --min-replicas replicas confirmed "
+            "in time (WAIT); each was published again.", namespace=ns, registry=registry)
         self.cycle_seconds = Histogram("produce_cycle_seconds", "Duration of one publish cycle.",
                                        namespace=ns, registry=registry, buckets=ROUNDTRIP_BUCKETS)
         self.last_success = Gauge(

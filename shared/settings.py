@@ -19,7 +19,13 @@ from urllib.parse import urlsplit
 from redis.asyncio.connection import ConnectionPool
 from redis.exceptions import RedisError
 
-from shared.connection import describe_url
+from shared.connection import (
+    SENTINEL_SCHEMES,
+    Tls,
+    describe_url,
+    is_sentinel_url,
+    parse_sentinel_url,
+)
 from shared.keys import Keys
 from shared.schema import REGIONS
 
@@ -33,6 +39,9 @@ PRODUCE_INTERVAL_S = 6 * 3600.0  # upstream's cron cadence
 # Stream entries older than this may be trimmed, but never before every group acknowledged them.
 STREAM_RETENTION_S = 24 * 3600
 PRODUCE_CHUNK = 500  # entries per pipelined round trip in --count mode
+# With --min-replicas N, a publish waits this long (WAIT) for N replicas to confirm it, and is
+# published again when they do not.
+MIN_REPLICAS_TIMEOUT_MS = 1_000
 WORKERS = 4
 BATCH = 200
 BLOCK_MS = 2_000
@@ -78,13 +87,20 @@ def _redis_url(v: Any) -> str | None:
     """Everything redis-py would refuse only at connect time (or never: a path like /abc
     silently meant db 0), refused now. Messages show the URL through describe_url only."""
     shown = describe_url(v)
+    if is_sentinel_url(v):
+        try:
+            parse_sentinel_url(v)
+        except ValueError as exc:
+            return f"not a valid Sentinel URL ({exc}): {shown}"
+        return None
     try:
         parts = urlsplit(v)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:  # its text may quote a piece of a mis-encoded password: not shown
         return f"not a valid Redis URL (bad host or port): {shown}"
     if parts.scheme not in ("redis", "rediss", "unix"):
-        return f"scheme must be redis://, rediss:// or unix:// (got {shown})"
+        return (f"scheme must be redis://, rediss://, unix://, {SENTINEL_SCHEMES[0]}:// or "
+                f"{SENTINEL_SCHEMES[1]}:// (got {shown})")
     if parts.scheme != "unix" and not parts.hostname:
         return f"has no host: {shown}"
     if parts.scheme != "unix" and not re.fullmatch(r"/?|/\d+", parts.path):
@@ -107,6 +123,16 @@ def _url_options(v: str, shown: str) -> str | None:
         return f"{str(exc).rstrip('.')}: {shown}"
     db = pool.connection_kwargs.get("db", 0)
     return None if db >= 0 else f"db must be >= 0 (got {db}): {shown}"
+
+
+def _readable_file(v: Any) -> str | None:
+    if not v:
+        return None
+    try:
+        with open(v, "rb"):
+            return None
+    except OSError as exc:
+        return f"cannot read {v!r}: {exc.strerror or exc}"
 
 
 def _regions(v: Any) -> str | None:
@@ -134,6 +160,9 @@ class Settings:
                        metadata={"check": _name, "flag": "--group"})
     prefix: str = field(default=DEFAULT_PREFIX,
                         metadata={"check": _name, "flag": "--prefix"})
+    tls_ca: str = field(default="", metadata={"check": _readable_file, "flag": "--tls-ca"})
+    tls_cert: str = field(default="", metadata={"check": _readable_file, "flag": "--tls-cert"})
+    tls_key: str = field(default="", metadata={"check": _readable_file, "flag": "--tls-key"})
     dedup_window_s: int = field(default=DEDUP_WINDOW_S,
                                 metadata={"check": _positive, "flag": None})
     retention_s: int = field(default=RETENTION_S,
@@ -147,6 +176,11 @@ class Settings:
                                     metadata={"check": _non_negative, "flag": "--stream-retention"})
     chunk: int = field(default=PRODUCE_CHUNK,
                        metadata={"check": _positive, "flag": "--chunk"})
+    min_replicas: int = field(default=0,
+                              metadata={"check": _non_negative, "flag": "--min-replicas"})
+    min_replicas_timeout_ms: int = field(
+        default=MIN_REPLICAS_TIMEOUT_MS,
+        metadata={"check": _positive, "flag": "--min-replicas-timeout-ms"})
     # consumer
     workers: int = field(default=WORKERS,
                          metadata={"check": _positive, "flag": "--workers"})
@@ -179,6 +213,13 @@ class Settings:
     def keys(self) -> Keys:
         """Every key, stream and group name of this deployment (see shared/keys.py)."""
         return Keys(prefix=self.prefix, stream=self.stream, group=self.group)
+
+    @property
+    def tls(self) -> Tls | None:
+        """The TLS files for connect(), or None when none was given."""
+        if not (self.tls_ca or self.tls_cert or self.tls_key):
+            return None
+        return Tls(self.tls_ca or None, self.tls_cert or None, self.tls_key or None)
 
     @property
     def dedup_window_ms(self) -> int:
@@ -223,9 +264,26 @@ class Settings:
             check = f.metadata.get("check")
             if f.name not in values and check is not None and (msg := check(getattr(settings, f.name))):
                 problems.append(f"{f.name} default: {msg}")
-        if problems:  # only a bad hostname can get here
+        problems += _tls_problems(settings, origin)
+        if problems:  # a bad hostname, or TLS files that do not fit the URL
             raise SettingsError(problems)
         return settings
+
+
+def _tls_problems(s: Settings, origin: Mapping[str, str]) -> list[str]:
+    def name(f: str) -> str:
+        return origin.get(f, f)
+
+    given = [f for f in ("tls_ca", "tls_cert", "tls_key") if getattr(s, f)]
+    problems = []
+    if given and not s.redis_url.lower().startswith(("rediss://", "rediss+sentinel://")):
+        problems.append(f"{name(given[0])}: TLS files need a rediss:// (or rediss+sentinel://) "
+                        f"URL, not {describe_url(s.redis_url)}")
+    if bool(s.tls_cert) != bool(s.tls_key):
+        missing = "tls_key" if s.tls_cert else "tls_cert"
+        problems.append(f"{name(given[0])}: a client certificate needs both --tls-cert and "
+                        f"--tls-key (missing {'--tls-key' if missing == 'tls_key' else '--tls-cert'})")
+    return problems
 
 
 def flag_fields() -> tuple[str, ...]:
