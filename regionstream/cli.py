@@ -237,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     commands: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]] = {
         "produce": cmd_produce, "consume": cmd_consume, "show": cmd_show, "demo": cmd_demo,
-        "top": cmd_top, "pending": cmd_pending, "replay": cmd_replay,
+        "top": cmd_top, "pending": cmd_pending, "replay": cmd_replay, "acl": cmd_acl,
     }
     try:
         return _run(commands[args.command](args, settings))
@@ -414,6 +414,12 @@ async def cmd_pending(args: argparse.Namespace, settings: Settings) -> int:
 
     async with _client(settings) as client:
         return await opscli.cmd_pending(args, settings, client)
+
+
+async def cmd_acl(args: argparse.Namespace, settings: Settings) -> int:
+    from regionstream import opscli
+
+    return await opscli.cmd_acl(args, settings)
 
 
 async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:

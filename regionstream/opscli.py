@@ -1,4 +1,5 @@
-"""``regionstream pending`` and ``regionstream replay``: output as a table, or JSON."""
+"""``regionstream pending`` and ``regionstream replay``: output as a table, or JSON; and
+``regionstream acl``: the Redis ACL file for the configured names."""
 
 from __future__ import annotations
 
@@ -67,6 +68,10 @@ def add_parsers(sub: Any, common: Any, integer: Any, positive_int: Any) -> None:
     r.add_argument("--dry-run", action="store_true", help="list what would be done, do nothing")
     r.add_argument("--json", action="store_true")
     common(r)
+
+    a = sub.add_parser("acl", help="print the Redis ACL users (producer, consumer, read-only "
+                       "operator) for --stream and --prefix; connects to nothing")
+    common(a)
 
 
 def _console() -> Console:
@@ -144,4 +149,19 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings, redis: aiored
             t.add_row(*row)
         c.print(t)
     c.print(summary)
+    return 0
+
+
+async def cmd_acl(args: argparse.Namespace, settings: Settings) -> int:
+    """The ACL file on stdout (``regionstream acl > users.acl``), what it cannot say in
+    comments on stderr. Async only to fit the CLI's command table: it connects to nothing."""
+    from shared.acl import notes, render
+
+    try:
+        text = render(settings.keys)
+    except ValueError as exc:
+        print(f"regionstream acl: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(text)
+    sys.stderr.write(notes(settings.keys))
     return 0
