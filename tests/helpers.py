@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -11,7 +12,8 @@ from prometheus_client import CollectorRegistry
 from consumer.service import Consumer
 from producer.publisher import Publisher
 from producer.synthetic import SyntheticSource
-from shared.schema import Snapshot
+from shared import wire
+from shared.schema import Snapshot, decode
 from shared.settings import Settings
 
 DRAIN_TIMEOUT_S = 60.0
@@ -55,3 +57,31 @@ async def dump(client: aioredis.Redis, prefix: str) -> dict[bytes, Any]:
         else:
             out[key] = kind
     return out
+
+
+async def assert_exactly_once(client: aioredis.Redis, s: Settings, payloads: list[bytes],
+                              poison: list[bytes]) -> None:
+    """Each payload stored once under its by-id key with an expiry and indexed, `latest` the
+    newest per region, 0 pending and 0 undelivered, the DLQ exactly ``poison``, no staging
+    key left."""
+    keys = s.keys
+    by_region: dict[str, dict[str, tuple[int, bytes]]] = {r: {} for r in s.regions}
+    for p in payloads:
+        snap = decode(p)
+        by_region[snap.region_id][snap.meta.snapshot_id] = (snap.generated_at, p)
+    for region, expected in by_region.items():
+        index = dict(await client.zrange(keys.index(region), 0, -1, withscores=True))
+        assert {k.decode() for k in index} == set(expected), region
+        for sid, (_, payload) in expected.items():
+            by_id = keys.by_id(region, sid)
+            assert await client.get(by_id) == payload
+            assert await client.pttl(by_id) > 0
+        newest = max(expected.items(), key=lambda kv: (kv[1][0], kv[0]))[0]
+        assert await client.get(keys.latest(region)) == newest.encode()
+    info = await client.xinfo_groups(s.stream)
+    (group,) = [g for g in info if g["name"] == s.group.encode()]
+    assert group["pending"] == 0 and (group["lag"] or 0) == 0
+    dead = [d for _, d in await client.xrange(keys.dlq)]
+    assert Counter(d[wire.F_PAYLOAD] for d in dead) == Counter(poison)
+    staged = [k async for k in client.scan_iter(match=f"{s.prefix}:incoming:*")]
+    assert not staged

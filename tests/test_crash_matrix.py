@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -17,10 +16,10 @@ import redis.asyncio as aioredis
 
 from producer.publisher import Publisher
 from producer.synthetic import SyntheticSource
-from shared import wire
 from shared.failpoints import ENV, POINTS
 from shared.schema import decode, encode
 from shared.settings import Settings
+from tests.helpers import assert_exactly_once
 from tests.proc import cli_env, common_flags, run_cli
 
 N = 240
@@ -113,28 +112,3 @@ async def test_crash_at_each_fail_point_loses_nothing_and_applies_nothing_twice(
         assert done.returncode == expected, (command, point, done.stderr.decode()[-3000:])
     await assert_exactly_once(client, settings, payloads,
                               [] if producer_row else POISON)
-
-
-async def assert_exactly_once(client: aioredis.Redis, s: Settings, payloads: list[bytes],
-                              poison: list[bytes]) -> None:
-    keys = s.keys
-    by_region: dict[str, dict[str, tuple[int, bytes]]] = {r: {} for r in s.regions}
-    for p in payloads:
-        snap = decode(p)
-        by_region[snap.region_id][snap.meta.snapshot_id] = (snap.generated_at, p)
-    for region, expected in by_region.items():
-        index = dict(await client.zrange(keys.index(region), 0, -1, withscores=True))
-        assert {k.decode() for k in index} == set(expected), region
-        for sid, (_, payload) in expected.items():
-            by_id = keys.by_id(region, sid)
-            assert await client.get(by_id) == payload
-            assert await client.pttl(by_id) > 0
-        newest = max(expected.items(), key=lambda kv: (kv[1][0], kv[0]))[0]
-        assert await client.get(keys.latest(region)) == newest.encode()
-    info = await client.xinfo_groups(s.stream)
-    (group,) = [g for g in info if g["name"] == s.group.encode()]
-    assert group["pending"] == 0 and (group["lag"] or 0) == 0
-    dead = [d for _, d in await client.xrange(keys.dlq)]
-    assert Counter(d[wire.F_PAYLOAD] for d in dead) == Counter(poison)
-    staged = [k async for k in client.scan_iter(match=f"{s.prefix}:incoming:*")]
-    assert not staged
