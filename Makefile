@@ -9,7 +9,7 @@ DEMO_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help setup system-deps test lint typecheck demo bench bench-quick soak fuzz crash clean
+.PHONY: help setup system-deps test lint typecheck demo bench bench-quick soak fuzz crash failover clean
 
 help:
 	@echo "make demo   - producer + consumer group + live view (REGIONSTREAM_REDIS_URL or an embedded Redis)"
@@ -18,6 +18,7 @@ help:
 	@echo "make soak   - the long chaos/soak run (minutes)"
 	@echo "make fuzz   - the long property-based fuzz run (~10 min; FUZZ_SEED, FUZZ_ENTRIES)"
 	@echo "make crash  - the crash matrix: SIGKILL at every fail point, then drain and check"
+	@echo "make failover - Sentinel failover under a larger load (FAILOVER_SNAPSHOTS), figures printed"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +32,8 @@ system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v prometheus >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v redis-sentinel >/dev/null 2>&1 || missing="$$missing redis-sentinel"; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \
@@ -82,3 +85,10 @@ crash: $(STAMP) system-deps
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# Sentinel failover (primary + replicas + 3 sentinels, SIGKILLed primary) under a larger load
+# than the suite's; prints promotion time, publish/drain recovery and what was lost.
+FAILOVER_SNAPSHOTS ?= 20000
+failover: $(STAMP) system-deps
+	FAILOVER_SNAPSHOTS=$(FAILOVER_SNAPSHOTS) $(PY) -m pytest tests/test_failover.py -s -p no:logging \
+	  --timeout 900

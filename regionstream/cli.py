@@ -301,10 +301,17 @@ def _failure(exc: Exception, settings: Settings) -> str:
         return (f"Redis at {url} refused the credentials in the URL (WRONGPASS: wrong "
                 "username or password, or the user is disabled)")
     if isinstance(exc, RedisConnectionError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
-        return (f"Redis at {url}: TLS certificate not trusted ({_ssl_reason(exc)}); "
+        reason = _ssl_reason(exc)
+        if "mismatch" in reason:
+            return (f"Redis at {url}: its TLS certificate is not for this host ({reason}); "
+                    "connect by a name or address the certificate lists")
+        return (f"Redis at {url}: TLS certificate not trusted ({reason}); "
                 "pass the CA that signed it with --tls-ca")
     if isinstance(exc, RedisConnectionError) and "SSL" in str(exc):
-        return f"Redis at {url}: TLS handshake failed ({_ssl_reason(exc)})"
+        reason = _ssl_reason(exc)
+        hint = ("; the server wants a client certificate: pass --tls-cert and --tls-key"
+                if "certificate required" in reason else "")
+        return f"Redis at {url}: TLS handshake failed ({reason}){hint}"
     if isinstance(exc, RedisConnectionError | RedisTimeoutError | ConnectionRefusedError):
         return f"cannot reach Redis at {url}: {exc}"
     if classify(exc) is ErrorKind.NOGROUP:

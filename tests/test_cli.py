@@ -332,3 +332,33 @@ async def test_demo_on_a_given_redis_keeps_off_production_names(
         demo_keys = [k async for k in client.scan_iter(match="regionstream-demo*", count=1000)]
         if demo_keys:
             await client.delete(*demo_keys)
+
+
+def _listening(port: int) -> list[str]:
+    """Local addresses (IPv4, as dotted quads) of sockets listening on ``port``."""
+    found = []
+    for line in pathlib.Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        addr, hexport = local.split(":")
+        if state == "0A" and int(hexport, 16) == port:  # 0A: LISTEN
+            found.append(socket.inet_ntoa(bytes.fromhex(addr)[::-1]))
+    return found
+
+
+async def test_metrics_listen_on_loopback_only_by_default(settings: Settings) -> None:
+    from tests.conftest import wait_until
+    from tests.proc import spawn_cli
+
+    port = free_port()
+    proc = spawn_cli(["consume", "--metrics-port", str(port), "--block-ms", "100",
+                      *common_flags(settings)])
+    try:
+        async def listening() -> bool:
+            assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+            return bool(_listening(port))
+
+        await wait_until(listening, 30, "the metrics endpoint")
+        assert _listening(port) == ["127.0.0.1"]
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)

@@ -14,7 +14,16 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from shared.connection import ErrorKind, _fast_packing, classify, connect, describe_url
+from shared.connection import (
+    ErrorKind,
+    _fast_packing,
+    _HiredisPacking,
+    classify,
+    connect,
+    describe_url,
+    parse_sentinel_url,
+)
+from shared.settings import Settings, SettingsError
 
 COMMANDS = [
     ("SET", "k", b"v" * 9000, "EX", 7776000, "NX"),
@@ -46,7 +55,7 @@ def test_fast_packing_sends_the_same_bytes_as_redis_py(command: tuple[object, ..
 async def test_connect_uses_fast_packing_and_talks_to_redis(redis_url: str) -> None:
     client = connect(redis_url)
     try:
-        assert client.connection_pool.connection_class.__name__.startswith("HiredisPacking")
+        assert issubclass(client.connection_pool.connection_class, _HiredisPacking)
         assert await client.ping()
         assert "maxmemory" in await client.config_get("maxmemory")  # a two-word command
         assert (await client.info("server"))["redis_version"]
@@ -104,4 +113,38 @@ def test_unix_and_tls_urls_keep_their_connection_kind() -> None:
         client: aioredis.Redis = connect(url)
         cls = client.connection_pool.connection_class
         assert base in [c.__name__ for c in cls.__mro__]
-        assert cls.__name__.startswith("HiredisPacking")
+        assert issubclass(cls, _HiredisPacking)
+
+
+@pytest.mark.parametrize(("url", "sentinels", "master", "db"), [
+    ("redis+sentinel://127.0.0.1:26379/mymaster", [("127.0.0.1", 26379)], "mymaster", 0),
+    ("redis+sentinel://a:1,b:2,c/m/3", [("a", 1), ("b", 2), ("c", 26379)], "m", 3),
+    ("redis+sentinel://u:p%40ss@[::1]:5000/m", [("::1", 5000)], "m", 0),
+])
+def test_sentinel_urls_parse(url: str, sentinels: list[tuple[str, int]], master: str,
+                             db: int) -> None:
+    t = parse_sentinel_url(url)
+    assert list(t.sentinels) == sentinels and t.master == master and t.db == db
+
+
+@pytest.mark.parametrize("url", [
+    "redis+sentinel://127.0.0.1:26379",  # no master name
+    "redis+sentinel://127.0.0.1:26379/m/x",  # db not a number
+    "redis+sentinel://127.0.0.1:99999/m",  # port out of range
+    "redis+sentinel://:26379/m",  # no host
+    "redis+sentinel://h/m?ssl_ca_certs=x",  # an option it does not take
+])
+def test_bad_sentinel_urls_are_refused_naming_the_problem(url: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.load({"redis_url": url}, env={})
+    assert caught.value.problems[0].startswith("--redis-url: not a valid Sentinel URL")
+
+
+def test_sentinel_url_passwords_are_never_shown() -> None:
+    url = "redis+sentinel://user:s3cr3t@h1:1,h2:2/m/0?sentinel_password=t0p%40s3cr3t"
+    shown = describe_url(url)
+    assert "s3cr3t" not in shown and "t0p" not in shown
+    assert "h1:1,h2:2/m/0" in shown
+    with pytest.raises(SettingsError) as caught:
+        Settings.load({"redis_url": url.replace("/m/0", "/m/x")}, env={})
+    assert "s3cr3t" not in str(caught.value)
