@@ -12,15 +12,17 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
+from redis.exceptions import RedisError
 
 from consumer import scripts
 from consumer.reclaim import Reclaimer
 from consumer.worker import Worker
 from shared.aio import pause
-from shared.connection import SOCKET_TIMEOUT_S, connect
+from shared.connection import SOCKET_TIMEOUT_S, ErrorKind, classify
 from shared.group import ensure_group, read_group_stats
 from shared.metrics import CONSUMER_OUTCOMES, ConsumerMetrics
 from shared.settings import Settings
+from shared.shards import Deployment, note_error, open_deployment, single_server
 
 log = logging.getLogger("regionstream.consumer")
 
@@ -44,42 +46,67 @@ class Consumer:
         """Entries settled so far by this process, per outcome over all regions."""
         return {k: self.metrics.totals[k] for k in CONSUMER_OUTCOMES}
 
-    async def prepare(self, redis: aioredis.Redis) -> None:
-        await ensure_group(redis, self.keys)
-        for name in scripts.ALL:  # load once; calls then go out as EVALSHA
-            await redis.script_load(scripts.script(name).body)
+    def _deployment(self, target: Deployment | aioredis.Redis) -> Deployment:
+        if isinstance(target, Deployment):
+            return target
+        return single_server(target, self.keys, self.settings.regions, self.settings.shard_by)
 
-    def make_workers(self, redis: aioredis.Redis) -> list[Worker]:
+    async def prepare(self, target: Deployment | aioredis.Redis) -> None:
+        """Every shard's group, and the scripts on every node (a client: one server)."""
+        deployment = self._deployment(target)
+        for shard in deployment.shards:
+            client = deployment.client_for(shard)
+            await ensure_group(client, shard.keys)
+        for client in _one_per_node(deployment):
+            for name in scripts.ALL:  # load once per node; calls then go out as EVALSHA
+                await client.script_load(scripts.script(name).body)
+
+    def make_workers(self, target: Deployment | aioredis.Redis) -> list[Worker]:
+        """``--workers`` workers and a reclaimer per shard: every process serves every shard,
+        so whichever process survives a crash picks up what the dead one held."""
+        deployment = self._deployment(target)
         s = self.settings
-        self.workers = [
-            Worker(redis, self.keys, s, self.keys.consumer_name(s.name, i), self.metrics,
-                   self.stop)
-            for i in range(s.workers)
-        ]
-        # Every process also runs a reclaimer: whichever process survives a crash picks up
-        # what the dead one held.
-        self.workers.append(Reclaimer(redis, self.keys, s, self.keys.reclaimer_name(s.name),
-                                      self.metrics, self.stop))
+        self.workers = []
+        for shard in deployment.shards:
+            client = deployment.client_for(shard)
+            regions = (shard.region,) if shard.region else None
+            self.workers += [
+                Worker(client, shard.keys, s, self.keys.consumer_name(s.name, i), self.metrics,
+                       self.stop, regions=regions)
+                for i in range(s.workers)]
+            self.workers.append(Reclaimer(client, shard.keys, s,
+                                          self.keys.reclaimer_name(s.name), self.metrics,
+                                          self.stop, regions=regions))
         return self.workers
 
     async def run(self, *, drain: bool = False, redis: aioredis.Redis | None = None) -> None:
-        """Run the workers (and the reclaimer) until stopped, or drained with ``drain``.
+        """Run the workers (and the reclaimers) until stopped, or drained with ``drain``.
 
-        Without ``redis``, the workers get a client that never re-sends a command by itself
+        Without ``redis``, the workers get clients that never re-send a command by themselves
         (see shared.connection.connect: a silently re-sent XREADGROUP would skip entries) and
-        set-up and the drain watch get one that does."""
-        control = redis or connect(self.settings.redis_url, tls=self.settings.tls)
-        workers = redis or connect(self.settings.redis_url, retries=0, tls=self.settings.tls,
-                                   socket_timeout=SOCKET_TIMEOUT_S + self.settings.block_ms / 1000)
+        set-up and the drain watch get ones that do; a Redis Cluster is found out and each
+        shard's commands go to the node that owns it. With ``redis`` (tests), everything goes
+        through that one client, in the --shard-by layout of a single server."""
+        st = self.settings
+        if redis is not None:
+            control = workers = single_server(redis, self.keys, st.regions, st.shard_by)
+        else:
+            control = await open_deployment(st.redis_url, self.keys, st.regions, st.shard_by,
+                                            tls=st.tls)
+            workers = await open_deployment(
+                st.redis_url, self.keys, st.regions, st.shard_by, tls=st.tls, retries=0,
+                socket_timeout=SOCKET_TIMEOUT_S + st.block_ms / 1000)
         try:
             await self.prepare(control)
             tasks = [asyncio.create_task(w.run(), name=w.name)
                      for w in self.make_workers(workers)]
-            st = self.settings
-            log.info("consuming %s as group %s: consumers %s, batch %d, block %d ms, "
-                     "reclaim after %d ms idle%s", st.stream, st.group,
-                     ", ".join(w.name for w in self.workers), st.batch, st.block_ms,
-                     st.min_idle_ms, " (until drained)" if drain else "")
+            shards = ("stream " + st.stream if control.layout == "none" else
+                      f"{len(control.shards)} region shards of {st.stream}"
+                      + (" on a Redis Cluster" if control.cluster else ""))
+            log.info("consuming %s as group %s: %d consumer(s) per shard (%s), batch %d, "
+                     "block %d ms, reclaim after %d ms idle%s", shards, st.group, st.workers,
+                     ", ".join(self.keys.consumer_name(st.name, i) for i in range(st.workers)),
+                     st.batch, st.block_ms, st.min_idle_ms, " (until drained)" if drain else "")
             if drain:
                 tasks.append(asyncio.create_task(self._drain_watch(control)))
             await self._supervise(tasks)
@@ -121,11 +148,22 @@ class Consumer:
                 self.stop.set()
                 raise t.exception()  # type: ignore[misc]
 
-    async def _drain_watch(self, redis: aioredis.Redis) -> None:
-        """Stop once the group has no undelivered and no pending entries."""
+    async def _drain_watch(self, deployment: Deployment) -> None:
+        """Stop once every shard's group has no undelivered and no pending entries."""
         while not self.stop.is_set():
-            state = await read_group_stats(redis, self.keys)
-            if state.drained:
+            try:
+                drained = True
+                for shard in deployment.shards:
+                    client = deployment.client_for(shard)
+                    if not (await read_group_stats(client, shard.keys)).drained:
+                        drained = False
+                        break
+            except (RedisError, OSError) as exc:  # a failover or a moved slot: ask again
+                if classify(exc) is not ErrorKind.TRANSIENT:
+                    raise
+                await note_error(client, exc)
+                drained = False
+            if drained:
                 log.info("group %s drained", self.keys.group)
                 self.stop.set()
                 return
@@ -145,3 +183,14 @@ class Consumer:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal, sig)
+
+
+def _one_per_node(deployment: Deployment) -> list[Any]:
+    """A client of each node holding a shard (the one client on a single server)."""
+    if deployment.router is None:
+        return [deployment.base]
+    from redis.crc import key_slot
+
+    router = deployment.router
+    nodes = {router.node_of(key_slot(s.keys.stream.encode())) for s in deployment.shards}
+    return [router.client_of(node) for node in sorted(nodes)]

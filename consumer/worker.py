@@ -23,6 +23,7 @@ from shared.group import ensure_group, id_seconds
 from shared.keys import Keys
 from shared.metrics import ConsumerMetrics, observe_many
 from shared.settings import Settings
+from shared.shards import note_error
 
 log = logging.getLogger("regionstream.consumer")
 
@@ -47,9 +48,13 @@ class StepResult:
 class Worker:
     def __init__(self, redis: aioredis.Redis, keys: Keys, settings: Settings, name: str,
                  metrics: ConsumerMetrics, stop: asyncio.Event,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 regions: tuple[str, ...] | None = None) -> None:
         self.redis, self.keys, self.settings, self.name = redis, keys, settings, name
         self.metrics, self.stop, self.clock = metrics, stop, clock
+        # The regions this worker's stream may carry: its shard's one region (an entry of
+        # another region there is poison: its keys would live in another slot), else all.
+        self.regions = regions or settings.regions
         # A (re)started worker first replays what it still holds from before (read from 0),
         # then reads new entries: nothing it was given before a crash is left behind.
         self.cursor = ONLY_OWN
@@ -191,7 +196,7 @@ class Worker:
                 gone.append(entry_id)
                 continue
             checked = check_entry(entry_id, fields, max_bytes=self.settings.max_bytes,
-                                  now_ms=now_ms, regions=self.settings.regions,
+                                  now_ms=now_ms, regions=self.regions,
                                   retention_ms=self.settings.retention_ms)
             if isinstance(checked, Valid):
                 valid.append(checked)
@@ -263,6 +268,7 @@ class Worker:
                     raise
                 self.metrics.failure["transient"].inc()
                 log.warning("%s: Redis unavailable (%s); retrying", self.name, exc)
+                await note_error(self.redis, exc)
                 # What we read may not have been settled: take our own pending entries first
                 # (harmless if it was: they are recognized as redeliveries).
                 self.cursor = ONLY_OWN
@@ -291,6 +297,8 @@ class Worker:
             return
         self.metrics.failure["transient" if kind is ErrorKind.TRANSIENT else "other"].inc()
         log.error("%s: Redis refused a command: %s", self.name, exc)
+        if kind is ErrorKind.TRANSIENT:  # MOVED, ASK, TRYAGAIN, CLUSTERDOWN, UNBLOCKED...
+            await note_error(self.redis, exc)
         self.cursor = ONLY_OWN  # whatever was read before the error is retried first
         await self._pause(self.settings.retry_backoff_ms / 1000)
 

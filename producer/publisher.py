@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from shared import failpoints, wire
@@ -19,6 +20,7 @@ from shared.keys import Keys
 from shared.metrics import ProducerMetrics
 from shared.schema import Snapshot, encode
 from shared.settings import Settings
+from shared.shards import Deployment, note_error, single_server
 
 log = logging.getLogger("regionstream.producer")
 
@@ -32,87 +34,171 @@ class Unconfirmed(Exception):
                          f"{timeout_ms} ms")
 
 
+class PartlyPublished(Exception):
+    """Some nodes' shards of a publish landed, others failed (``cause``); ``remaining`` are the
+    indexes of the snapshots still to publish."""
+
+    def __init__(self, cause: BaseException, remaining: list[int]) -> None:
+        super().__init__(str(cause))
+        self.cause, self.remaining = cause, remaining
+
+
 class Publisher:
+    """Publishes to every shard of a deployment (one stream, or one per region): per shard one
+    ``MULTI; XADD...; EXEC`` (plus a ``WAIT`` per node with --min-replicas), every shard of a
+    node in one pipeline, the nodes in parallel: a cycle costs about one round trip."""
+
     def __init__(self, redis: aioredis.Redis, keys: Keys, settings: Settings,
-                 metrics: ProducerMetrics | None = None) -> None:
+                 metrics: ProducerMetrics | None = None,
+                 deployment: Deployment | None = None) -> None:
         self.redis, self.keys, self.settings, self.metrics = redis, keys, settings, metrics
+        self.deployment = deployment or single_server(redis, keys, settings.regions,
+                                                      settings.shard_by)
+        d = self.deployment
+        self.targets = [(shard, d.client_for(shard)) for shard in d.shards]
+        self._by_region = {t[0].region: i for i, t in enumerate(self.targets)}
+
+    def describe(self) -> str:
+        if len(self.targets) == 1:
+            return self.targets[0][0].keys.stream
+        return f"{len(self.targets)} shards of {self.keys.stream}"
+
+    def _shard_index(self, snap: Snapshot) -> int:
+        if self.deployment.layout == "none":
+            return 0
+        return self._by_region[snap.region_id]
 
     async def prepare(self) -> None:
-        """Create the consumer group if missing, so that entries published before any consumer
-        started are kept for it (trimming respects every group it can see)."""
-        await ensure_group(self.redis, self.keys)
+        """Create the consumer group of every shard if missing, so that entries published
+        before any consumer started are kept for it (trimming respects every group it can
+        see)."""
+        for shard, client in self.targets:
+            await ensure_group(client, shard.keys)
 
     async def publish(self, snaps: Sequence[Snapshot],
                       payloads: Sequence[bytes] | None = None) -> list[bytes]:
-        """XADD every snapshot in one round trip, atomically; returns the entry ids in order.
+        """XADD every snapshot, atomically per shard, in one round trip per node (the nodes in
+        parallel); returns the entry ids in the order of ``snaps``.
 
-        With ``min_replicas`` set, a WAIT rides in the same round trip, after the EXEC, and
-        Unconfirmed is raised when fewer replicas confirmed the writes in time."""
+        With ``min_replicas`` set, a WAIT follows each node's last EXEC in the same round trip,
+        and Unconfirmed is raised when fewer replicas confirmed the writes in time. When some
+        nodes failed and others did not, PartlyPublished says which snapshots remain."""
         if not snaps:
             return []
         payloads = payloads if payloads is not None else [encode(s) for s in snaps]
-        # MULTI/EXEC: the whole cycle appears on the stream at once (and all or nothing), so a
-        # blocked reader is handed every region in one delivery instead of the first entry.
-        # Sent as commands of a plain pipeline, so a WAIT can follow the EXEC.
-        pipe = self.redis.pipeline(transaction=False)
-        commands: list[tuple[object, ...]] = [("MULTI",)]
-        for snap, payload in zip(snaps, payloads, strict=True):
-            fields = wire.entry_fields(snap, payload)
-            commands.append(("XADD", self.keys.stream, "*",
-                             *(part for item in fields.items() for part in item)))
-        commands.append(("EXEC",))
+        per_shard: dict[int, list[int]] = {}
+        for i, snap in enumerate(snaps):
+            per_shard.setdefault(self._shard_index(snap), []).append(i)
+        per_node: dict[object, list[int]] = {}
+        for shard_index in per_shard:
+            per_node.setdefault(self._node(shard_index), []).append(shard_index)
+        ids: list[bytes | None] = [None] * len(snaps)
+        started = time.perf_counter()
+        results = await asyncio.gather(
+            *(self._publish_node(shards, per_shard, snaps, payloads, ids)
+              for shards in per_node.values()), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            remaining = [i for i, entry_id in enumerate(ids) if entry_id is None]
+            if len(remaining) < len(snaps):
+                raise PartlyPublished(failed[0], remaining)
+            raise failed[0]
+        failpoints.failpoint("producer.after-publish")
+        if self.metrics is not None:
+            self.metrics.rtt["publish"].observe(time.perf_counter() - started)
+            for snap in snaps:
+                self.metrics.region[snap.region_id].inc()
+        return [entry_id for entry_id in ids if entry_id is not None]
+
+    def _node(self, shard_index: int) -> object:
+        router = self.deployment.router
+        if router is None:
+            return 0
+        shard = self.targets[shard_index][0]
+        return router.node_of(key_slot(shard.keys.stream.encode()))
+
+    async def _publish_node(self, shard_indexes: list[int], per_shard: dict[int, list[int]],
+                            snaps: Sequence[Snapshot], payloads: Sequence[bytes],
+                            ids: list[bytes | None]) -> None:
+        client = self.targets[shard_indexes[0]][1]
+        pipe = client.pipeline(transaction=False)
+        commands: list[tuple[object, ...]] = []
+        exec_at: list[int] = []
+        for shard_index in shard_indexes:
+            stream = self.targets[shard_index][0].keys.stream
+            commands.append(("MULTI",))
+            for i in per_shard[shard_index]:
+                fields = wire.entry_fields(snaps[i], payloads[i])
+                commands.append(("XADD", stream, "*",
+                                 *(part for item in fields.items() for part in item)))
+            commands.append(("EXEC",))
+            exec_at.append(len(commands) - 1)
         wanted, timeout_ms = self.settings.min_replicas, self.settings.min_replicas_timeout_ms
         if wanted:
             commands.append(("WAIT", wanted, timeout_ms))
         for command in commands:
             pipe.execute_command(*command)
-        started = time.perf_counter()
         if failpoints.due("producer.publish-in-flight"):
-            await failpoints.die_after_sending(self.redis, commands[:-1] if wanted else commands)
+            await failpoints.die_after_sending(client, commands[:-1] if wanted else commands)
         replies = await pipe.execute()
-        ids: list[bytes] = replies[len(snaps) + 1]
-        for reply in ids:  # an XADD that failed inside EXEC comes back as an error value
-            if isinstance(reply, Exception):
-                raise reply
-        failpoints.failpoint("producer.after-publish")
-        if self.metrics is not None:
-            self.metrics.rtt["publish"].observe(time.perf_counter() - started)
+        for at in exec_at:
+            for reply in replies[at]:  # an XADD that failed inside EXEC is an error value
+                if isinstance(reply, Exception):
+                    raise reply
         if wanted and replies[-1] < wanted:
             if self.metrics is not None:
                 self.metrics.unconfirmed.inc()
             raise Unconfirmed(replies[-1], wanted, timeout_ms)
-        if self.metrics is not None:
-            for snap in snaps:
-                self.metrics.region[snap.region_id].inc()
-        return ids
+        for shard_index, at in zip(shard_indexes, exec_at, strict=True):
+            for i, entry_id in zip(per_shard[shard_index], replies[at], strict=True):
+                ids[i] = entry_id
 
     async def publish_until_done(self, snaps: Sequence[Snapshot],
                                  payloads: Sequence[bytes] | None, stop: asyncio.Event
                                  ) -> list[bytes]:
         """publish(), again after a capped, jittered backoff while Redis is unavailable (a
-        failover, a restart) or replicas did not confirm, until it lands or ``stop`` is set.
-        A retried publish that had landed after all is recognized downstream as a redelivery:
-        an outage delays snapshots, it does not lose them. Anything else is raised at once."""
+        failover, a restart, a moved slot) or replicas did not confirm, until it lands or
+        ``stop`` is set; after a partial failure only the shards that failed are published
+        again. A retried publish that had landed after all is recognized downstream as a
+        redelivery: an outage delays snapshots, it does not lose them. Anything else is
+        raised at once."""
         failures, delays = 0, backoff()
+        payloads = list(payloads) if payloads is not None else [encode(s) for s in snaps]
+        todo = list(range(len(snaps)))
+        ids: dict[int, bytes] = {}
         while True:
             try:
-                return await self.publish(snaps, payloads)
-            except (RedisError, OSError, Unconfirmed) as exc:
+                got = await self.publish([snaps[i] for i in todo], [payloads[i] for i in todo])
+                ids.update(zip(todo, got, strict=True))
+                return [ids[i] for i in range(len(snaps))]
+            except (RedisError, OSError, Unconfirmed, PartlyPublished) as exc:
+                cause = exc.cause if isinstance(exc, PartlyPublished) else exc
+                if isinstance(exc, PartlyPublished):
+                    todo = [todo[i] for i in exc.remaining]
                 if self.metrics is not None:
                     self.metrics.publish_failures.inc()
-                retry = isinstance(exc, Unconfirmed) or classify(exc) is ErrorKind.TRANSIENT
+                retry = (isinstance(cause, Unconfirmed)
+                         or classify(cause) is ErrorKind.TRANSIENT)
                 if not retry or stop.is_set():
-                    raise
+                    raise cause from None
                 failures += 1
-                log.warning("publishing %d snapshot(s) failed (%s); retry %d", len(snaps), exc,
+                for _, client in self.targets:
+                    await note_error(client, cause)
+                log.warning("publishing %d snapshot(s) failed (%s); retry %d", len(todo), cause,
                             failures)
                 if await pause(stop, delays.compute(failures)):
-                    raise
+                    raise cause from None
 
     async def trim(self) -> int:
-        """Trim entries older than the stream retention, but none that any group has not
-        acknowledged or not yet read. Returns the number of entries removed."""
-        bound = await safe_trim_id(self.redis, self.keys)
+        """Trim every shard: entries older than the stream retention, but none that any group
+        has not acknowledged or not yet read. Returns the number of entries removed."""
+        removed = 0
+        for shard, client in self.targets:
+            removed += await self._trim(client, shard.keys)
+        return removed
+
+    async def _trim(self, client: aioredis.Redis, keys: Keys) -> int:
+        bound = await safe_trim_id(client, keys)
         if bound is None:
             return 0
         retention_ms = self.settings.stream_retention_s * 1000
@@ -122,7 +208,7 @@ class Publisher:
         # Exact (not "~") trimming: with "~" Redis may keep more, never less, but exact makes
         # the retention promise checkable.
         started = time.perf_counter()
-        removed: int = await self.redis.xtrim(self.keys.stream, minid=bound, approximate=False)
+        removed: int = await client.xtrim(keys.stream, minid=bound, approximate=False)
         if self.metrics is not None:
             self.metrics.rtt["trim"].observe(time.perf_counter() - started)
         return removed

@@ -22,6 +22,7 @@ from shared.aio import pause
 from shared.metrics import ProducerMetrics
 from shared.schema import encode
 from shared.settings import Settings
+from shared.shards import Deployment
 
 log = logging.getLogger("regionstream.producer")
 
@@ -69,7 +70,7 @@ class Producer:
         self.report.published += len(ids)
         self.report.cycles += 1
         log.info("cycle %d: published %d snapshots to %s (%s .. %s) in %.1f ms",
-                 self.report.cycles, len(ids), self.keys.stream, ids[0].decode(),
+                 self.report.cycles, len(ids), pub.describe(), ids[0].decode(),
                  ids[-1].decode(), (time.perf_counter() - started) * 1000)
         if self.on_cycle is not None:
             self.on_cycle(ids)
@@ -122,8 +123,11 @@ class Producer:
         await self.trim(pub)
 
     async def run(self, redis: aioredis.Redis, *, once: bool = False, count: int | None = None,
-                  source: str = "synthetic", progress: bool = False) -> Report:
-        pub = Publisher(redis, self.keys, self.settings, self.metrics)
+                  source: str = "synthetic", progress: bool = False,
+                  deployment: Deployment | None = None) -> Report:
+        """Publish until done or stopped; ``deployment`` routes each snapshot to its shard and
+        node (default: one server through ``redis``, in the --shard-by layout)."""
+        pub = Publisher(redis, self.keys, self.settings, self.metrics, deployment)
         await pub.prepare()
         s = self.settings
         if count is not None:

@@ -110,6 +110,13 @@ def _common(p: argparse.ArgumentParser) -> None:
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
+def _shard_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shard-by", choices=["auto", "none", "region"],
+                   help="one stream (none) or one stream per region (region); default auto: "
+                   "region on a Redis Cluster, none on a single server; env "
+                   "REGIONSTREAM_SHARD_BY. Change it only on a drained deployment")
+
+
 def _metrics_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-port", type=_int, help="Prometheus port (0 = off, the default)")
     p.add_argument("--metrics-host", help="address to bind metrics to (default 127.0.0.1)")
@@ -143,6 +150,7 @@ def _add_produce(sub: Any) -> None:
     p.add_argument("--stream-retention", type=_int, dest="stream_retention_s",
                    help="seconds of acknowledged history to keep on the stream (default 86400)")
     p.add_argument("--seed", type=_int, help="seed of the synthetic source")
+    _shard_flag(p)
     p.add_argument("--min-replicas", type=_int,
                    help="count a publish only once N replicas confirmed it (WAIT), publish it "
                    "again otherwise (default 0: no wait)")
@@ -173,6 +181,7 @@ def _add_consume(sub: Any) -> None:
                    help="failed deliveries before an entry is dead-lettered (default 5)")
     c.add_argument("--retry-backoff-ms", type=_int,
                    help="pause before retrying entries whose persist failed (default 1000)")
+    _shard_flag(c)
     c.add_argument("--consumer-timeout", type=_number, dest="consumer_timeout_s",
                    help="forget consumers idle this many seconds with nothing pending "
                    "(default 3600)")
@@ -369,19 +378,37 @@ def _listen(settings: Settings, registry: Any) -> None:
                          f"{exc.strerror}") from None
 
 
+async def _deployment(settings: Settings, **options: Any) -> Any:
+    """Connected, cluster or not found out, --shard-by resolved (a misfit is a bad setting)."""
+    from shared.shards import LayoutError, open_deployment
+
+    try:
+        deployment = await open_deployment(settings.redis_url, settings.keys, settings.regions,
+                                           settings.shard_by, tls=settings.tls, **options)
+    except LayoutError as exc:
+        raise UsageError(f"{PROG}: {exc}") from None
+    try:
+        await deployment.base.ping()
+    except BaseException:
+        await deployment.aclose()
+        raise
+    return deployment
+
+
 async def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     from producer.service import Producer
 
-    client = await _ping(settings)
+    deployment = await _deployment(settings)
     producer = Producer(settings, seed=args.seed)
-    _serve_metrics(settings, producer.registry, cadence_s=settings.interval_s)
-    loop = asyncio.get_running_loop()
-    _stop_on_signals(loop, producer.stop)
     try:
-        report = await producer.run(client, once=args.once, count=args.count,
-                                    source=args.source, progress=sys.stderr.isatty())
+        _serve_metrics(settings, producer.registry, cadence_s=settings.interval_s)
+        loop = asyncio.get_running_loop()
+        _stop_on_signals(loop, producer.stop)
+        report = await producer.run(deployment.base, once=args.once, count=args.count,
+                                    source=args.source, progress=sys.stderr.isatty(),
+                                    deployment=deployment)
     finally:
-        await client.aclose()
+        await deployment.aclose()
     print(f"published {report.published} snapshot(s)"
           + (f", rejected {len(report.rejected)} line(s)" if report.rejected else ""),
           file=sys.stderr)

@@ -12,15 +12,20 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
 from redis.exceptions import (
+    AskError,
     AuthenticationError,
     AuthorizationError,
     BusyLoadingError,
+    ClusterDownError,
+    ClusterError,
     ConnectionError,
     NoPermissionError,
     NoScriptError,
     ReadOnlyError,
+    RedisClusterException,
     ResponseError,
     TimeoutError,
+    TryAgainError,
 )
 
 try:
@@ -72,6 +77,12 @@ def classify(exc: BaseException | str) -> ErrorKind:
         return ErrorKind.PERMANENT
     if isinstance(exc, ConnectionError | TimeoutError | BusyLoadingError | ReadOnlyError):
         return ErrorKind.TRANSIENT
+    # A Redis Cluster moving a slot or failing over: re-read the slot map and retry (MOVED's
+    # text is only "slot host:port": recognize the class, not the words).
+    if isinstance(exc, AskError | TryAgainError | ClusterDownError | ClusterError):
+        return ErrorKind.TRANSIENT
+    if isinstance(exc, RedisClusterException):
+        return ErrorKind.TRANSIENT
     if isinstance(exc, OSError):
         return ErrorKind.TRANSIENT
     text = str(exc) if isinstance(exc, ResponseError | str) else ""
@@ -93,6 +104,10 @@ def classify(exc: BaseException | str) -> ErrorKind:
         "READONLY": ErrorKind.TRANSIENT,
         "MASTERDOWN": ErrorKind.TRANSIENT,
         "TRYAGAIN": ErrorKind.TRANSIENT,
+        "MOVED": ErrorKind.TRANSIENT,
+        "ASK": ErrorKind.TRANSIENT,
+        "CLUSTERDOWN": ErrorKind.TRANSIENT,
+        "UNBLOCKED": ErrorKind.TRANSIENT,  # a blocked read's stream moved to another node
         "NOPERM": ErrorKind.PERMANENT,
         "NOAUTH": ErrorKind.PERMANENT,
         "WRONGPASS": ErrorKind.PERMANENT,

@@ -8,17 +8,22 @@ Layout (``{prefix}`` defaults to ``intelligence``)::
     {prefix}:snapshot-index:v1:{<region>}                   -> ZSET generated_at -> snapshot_id
     {prefix}:incoming:v1:{<region>}:<entry id>              -> payload, only inside one MULTI/EXEC
 
+Streams: ``<stream>`` and ``<stream>:dlq`` with ``--shard-by none``; with ``--shard-by region``
+one shard per region, ``<stream>:{<region>}`` and ``<stream>:{<region>}:dlq``, in the slot of
+that region's data keys (``Keys.shard``), each with the same group name.
+
 An ``incoming`` key holds a payload between the MSET and the persist script of one
 transaction (see consumer/persist.lua); it never outlives the EXEC.
 
-``{<region>}`` is a Redis Cluster hash tag: all keys of one region hash to one slot, so the
-persist script (which touches all four) is legal on a cluster too.
+``{<region>}`` is a Redis Cluster hash tag: all keys of one region hash to one slot. With the
+region layout a shard's stream and DLQ share that slot, so every script call and transaction
+of a shard (persist + ack, dead-letter, replay) keeps its keys in one slot.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 
 from shared.schema import REGIONS, TRIGGER_REASONS
@@ -43,6 +48,10 @@ class Keys:
     def dlq(self) -> str:
         """The dead-letter stream beside the main stream."""
         return self.stream + DLQ_SUFFIX
+
+    def shard(self, region: str) -> Keys:
+        """The keys of ``region``'s shard: its own stream (and DLQ) in the slot of its data."""
+        return replace(self, stream=f"{self.stream}:{self._tag(region)}")
 
     def _tag(self, region: str) -> str:
         return "{" + region + "}"
@@ -80,10 +89,19 @@ class Keys:
             return "stream"
         if text == self.dlq:
             return "dlq"
+        shard = _shard_layout(self.stream).fullmatch(text)
+        if shard:
+            return "dlq" if shard.group(1) else "stream"
         for kind, pattern in _layout(self.prefix).items():
             if pattern.fullmatch(text):
                 return kind
         return None
+
+
+@cache
+def _shard_layout(stream: str) -> re.Pattern[str]:
+    tag = "\\{(?:" + "|".join(map(re.escape, REGIONS)) + ")\\}"
+    return re.compile(f"{re.escape(stream)}:{tag}({re.escape(DLQ_SUFFIX)})?")
 
 
 @cache  # compiled once per prefix, not once per key checked

@@ -135,6 +135,13 @@ def _readable_file(v: Any) -> str | None:
         return f"cannot read {v!r}: {exc.strerror or exc}"
 
 
+SHARD_LAYOUTS = ("auto", "none", "region")
+
+
+def _shard_by(v: Any) -> str | None:
+    return None if v in SHARD_LAYOUTS else f"must be one of {', '.join(SHARD_LAYOUTS)} (got {v!r})"
+
+
 def _regions(v: Any) -> str | None:
     unknown = [r for r in v if r not in REGIONS]
     if not v:
@@ -160,6 +167,8 @@ class Settings:
                        metadata={"check": _name, "flag": "--group"})
     prefix: str = field(default=DEFAULT_PREFIX,
                         metadata={"check": _name, "flag": "--prefix"})
+    # "auto": region on a Redis Cluster, none on a single server (see shared/shards.py)
+    shard_by: str = field(default="auto", metadata={"check": _shard_by, "flag": "--shard-by"})
     tls_ca: str = field(default="", metadata={"check": _readable_file, "flag": "--tls-ca"})
     tls_cert: str = field(default="", metadata={"check": _readable_file, "flag": "--tls-cert"})
     tls_key: str = field(default="", metadata={"check": _readable_file, "flag": "--tls-key"})

@@ -1,0 +1,231 @@
+"""Where a deployment's streams live: the shard layout (``--shard-by``) and, on a Redis Cluster,
+which node holds each shard.
+
+A shard is one stream, its dead-letter stream and its consumer group (``Keys``). With
+``--shard-by region`` each region has its own shard, in the slot of that region's data keys, so
+everything a batch does (persist and ack, dead-letter, replay) stays one script call or one
+MULTI/EXEC on one node. On a cluster every command of a shard goes to the node that owns the
+shard's slot through a plain connection to that node: no ``COMMAND GETKEYS`` round trips, no
+cross-node pipeline splitting. When a slot moves (MOVED, ASK, a failover) the caller's error
+handling asks ``note_error`` to re-read the slot map, and the next command goes to the new owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from redis.crc import key_slot
+from redis.exceptions import RedisError
+
+from shared.connection import Tls, connect, is_sentinel_url
+from shared.keys import Keys
+
+log = logging.getLogger("regionstream.shards")
+
+# A slot map re-read is at most this frequent, however many workers report MOVED at once.
+REFRESH_MIN_INTERVAL_S = 0.1
+
+
+class LayoutError(ValueError):
+    """A --shard-by value that does not fit the server (one line, exit 2)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    region: str | None  # None: the single stream of --shard-by none
+    keys: Keys
+
+    @property
+    def label(self) -> str:
+        return self.region or "all"
+
+
+def resolve_layout(shard_by: str, cluster: bool) -> str:
+    if shard_by == "auto":
+        return "region" if cluster else "none"
+    if shard_by == "none" and cluster:
+        raise LayoutError("bad setting --shard-by: 'none' cannot run on a Redis Cluster (one "
+                          "stream is one slot, and its scripts would cross slots); use "
+                          "--shard-by region")
+    return shard_by
+
+
+def shards(keys: Keys, regions: Iterable[str], layout: str) -> tuple[Shard, ...]:
+    if layout == "none":
+        return (Shard(None, keys),)
+    return tuple(Shard(r, keys.shard(r)) for r in regions)
+
+
+async def is_cluster(client: aioredis.Redis) -> bool:
+    """``cluster_enabled:1`` in INFO: the server is a Redis Cluster node."""
+    try:
+        info: Any = await client.info("cluster")
+    except RedisError:  # a server (or proxy) without the section: not a cluster
+        return False
+    return str(info.get("cluster_enabled", 0)) == "1"
+
+
+class NodeRouter:
+    """Plain clients of the cluster's masters, one per node, and the slot map to pick one."""
+
+    def __init__(self, url: str, tls: Tls | None, options: dict[str, Any]) -> None:
+        self.url, self.tls, self.options = url, tls, options
+        self._clients: dict[tuple[str, int], aioredis.Redis] = {}
+        self._slots: list[tuple[int, int, tuple[str, int]]] = []
+        self._refreshed_at = 0.0
+        self._lock = asyncio.Lock()
+
+    def _node_url(self, host: str, port: int) -> str:
+        parts = urlsplit(self.url)
+        userinfo = parts.netloc.rpartition("@")[0]
+        netloc = (userinfo + "@" if userinfo else "") + f"{host}:{port}"
+        return parts._replace(netloc=netloc, path="/0").geturl()
+
+    def client_of(self, node: tuple[str, int]) -> aioredis.Redis:
+        if node not in self._clients:
+            self._clients[node] = connect(self._node_url(*node), tls=self.tls, **self.options)
+        return self._clients[node]
+
+    async def refresh(self, *, force: bool = False) -> None:
+        async with self._lock:
+            if not force and time.monotonic() - self._refreshed_at < REFRESH_MIN_INTERVAL_S:
+                return
+            seeds = [self._seed(), *self._clients.values()]
+            last: BaseException | None = None
+            for client in seeds:
+                try:
+                    reply: Any = await client.execute_command(  # type: ignore[no-untyped-call]
+                        "CLUSTER SLOTS")
+                except (RedisError, OSError) as exc:
+                    last = exc
+                    continue
+                self._slots = sorted(_parse_slots(reply))
+                self._refreshed_at = time.monotonic()
+                return
+            raise last if last is not None else RedisError("no cluster node answered")
+
+    def _seed(self) -> aioredis.Redis:
+        parts = urlsplit(self.url)
+        return self.client_of((parts.hostname or "127.0.0.1", parts.port or 6379))
+
+    def node_of(self, slot: int) -> tuple[str, int]:
+        for start, end, node in self._slots:
+            if start <= slot <= end:
+                return node
+        raise RedisError(f"CLUSTERDOWN no node serves slot {slot} (slot map being refreshed)")
+
+    def client_for(self, slot: int) -> aioredis.Redis:
+        return self.client_of(self.node_of(slot))
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
+
+
+def _parse_slots(reply: Any) -> list[tuple[int, int, tuple[str, int]]]:
+    out = []
+    if isinstance(reply, dict):  # redis-py's parsed form: {(start, end): {"primary": ...}}
+        for (start, end), node in reply.items():
+            host, port = node["primary"][:2]
+            out.append((int(start), int(end), (_text(host), int(port))))
+        return out
+    for row in reply:  # raw: [start, end, [host, port, id, ...], replicas...]
+        host, port = row[2][0], row[2][1]
+        out.append((int(row[0]), int(row[1]), (_text(host), int(port))))
+    return out
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+class RoutedClient:
+    """Looks like the client of the node that owns ``slot`` now: every attribute (commands,
+    ``pipeline``) is that node client's, looked up again on each use."""
+
+    def __init__(self, router: NodeRouter, slot: int) -> None:
+        self._router, self._slot = router, slot
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._router.client_for(self._slot), name)
+
+    async def note_error(self, exc: BaseException) -> None:
+        """A command of this shard failed: re-read the slot map (rate-limited) so that the next
+        command goes to the slot's owner after a MOVED, a failover or a reshard."""
+        try:
+            await self._router.refresh()
+        except (RedisError, OSError) as err:
+            log.warning("re-reading the cluster slot map failed: %s", err)
+
+    async def aclose(self) -> None:  # the router owns the connections
+        return None
+
+
+async def note_error(client: Any, exc: BaseException) -> None:
+    """Tell a routed client that a command failed (nothing to do for a plain client)."""
+    hook = getattr(type(client), "note_error", None)
+    if hook is not None:
+        await client.note_error(exc)
+
+
+class Deployment:
+    """The clients of one deployment: ``client_for(shard)`` is the connection a shard's
+    commands go through (one shared client on a single server; the owning node's on a
+    cluster)."""
+
+    def __init__(self, base: aioredis.Redis, router: NodeRouter | None, layout: str,
+                 shard_list: tuple[Shard, ...]) -> None:
+        self.base, self.router, self.layout, self.shards = base, router, layout, shard_list
+
+    @property
+    def cluster(self) -> bool:
+        return self.router is not None
+
+    def client_for(self, shard: Shard) -> Any:
+        if self.router is None:
+            return self.base
+        return RoutedClient(self.router, key_slot(shard.keys.stream.encode()))
+
+    def client_for_region(self, keys: Keys, region: str) -> Any:
+        """The client of the node holding ``region``'s data keys (for ``show``)."""
+        if self.router is None:
+            return self.base
+        return RoutedClient(self.router, key_slot(keys.latest(region).encode()))
+
+    async def aclose(self) -> None:
+        if self.router is not None:
+            await self.router.aclose()
+        await self.base.aclose()
+
+
+def single_server(client: aioredis.Redis, keys: Keys, regions: Iterable[str],
+                  shard_by: str) -> Deployment:
+    """A deployment on one server through ``client`` (not owned: the caller closes it)."""
+    layout = resolve_layout(shard_by, cluster=False)
+    return Deployment(client, None, layout, shards(keys, regions, layout))
+
+
+async def open_deployment(url: str, keys: Keys, regions: Iterable[str], shard_by: str, *,
+                          tls: Tls | None = None, **options: Any) -> Deployment:
+    """Connect, find out whether ``url`` is a cluster node, resolve the layout and (on a
+    cluster) read the slot map. Raises LayoutError for --shard-by none on a cluster."""
+    base = connect(url, tls=tls, **options)
+    try:
+        cluster = not is_sentinel_url(url) and await is_cluster(base)
+        layout = resolve_layout(shard_by, cluster)
+        router = None
+        if cluster:
+            router = NodeRouter(url, tls, options)
+            await router.refresh(force=True)
+        return Deployment(base, router, layout, shards(keys, regions, layout))
+    except BaseException:
+        await base.aclose()
+        raise
