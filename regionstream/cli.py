@@ -439,8 +439,12 @@ async def _client(settings: Settings) -> AsyncIterator[Any]:
 async def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     from regionstream.show import show
 
-    async with _client(settings) as client:
+    deployment = await _deployment(settings)
+    try:  # on a cluster, the node holding the region's keys
+        client = deployment.client_for_region(settings.keys, args.region)
         return await show(client, settings, args.region, as_json=args.json)
+    finally:
+        await deployment.aclose()
 
 
 async def cmd_pending(args: argparse.Namespace, settings: Settings) -> int:

@@ -115,6 +115,11 @@ async def read_group_stats(redis: aioredis.Redis, keys: Keys) -> GroupStats:
         raise_on_error=False)
     if isinstance(server_time, BaseException):
         raise server_time
+    for reply in (stream, groups, consumers, pending, dlq):
+        # A redirect (MOVED, ASK: the slot is elsewhere now) or a failover reply says nothing
+        # about the stream: the caller re-reads the slot map and asks again.
+        if isinstance(reply, ResponseError) and classify(reply) is ErrorKind.TRANSIENT:
+            raise reply
     now = server_time[0] + server_time[1] / 1_000_000
     dlq_length, dlq_added = (0, None) if isinstance(dlq, ResponseError) else (
         int(dlq["length"]), _optional_int(dlq.get("entries-added")))
