@@ -41,6 +41,7 @@ OPERATOR = "regionstream-operator"
 _CONNECTION: tuple[tuple[str, str], ...] = (
     ("ping", "the start-up check, and redis-py's connection health check"),
     ("info", "cluster-mode detection (INFO cluster)"),
+    ("cluster|slots", "on a Redis Cluster: which node holds each shard (the slot map)"),
     ("select", "a database other than 0 in --redis-url: redis-py selects it on connect"),
 )
 
