@@ -22,7 +22,7 @@ from shared.connection import SOCKET_TIMEOUT_S, ErrorKind, classify
 from shared.group import ensure_group, read_group_stats
 from shared.metrics import CONSUMER_OUTCOMES, ConsumerMetrics
 from shared.settings import Settings
-from shared.shards import Deployment, note_error, open_deployment, single_server
+from shared.shards import Deployment, open_deployment, single_server
 
 log = logging.getLogger("regionstream.consumer")
 
@@ -57,7 +57,7 @@ class Consumer:
         for shard in deployment.shards:
             client = deployment.client_for(shard)
             await ensure_group(client, shard.keys)
-        for client in _one_per_node(deployment):
+        for client in deployment.node_clients():
             for name in scripts.ALL:  # load once per node; calls then go out as EVALSHA
                 await client.script_load(scripts.script(name).body)
 
@@ -161,7 +161,7 @@ class Consumer:
             except (RedisError, OSError) as exc:  # a failover or a moved slot: ask again
                 if classify(exc) is not ErrorKind.TRANSIENT:
                     raise
-                await note_error(client, exc)
+                await deployment.note_error(exc)
                 drained = False
             if drained:
                 log.info("group %s drained", self.keys.group)
@@ -184,13 +184,3 @@ class Consumer:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal, sig)
 
-
-def _one_per_node(deployment: Deployment) -> list[Any]:
-    """A client of each node holding a shard (the one client on a single server)."""
-    if deployment.router is None:
-        return [deployment.base]
-    from redis.crc import key_slot
-
-    router = deployment.router
-    nodes = {router.node_of(key_slot(s.keys.stream.encode())) for s in deployment.shards}
-    return [router.client_of(node) for node in sorted(nodes)]

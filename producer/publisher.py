@@ -7,9 +7,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from typing import cast
 
 import redis.asyncio as aioredis
-from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from shared import failpoints, wire
@@ -20,7 +20,7 @@ from shared.keys import Keys
 from shared.metrics import ProducerMetrics
 from shared.schema import Snapshot, encode
 from shared.settings import Settings
-from shared.shards import Deployment, note_error, single_server
+from shared.shards import Deployment, single_server
 
 log = logging.getLogger("regionstream.producer")
 
@@ -108,14 +108,10 @@ class Publisher:
             self.metrics.rtt["publish"].observe(time.perf_counter() - started)
             for snap in snaps:
                 self.metrics.region[snap.region_id].inc()
-        return [entry_id for entry_id in ids if entry_id is not None]
+        return cast(list[bytes], ids)  # every one set: no node failed
 
     def _node(self, shard_index: int) -> object:
-        router = self.deployment.router
-        if router is None:
-            return 0
-        shard = self.targets[shard_index][0]
-        return router.node_of(key_slot(shard.keys.stream.encode()))
+        return self.deployment.node_of(self.targets[shard_index][0])
 
     async def _publish_node(self, shard_indexes: list[int], per_shard: dict[int, list[int]],
                             snaps: Sequence[Snapshot], payloads: Sequence[bytes],
@@ -182,8 +178,7 @@ class Publisher:
                 if not retry or stop.is_set():
                     raise cause from None
                 failures += 1
-                for _, client in self.targets:
-                    await note_error(client, cause)
+                await self.deployment.note_error(cause)
                 log.warning("publishing %d snapshot(s) failed (%s); retry %d", len(todo), cause,
                             failures)
                 if await pause(stop, delays.compute(failures)):

@@ -18,7 +18,7 @@ import math
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -35,6 +35,9 @@ from shared.connection import (
     url_password,
 )
 from shared.settings import Settings, SettingsError, flag_fields, parse_regions
+
+if TYPE_CHECKING:
+    from shared.shards import Deployment
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_PERMANENT, EXIT_REJECTED = 0, 1, 2, 3, 4
 DEMO_NAMES = {"stream": "regionstream-demo", "group": "demo-persisters",
@@ -316,7 +319,7 @@ def _failure(exc: Exception, settings: Settings) -> str:
                     "connect by a name or address the certificate lists")
         return (f"Redis at {url}: TLS certificate not trusted ({reason}); "
                 "pass the CA that signed it with --tls-ca")
-    if isinstance(exc, RedisConnectionError) and "SSL" in str(exc):
+    if _is_tls_refusal(exc):
         reason = _ssl_reason(exc)
         hint = ("; the server wants a client certificate: pass --tls-cert and --tls-key"
                 if "certificate required" in reason else "")
@@ -378,13 +381,13 @@ def _listen(settings: Settings, registry: Any) -> None:
                          f"{exc.strerror}") from None
 
 
-async def _deployment(settings: Settings, **options: Any) -> Any:
+async def _deployment(settings: Settings) -> Deployment:
     """Connected, cluster or not found out, --shard-by resolved (a misfit is a bad setting)."""
     from shared.shards import LayoutError, open_deployment
 
     try:
         deployment = await open_deployment(settings.redis_url, settings.keys, settings.regions,
-                                           settings.shard_by, tls=settings.tls, **options)
+                                           settings.shard_by, tls=settings.tls)
     except LayoutError as exc:
         raise UsageError(f"{PROG}: {exc}") from None
     try:

@@ -289,9 +289,9 @@ def _tls_problems(s: Settings, origin: Mapping[str, str]) -> list[str]:
         problems.append(f"{name(given[0])}: TLS files need a rediss:// (or rediss+sentinel://) "
                         f"URL, not {describe_url(s.redis_url)}")
     if bool(s.tls_cert) != bool(s.tls_key):
-        missing = "tls_key" if s.tls_cert else "tls_cert"
+        missing = "--tls-key" if s.tls_cert else "--tls-cert"
         problems.append(f"{name(given[0])}: a client certificate needs both --tls-cert and "
-                        f"--tls-key (missing {'--tls-key' if missing == 'tls_key' else '--tls-cert'})")
+                        f"--tls-key (missing {missing})")
     return problems
 
 

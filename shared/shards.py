@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.crc import key_slot
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from shared.connection import Tls, connect, is_sentinel_url
 from shared.keys import Keys
@@ -46,6 +46,11 @@ class Shard:
     def label(self) -> str:
         return self.region or "all"
 
+    @property
+    def slot(self) -> int:
+        """The cluster slot of the shard's stream (and, with regions, of its data)."""
+        return key_slot(self.keys.stream.encode())
+
 
 def resolve_layout(shard_by: str, cluster: bool) -> str:
     if shard_by == "auto":
@@ -67,8 +72,8 @@ async def is_cluster(client: aioredis.Redis) -> bool:
     """``cluster_enabled:1`` in INFO: the server is a Redis Cluster node."""
     try:
         info: Any = await client.info("cluster")
-    except RedisError:  # a server (or proxy) without the section: not a cluster
-        return False
+    except ResponseError:  # a server (or proxy) without the section: not a cluster
+        return False  # (an unreachable server raises: it is not thereby a single server)
     return str(info.get("cluster_enabled", 0)) == "1"
 
 
@@ -111,6 +116,15 @@ class NodeRouter:
                 return
             raise last if last is not None else RedisError("no cluster node answered")
 
+    async def refresh_after(self, exc: BaseException) -> None:
+        """A command failed (``exc``): re-read the slot map (rate-limited) so that the next
+        command goes to the slot's owner after a MOVED, a failover or a reshard. A failed
+        re-read is logged: the caller's own retry will ask again."""
+        try:
+            await self.refresh()
+        except (RedisError, OSError) as err:
+            log.warning("re-reading the cluster slot map failed: %s (after: %s)", err, exc)
+
     def _seed(self) -> aioredis.Redis:
         parts = urlsplit(self.url)
         return self.client_of((parts.hostname or "127.0.0.1", parts.port or 6379))
@@ -132,12 +146,7 @@ class NodeRouter:
 
 def _parse_slots(reply: Any) -> list[tuple[int, int, tuple[str, int]]]:
     out = []
-    if isinstance(reply, dict):  # redis-py's parsed form: {(start, end): {"primary": ...}}
-        for (start, end), node in reply.items():
-            host, port = node["primary"][:2]
-            out.append((int(start), int(end), (_text(host), int(port))))
-        return out
-    for row in reply:  # raw: [start, end, [host, port, id, ...], replicas...]
+    for row in reply:  # [start, end, [host, port, id, ...], replicas...] (a plain client's)
         host, port = row[2][0], row[2][1]
         out.append((int(row[0]), int(row[1]), (_text(host), int(port))))
     return out
@@ -158,12 +167,8 @@ class RoutedClient:
         return getattr(self._router.client_for(self._slot), name)
 
     async def note_error(self, exc: BaseException) -> None:
-        """A command of this shard failed: re-read the slot map (rate-limited) so that the next
-        command goes to the slot's owner after a MOVED, a failover or a reshard."""
-        try:
-            await self._router.refresh()
-        except (RedisError, OSError) as err:
-            log.warning("re-reading the cluster slot map failed: %s", err)
+        """A command of this shard failed: see NodeRouter.refresh_after."""
+        await self._router.refresh_after(exc)
 
     async def aclose(self) -> None:  # the router owns the connections
         return None
@@ -192,7 +197,23 @@ class Deployment:
     def client_for(self, shard: Shard) -> Any:
         if self.router is None:
             return self.base
-        return RoutedClient(self.router, key_slot(shard.keys.stream.encode()))
+        return RoutedClient(self.router, shard.slot)
+
+    def node_of(self, shard: Shard) -> tuple[str, int] | None:
+        """The node holding ``shard`` now (None: the one server)."""
+        return None if self.router is None else self.router.node_of(shard.slot)
+
+    def node_clients(self) -> list[aioredis.Redis]:
+        """A client of each node holding a shard (the one client on a single server)."""
+        if self.router is None:
+            return [self.base]
+        nodes = sorted({self.router.node_of(s.slot) for s in self.shards})
+        return [self.router.client_of(node) for node in nodes]
+
+    async def note_error(self, exc: BaseException) -> None:
+        """A command failed: on a cluster, re-read the slot map (NodeRouter.refresh_after)."""
+        if self.router is not None:
+            await self.router.refresh_after(exc)
 
     def client_for_region(self, keys: Keys, region: str) -> Any:
         """The client of the node holding ``region``'s data keys (for ``show``)."""
