@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from typing import Any
 
@@ -13,7 +14,7 @@ from consumer.service import Consumer
 from producer.publisher import Publisher
 from producer.synthetic import SyntheticSource
 from shared import wire
-from shared.schema import Snapshot, decode
+from shared.schema import Snapshot, decode, encode
 from shared.settings import Settings
 
 DRAIN_TIMEOUT_S = 60.0
@@ -31,6 +32,12 @@ async def publish_cycle(client: aioredis.Redis, settings: Settings, now_ms: int,
     snaps = SyntheticSource(settings.regions, seed=seed).cycle(now_ms)
     await publish(client, settings, snaps)
     return snaps
+
+
+def load_payloads(settings: Settings, n: int, seed: int) -> list[bytes]:
+    """``n`` distinct snapshots (the load generator's), encoded, as a producer would send."""
+    src, base = SyntheticSource(settings.regions, seed=seed), int(time.time() * 1000)
+    return [encode(src.snapshot_for_count(i, base)) for i in range(n)]
 
 
 async def drain(client: aioredis.Redis, settings: Settings) -> Consumer:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from shared.settings import Settings
 
@@ -33,3 +35,32 @@ def run_cli(args: Sequence[str], *, stdin: bytes | None = None,
 def spawn_cli(args: Sequence[str], module: str = "regionstream") -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", module, *args], stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
+
+
+class Proc:
+    """A CLI process whose output goes to a file: a pipe nobody reads would block it once its
+    log outgrew the pipe's buffer (a failover logs a retry per attempt)."""
+
+    def __init__(self, args: list[str], log: Path, *, stdin: bool = False) -> None:
+        self.log = log
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "regionstream", *args],
+                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, env=cli_env())
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()

@@ -7,9 +7,6 @@ moved slot in the middle of a drain lose nothing and apply nothing twice."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -19,12 +16,13 @@ import pytest
 import redis as sync_redis
 from redis.crc import key_slot
 
-from producer.synthetic import SyntheticSource
 from shared import wire
 from shared.cluster_servers import Cluster, start_cluster
-from shared.schema import decode, encode
+from shared.schema import decode
 from shared.settings import Settings
-from tests.proc import cli_env, common_flags, run_cli
+from tests.conftest import wait_until
+from tests.helpers import load_payloads
+from tests.proc import Proc, common_flags, run_cli
 
 N = 400
 POISON = [b"{not json", b'{"x":' + b"[" * 3000 + b"]" * 3000 + b"}"]
@@ -45,8 +43,7 @@ def cluster_settings(cluster: Cluster) -> Settings:
 
 
 def payloads(s: Settings, n: int = N) -> list[bytes]:
-    src, base = SyntheticSource(s.regions, seed=41), int(time.time() * 1000)
-    return [encode(src.snapshot_for_count(i, base)) for i in range(n)]
+    return load_payloads(s, n, seed=41)
 
 
 def owner(cluster: Cluster | str, key: str) -> sync_redis.Redis:
@@ -192,10 +189,9 @@ async def test_topology_change_mid_drain_loses_nothing(how: str, tmp_path: Path)
         slot = key_slot(s.keys.shard(region).stream.encode())
         master = cluster.master_of_slot(slot)
         args = [*CONSUME, "--batch", "5", *common_flags(s)]
-        log = tmp_path / "consumer.log"
-        proc = _spawn_logged(args, log)
+        consumer = Proc(args, tmp_path / "consumer.log")
         try:
-            await _wait_some_persisted(cluster, s, region)
+            await wait_until(lambda: _persisted(cluster, s, region, 5), 60, "5 persisted")
             if how == "cluster-failover":
                 replica = cluster.replica_of(master)
                 assert replica is not None
@@ -206,28 +202,13 @@ async def test_topology_change_mid_drain_loses_nothing(how: str, tmp_path: Path)
             else:
                 to = next(m for m in cluster.masters() if m is not master)
                 await asyncio.to_thread(cluster.move_slot, slot, to)
-            code = await asyncio.to_thread(proc.wait, 120)
+            code = await asyncio.to_thread(consumer.proc.wait, 120)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        assert code == 0, log.read_text()[-3000:]
+            consumer.kill()
+        assert code == 0, consumer.output()[-3000:]
         check_exactly_once(cluster, s, lines, {})
 
 
-def _spawn_logged(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "regionstream", *args],
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                env=cli_env())
-
-
-async def _wait_some_persisted(cluster: Cluster, s: Settings, region: str) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        with owner(cluster, s.keys.index(region)) as c:
-            if c.zcard(s.keys.index(region)) >= 5:
-                return
-        if time.monotonic() > deadline:
-            raise AssertionError("nothing persisted within 60 s")
-        await asyncio.sleep(0.01)  # wait-ok: polling interval of a condition wait
+async def _persisted(cluster: Cluster, s: Settings, region: str, n: int) -> bool:
+    with owner(cluster, s.keys.index(region)) as c:
+        return int(c.zcard(s.keys.index(region))) >= n

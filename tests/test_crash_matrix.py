@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from producer.publisher import Publisher
-from producer.synthetic import SyntheticSource
 from shared.failpoints import ENV, POINTS
-from shared.schema import decode, encode
+from shared.schema import decode
 from shared.settings import Settings
-from tests.helpers import assert_exactly_once
+from tests.helpers import assert_exactly_once, load_payloads
 from tests.proc import cli_env, common_flags, run_cli
 
 N = 240
@@ -75,8 +73,7 @@ def test_every_fail_point_has_a_row() -> None:
 
 
 def snapshots(settings: Settings) -> list[bytes]:
-    src, base = SyntheticSource(settings.regions, seed=17), int(time.time() * 1000)
-    return [encode(src.snapshot_for_count(i, base)) for i in range(N)]
+    return load_payloads(settings, N, seed=17)
 
 
 async def prefill(client: aioredis.Redis, settings: Settings, payloads: list[bytes]) -> None:

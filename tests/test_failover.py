@@ -27,16 +27,15 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from producer.synthetic import SyntheticSource
 from shared.connection import connect
 from shared.group import read_group_stats
 from shared.ha_servers import SentinelGroup, start_sentinel_group
-from shared.schema import decode, encode
+from shared.schema import decode
 from shared.servers import free_port
 from shared.settings import Settings
 from tests.conftest import wait_until
-from tests.helpers import assert_exactly_once
-from tests.proc import cli_env, common_flags
+from tests.helpers import assert_exactly_once, load_payloads
+from tests.proc import Proc, cli_env, common_flags
 
 N = int(os.environ.get("FAILOVER_SNAPSHOTS", "600"))
 FEED_CHUNK = 10
@@ -63,37 +62,7 @@ def direct(s: Settings, port: int) -> Settings:
 
 
 def payloads(s: Settings, n: int = N) -> list[bytes]:
-    src, base = SyntheticSource(s.regions, seed=29), int(time.time() * 1000)
-    return [encode(src.snapshot_for_count(i, base)) for i in range(n)]
-
-
-class Proc:
-    """A CLI process whose output goes to a file: a pipe nobody reads would block it once its
-    log outgrew the pipe's buffer (a failover logs a retry per attempt)."""
-
-    def __init__(self, args: list[str], log: Path, *, stdin: bool = False) -> None:
-        self.log = log
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "regionstream", *args],
-                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, env=cli_env())
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
+    return load_payloads(s, n, seed=29)
 
 
 def counter(port: int, name: str, **labels: str) -> float:
