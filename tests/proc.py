@@ -32,6 +32,14 @@ def run_cli(args: Sequence[str], *, stdin: bytes | None = None,
                           check=False)
 
 
+def one_line(done: subprocess.CompletedProcess[bytes], code: int) -> str:
+    """The single stderr line of a failed run with exit ``code``."""
+    assert done.returncode == code, done.stderr
+    lines = done.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in lines[0], lines  # one line, no traceback
+    return lines[0]
+
+
 def spawn_cli(args: Sequence[str], module: str = "regionstream") -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", module, *args], stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())

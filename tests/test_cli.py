@@ -21,7 +21,7 @@ from shared.keys import Keys
 from shared.schema import encode
 from shared.servers import free_port, start_redis_server
 from shared.settings import Settings, SettingsError
-from tests.proc import cli_env, common_flags, run_cli
+from tests.proc import cli_env, common_flags, one_line, run_cli
 
 
 @pytest.mark.parametrize(("args", "names"), [
@@ -59,14 +59,6 @@ def test_bad_flag_is_one_line_naming_it_exit_2(args: list[str], names: str) -> N
     lines = done.stderr.decode().strip().splitlines()
     assert len(lines) == 1, lines
     assert names in lines[0] and "Traceback" not in lines[0], lines[0]
-
-
-def one_line(done: subprocess.CompletedProcess[bytes], code: int) -> str:
-    """The single stderr line of a failed run with exit ``code``."""
-    assert done.returncode == code, done.stderr
-    lines = done.stderr.decode().strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in lines[0], lines
-    return lines[0]
 
 
 @pytest.mark.parametrize(("url", "code"), [
@@ -270,7 +262,6 @@ async def test_count_mode_publishes_distinct_snapshots(client: aioredis.Redis,
 
 
 def test_python_dash_m_entry_points(settings: Settings) -> None:
-    import subprocess
     import sys
 
     flags = common_flags(settings)

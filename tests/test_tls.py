@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from shared.servers import Server, free_port, start_redis_server
-from tests.proc import cli_env, run_cli
+from tests.proc import cli_env, one_line, run_cli
 
 ONE_DAY = "1"
 
@@ -93,15 +93,6 @@ def mtls_port(pki: Pki) -> Iterator[int]:
 def names() -> list[str]:
     tag = uuid.uuid4().hex[:12]
     return ["--stream", f"tls:{tag}", "--group", f"g-{tag}", "--prefix", f"tls:{tag}"]
-
-
-def one_line(done: subprocess.CompletedProcess[bytes], code: int) -> str:
-    err = done.stderr.decode()
-    assert done.returncode == code, err[-2000:]
-    lines = [x for x in err.splitlines() if x.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 def _pipeline(url: str, tls: list[str], env: dict[str, str] | None = None) -> None:
