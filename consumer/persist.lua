@@ -11,13 +11,18 @@
 -- redelivery, or a different payload under a reused id) never overwrites it. MULTI makes the
 -- MSET and this script one unit: never one without the other.
 --
--- KEYS[1] stream ("" = don't ack here: on a cluster the stream lives in another slot and the
---         caller sends XACK right after this script in the same pipeline)
+-- KEYS[1] stream (the region's shard stream with --shard-by region: then EVERY key of the call
+--         shares the region's hash tag and cluster slot)
 -- KEYS[2] snapshot index (ZSET generated_at -> snapshot_id)   all of one region: one hash tag,
 -- KEYS[3] latest pointer (snapshot_id)                         so one cluster slot
 -- KEYS[4+3i], KEYS[5+3i], KEYS[6+3i]  dedup marker, by-id key, staging key of message i
--- ARGV[1] group, ARGV[2] dedup TTL s, ARGV[3] retention s, ARGV[4] retention ms
--- ARGV[5+3i .. 7+3i]  entry id, snapshot id, generated_at ms of message i
+-- ARGV[1] group, ARGV[2] "1" acknowledge what settled, "0" do not (``replay --range``
+--         re-drives history the group has accounted for already), ARGV[3] dedup TTL s,
+-- ARGV[4] retention s, ARGV[5] retention ms
+-- ARGV[6+3i .. 8+3i]  entry id, snapshot id, generated_at ms of message i
+--
+-- The stream is declared in KEYS even when nothing is acknowledged: a key the script may
+-- touch is always declared (cluster routing and ACL key patterns both rely on it).
 --
 -- Returns one status per message: "p" persisted, "d" duplicate (another snapshot owns the
 -- bucket), "r" redelivered (this very snapshot is stored already), or "E<error>" when a write
@@ -34,9 +39,9 @@
 -- entry is pruned then, so a redelivery restores exactly the expiry it had.
 
 local stream, index, latest = KEYS[1], KEYS[2], KEYS[3]
-local group = ARGV[1]
-local dedup_ttl, retention_s, retention_ms = ARGV[2], ARGV[3], tonumber(ARGV[4])
-local n = (#ARGV - 4) / 3
+local group, ack = ARGV[1], ARGV[2] == '1'
+local dedup_ttl, retention_s, retention_ms = ARGV[3], ARGV[4], tonumber(ARGV[5])
+local n = (#ARGV - 5) / 3
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -86,7 +91,7 @@ end
 local out, acks = {}, {}
 for i = 0, n - 1 do
   local dedup, byid, staged = KEYS[4 + 3 * i], KEYS[5 + 3 * i], KEYS[6 + 3 * i]
-  local eid, sid, gen = ARGV[5 + 3 * i], ARGV[6 + 3 * i], tonumber(ARGV[7 + 3 * i])
+  local eid, sid, gen = ARGV[6 + 3 * i], ARGV[7 + 3 * i], tonumber(ARGV[8 + 3 * i])
   local expire_at = gen + retention_ms
   local status
   local marker = redis.pcall('GET', dedup)
@@ -117,7 +122,7 @@ end
 -- Prune index entries past retention, once per call.
 redis.pcall('ZREMRANGEBYSCORE', index, '-inf', '(' .. (now_ms - retention_ms))
 
-if stream ~= '' and #acks > 0 then
+if ack and #acks > 0 then
   local r = redis.pcall('XACK', stream, group, unpack(acks))
   if failed(r) then out[#out + 1] = 'A' .. r.err end
 end

@@ -86,8 +86,9 @@ class Settled:
 
 def _persist_call(keys: Keys, s: Settings, region: str, batch: list[Valid], ack: bool
                   ) -> _Call:
-    k: list[str] = [keys.stream if ack else "", keys.index(region), keys.latest(region)]
-    a: list[Any] = [keys.group, s.dedup_window_s, s.retention_s, s.retention_ms]
+    k: list[str] = [keys.stream, keys.index(region), keys.latest(region)]
+    a: list[Any] = [keys.group, "1" if ack else "0", s.dedup_window_s, s.retention_s,
+                    s.retention_ms]
     staged: list[Any] = []
     window = s.dedup_window_ms
     for v in batch:

@@ -9,9 +9,7 @@ The rules are built from a ``Keys`` layout, so a deployment with its own ``--str
   stream; the stream and ``<stream>:*`` (the dead-letter stream ``<stream>:dlq``, and streams
   sharded per region as ``<stream>:{<region>}``). It cannot touch a snapshot key.
 * ``regionstream-consumer``: ``consume`` and ``replay``: reads the group, persists through
-  the scripts, dead-letters, reclaims; the stream, ``<stream>:*`` and ``<prefix>:*``. Also
-  ``~`` alone, the key named "" (empty): ``replay --range`` calls the persist script with ""
-  as its stream key ("do not acknowledge"), and Redis checks a script's declared keys.
+  the scripts, dead-letters, reclaims; the stream, ``<stream>:*`` and ``<prefix>:*``.
 * ``regionstream-operator``: ``top``, ``pending``, ``show``: read commands only, and read-only
   key access (``%R~``) to the stream, ``<stream>:*`` and ``<prefix>:*``.
 
@@ -137,8 +135,7 @@ def acl_rules(keys: Keys) -> dict[str, str]:
     streams = [stream, stream + ":*"]  # the stream, its dead-letter stream, region shards
     key_rules = {
         PRODUCER: [f"~{k}" for k in streams],
-        # "~" alone: the key named "" (see the module docstring: replay --range)
-        CONSUMER: [f"~{k}" for k in (*streams, prefix + ":*")] + ["~"],
+        CONSUMER: [f"~{k}" for k in (*streams, prefix + ":*")],
         OPERATOR: [f"%R~{k}" for k in (*streams, prefix + ":*")],
     }
     return {

@@ -261,8 +261,9 @@ def _dry(keys: Keys) -> list[tuple[str, list[str], bool]]:
         (PRODUCER, ["XREADGROUP", "GROUP", keys.group, "c", "STREAMS", k, ">"], False),
         (PRODUCER, ["XGROUP", "DESTROY", k, keys.group], False),
         (PRODUCER, ["DEL", k], False),
-        # replay --range declares "" as the persist script's stream key: the lone "~" rule
-        (CONSUMER, ["EVALSHA", "0" * 40, "3", "", keys.index("mena"), latest], True),
+        (CONSUMER, ["EVALSHA", "0" * 40, "3", k, keys.index("mena"), latest], True),
+        # no rule for the empty key name (replay --range once declared "" as a script key)
+        (CONSUMER, ["EVALSHA", "0" * 40, "3", "", keys.index("mena"), latest], False),
         (CONSUMER, ["XGROUP", "DESTROY", k, keys.group], False),
         (CONSUMER, ["FLUSHALL"], False),
         (CONSUMER, ["KEYS", "*"], False),
