@@ -20,6 +20,7 @@ from shared.group import id_seconds, read_group_stats, text
 from shared.keys import Keys
 from shared.metrics import ConsumerMetrics
 from shared.settings import Settings
+from shared.shards import Deployment, Shard, deployment_of, read_each
 
 # How many pending entries `pending` inspects per consumer for the max delivery count; beyond
 # that the figure is a lower bound and says so.
@@ -36,39 +37,77 @@ class ConsumerRow:
     oldest_age_s: float | None = None
     max_deliveries: int = 0
     scanned_all: bool = True
+    shard: str = "all"
 
 
 @dataclass
-class PendingReport:
+class ShardRow:
+    """One shard's stream, group and dead-letter stream."""
+
+    shard: str
     stream: str
-    group: str
+    dlq: str
     group_exists: bool
     stream_length: int
     lag: int | None
     pending: int
     dlq_length: int
+    oldest_pending_age_s: float | None
+
+
+@dataclass
+class PendingReport:
+    """The whole deployment: totals over its shards (``lag`` None if any shard's is
+    unknown), a row per shard, and every consumer of every shard."""
+
+    stream: str
+    group: str
+    group_exists: bool  # on every shard
+    stream_length: int
+    lag: int | None
+    pending: int
+    dlq_length: int
     consumers: list[ConsumerRow] = field(default_factory=list)
+    shards: list[ShardRow] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-async def pending_report(redis: aioredis.Redis, keys: Keys) -> PendingReport:
-    """The group's counters (one round trip), then each holding consumer's pending list for
-    its oldest entry and highest delivery count. Ages use Redis's clock."""
-    state = await read_group_stats(redis, keys)
-    report = PendingReport(keys.stream, keys.group, state.exists, state.stream_length,
-                           state.lag, state.pending, state.dlq_length)
-    for c in state.consumers:
-        row = ConsumerRow(c.name, c.pending, c.idle_s)
-        if row.pending:
-            rows: Any = await redis.xpending_range(keys.stream, keys.group, "-", "+",
-                                                   PENDING_SCAN_LIMIT, row.name)
-            row.oldest_age_s = max(0.0, state.at - id_seconds(rows[0]["message_id"]))
-            row.max_deliveries = max(int(r["times_delivered"]) for r in rows)
-            row.scanned_all = len(rows) >= row.pending
-        report.consumers.append(row)
-    return report
+def _total(values: list[int | None]) -> int | None:
+    return None if any(v is None for v in values) else sum(v for v in values if v is not None)
+
+
+async def pending_report(target: Deployment | aioredis.Redis, keys: Keys) -> PendingReport:
+    """Per shard, concurrently: the group's counters (one round trip), then each holding
+    consumer's pending list for its oldest entry and highest delivery count. Ages use Redis's
+    clock."""
+    deployment = deployment_of(target, keys, ())
+
+    async def one(shard: Shard, redis: Any) -> tuple[ShardRow, list[ConsumerRow]]:
+        k = shard.keys
+        state = await read_group_stats(redis, k)
+        row = ShardRow(shard.label, k.stream, k.dlq, state.exists, state.stream_length,
+                       state.lag, state.pending, state.dlq_length, state.oldest_pending_age_s)
+        consumers = []
+        for c in state.consumers:
+            cr = ConsumerRow(c.name, c.pending, c.idle_s, shard=shard.label)
+            if cr.pending:
+                rows: Any = await redis.xpending_range(k.stream, k.group, "-", "+",
+                                                       PENDING_SCAN_LIMIT, cr.name)
+                cr.oldest_age_s = max(0.0, state.at - id_seconds(rows[0]["message_id"]))
+                cr.max_deliveries = max(int(r["times_delivered"]) for r in rows)
+                cr.scanned_all = len(rows) >= cr.pending
+            consumers.append(cr)
+        return row, consumers
+
+    read = await read_each(deployment, one)
+    rows = [r for r, _ in read]
+    return PendingReport(
+        keys.stream, keys.group, all(r.group_exists for r in rows),
+        sum(r.stream_length for r in rows), _total([r.lag for r in rows]),
+        sum(r.pending for r in rows), sum(r.dlq_length for r in rows),
+        [c for _, cs in read for c in cs], rows)
 
 
 @dataclass
@@ -78,14 +117,32 @@ class Moved:
     reason: str
     new_id: str | None = None
     skipped: str | None = None  # why it was left in the dead-letter stream
+    shard: str = "all"
 
 
-async def replay_dlq(redis: aioredis.Redis, keys: Keys, *, region: str | None = None,
-                     reason: str | None = None, limit: int | None = None,
-                     dry_run: bool = False) -> list[Moved]:
-    """Move dead letters back onto the stream with their original fields; each is removed from
-    the dead-letter stream in the same step (one script per entry)."""
+async def replay_dlq(target: Deployment | aioredis.Redis, keys: Keys, *,
+                     region: str | None = None, reason: str | None = None,
+                     limit: int | None = None, dry_run: bool = False) -> list[Moved]:
+    """Move dead letters back onto their shard's stream with their original fields; each is
+    removed from the dead-letter stream in the same step (one script per entry, on the
+    shard's node). Shard after shard; with ``region`` in a region layout, only its shard."""
+    deployment = deployment_of(target, keys, ())
     moved: list[Moved] = []
+    for shard in deployment.shards:
+        if region and shard.region not in (None, region):
+            continue
+        left = None if limit is None else limit - len(moved)
+        if left == 0:
+            break
+        moved += await _replay_shard_dlq(deployment.client_for(shard), shard,
+                                         region=region, reason=reason, limit=left,
+                                         dry_run=dry_run)
+    return moved
+
+
+async def _replay_shard_dlq(redis: Any, shard: Shard, *, region: str | None,
+                            reason: str | None, limit: int | None, dry_run: bool) -> list[Moved]:
+    keys, moved = shard.keys, list[Moved]()
     start = "-"
     while limit is None or len(moved) < limit:
         page: Any = await redis.xrange(keys.dlq, start, "+", count=DLQ_PAGE)
@@ -96,7 +153,7 @@ async def replay_dlq(redis: aioredis.Redis, keys: Keys, *, region: str | None = 
             why = text(fields.get(b"dlq_reason", b"?"))
             if (region and r != region) or (reason and reason not in why):
                 continue
-            m = Moved(text(dlq_id), r, why)
+            m = Moved(text(dlq_id), r, why, shard=shard.label)
             original = original_fields(fields)
             if len(original) > 2 * MAX_ENTRY_FIELDS:
                 # It would only be dead-lettered again, and cannot pass through Lua's unpack.
@@ -127,18 +184,30 @@ def _tally(result: Replayed, settled: store.Settled) -> None:
         result.outcomes[o.outcome] = result.outcomes.get(o.outcome, 0) + 1
 
 
-async def replay_pending(redis: aioredis.Redis, keys: Keys, settings: Settings, *,
-                         consumer: str | None, min_idle_ms: int, dry_run: bool,
+async def replay_pending(target: Deployment | aioredis.Redis, keys: Keys, settings: Settings,
+                         *, consumer: str | None, min_idle_ms: int, dry_run: bool,
                          as_name: str) -> Replayed:
     """Claim (XCLAIM) what ``consumer`` (or any consumer) holds idle for ``min_idle_ms`` and
-    settle it now under ``as_name``, through the normal persist path."""
+    settle it now under ``as_name``, through the normal persist path; shard after shard."""
+    deployment = deployment_of(target, keys, ())
     result = Replayed()
+    for shard in deployment.shards:
+        await _replay_shard_pending(deployment.client_for(shard), shard, settings, result,
+                                    consumer=consumer, min_idle_ms=min_idle_ms,
+                                    dry_run=dry_run, as_name=as_name)
+    return result
+
+
+async def _replay_shard_pending(redis: Any, shard: Shard, settings: Settings, result: Replayed,
+                                *, consumer: str | None, min_idle_ms: int, dry_run: bool,
+                                as_name: str) -> None:
+    keys = shard.keys
     worker = Worker(redis, keys, settings, as_name, ConsumerMetrics(CollectorRegistry()),
-                    asyncio.Event())
+                    asyncio.Event(), regions=(shard.region,) if shard.region else None)
     start: str = "-"
     while True:
         rows: Any = await redis.xpending_range(keys.stream, keys.group, start, "+", REPLAY_PAGE,
-                                          consumer, idle=min_idle_ms)
+                                               consumer, idle=min_idle_ms)
         # Its own entries too: what an earlier `replay --pending` claimed and then died on.
         ids = [r["message_id"] for r in rows]
         result.ids += [text(i) for i in ids]
@@ -150,22 +219,36 @@ async def replay_pending(redis: aioredis.Redis, keys: Keys, settings: Settings, 
             for k, v in step.outcomes.items():
                 result.outcomes[k] = result.outcomes.get(k, 0) + v
         if len(rows) < REPLAY_PAGE:
-            return result
+            return
         start = "(" + text(rows[-1]["message_id"])
 
 
-async def replay_range(redis: aioredis.Redis, keys: Keys, settings: Settings, *, start: str,
-                       end: str, dry_run: bool) -> Replayed:
+async def replay_range(target: Deployment | aioredis.Redis, keys: Keys, settings: Settings, *,
+                       start: str, end: str, dry_run: bool) -> Replayed:
     """Re-drive stream history through dedup: each entry goes through the persist script
     without an ack (it belongs to the group's own accounting). Idempotent: what is stored is
-    recognized and nothing is written twice."""
+    recognized and nothing is written twice. Every shard's stream, START..END each (ids are
+    times, so a range means the same span of time on every shard)."""
+    deployment = deployment_of(target, keys, ())
     result = Replayed()
+    for shard in deployment.shards:
+        await _replay_shard_range(deployment.client_for(shard), shard, settings, result,
+                                  start=start, end=end, dry_run=dry_run)
+    return result
+
+
+async def _replay_shard_range(redis: Any, shard: Shard, settings: Settings, result: Replayed,
+                              *, start: str, end: str, dry_run: bool) -> None:
+    keys = shard.keys
+    # An entry of another region on a region's shard cannot be persisted there (its keys live
+    # in another slot): invalid here, as it is for the consumer (which dead-letters it).
+    regions = (shard.region,) if shard.region else settings.regions
     cursor = start
     while True:
         page: Any = await redis.xrange(keys.stream, cursor, end, count=REPLAY_PAGE)
         now_ms = int(time.time() * 1000)
         checked = [check_entry(i, f, max_bytes=settings.max_bytes, now_ms=now_ms,
-                               regions=settings.regions,
+                               regions=regions,
                                retention_ms=settings.retention_ms) for i, f in page]
         valid = [c for c in checked if isinstance(c, Valid)]
         result.entries += len(page)
@@ -177,5 +260,5 @@ async def replay_range(redis: aioredis.Redis, keys: Keys, settings: Settings, *,
             _tally(result, await store.settle(redis, keys, settings, "replay-range", valid, (),
                                               ack=False))
         if len(page) < REPLAY_PAGE:
-            return result
+            return
         cursor = "(" + text(page[-1][0])

@@ -49,7 +49,8 @@ class Consumer:
     def _deployment(self, target: Deployment | aioredis.Redis) -> Deployment:
         if isinstance(target, Deployment):
             return target
-        return single_server(target, self.keys, self.settings.regions, self.settings.shard_by)
+        s = self.settings
+        return single_server(target, self.keys, s.regions, s.shard_by, s.shards)
 
     async def prepare(self, target: Deployment | aioredis.Redis) -> None:
         """Every shard's group, and the scripts on every node (a client: one server)."""
@@ -89,19 +90,20 @@ class Consumer:
         through that one client, in the --shard-by layout of a single server."""
         st = self.settings
         if redis is not None:
-            control = workers = single_server(redis, self.keys, st.regions, st.shard_by)
+            control = workers = self._deployment(redis)
         else:
             control = await open_deployment(st.redis_url, self.keys, st.regions, st.shard_by,
-                                            tls=st.tls)
+                                            only=st.shards, tls=st.tls)
             workers = await open_deployment(
-                st.redis_url, self.keys, st.regions, st.shard_by, tls=st.tls, retries=0,
-                socket_timeout=SOCKET_TIMEOUT_S + st.block_ms / 1000)
+                st.redis_url, self.keys, st.regions, st.shard_by, only=st.shards, tls=st.tls,
+                retries=0, socket_timeout=SOCKET_TIMEOUT_S + st.block_ms / 1000)
         try:
             await self.prepare(control)
             tasks = [asyncio.create_task(w.run(), name=w.name)
                      for w in self.make_workers(workers)]
             shards = ("stream " + st.stream if control.layout == "none" else
                       f"{len(control.shards)} region shards of {st.stream}"
+                      + (f" ({', '.join(st.shards)})" if st.shards else "")
                       + (" on a Redis Cluster" if control.cluster else ""))
             log.info("consuming %s as group %s: %d consumer(s) per shard (%s), batch %d, "
                      "block %d ms, reclaim after %d ms idle%s", shards, st.group, st.workers,

@@ -21,7 +21,7 @@ from shared.connection import ErrorKind, PermanentError, backoff, classify
 from shared.failpoints import failpoint
 from shared.group import ensure_group, id_seconds
 from shared.keys import Keys
-from shared.metrics import ConsumerMetrics, observe_many
+from shared.metrics import ALL_SHARD, ConsumerMetrics, observe_many
 from shared.settings import Settings
 from shared.shards import note_error
 
@@ -55,6 +55,8 @@ class Worker:
         # The regions this worker's stream may carry: its shard's one region (an entry of
         # another region there is poison: its keys would live in another slot), else all.
         self.regions = regions or settings.regions
+        # This shard's failure counters (label shard: its region, or "all" for one stream).
+        self.failure = metrics.failure[regions[0] if regions else ALL_SHARD]
         # A (re)started worker first replays what it still holds from before (read from 0),
         # then reads new entries: nothing it was given before a crash is left behind.
         self.cursor = ONLY_OWN
@@ -135,11 +137,11 @@ class Worker:
         failpoint("consumer.after-settle")
         self._stop_on_fatal(settled.outcomes)
         if settled.scripts_reloaded:
-            self.metrics.failure["noscript"].inc()
+            self.failure["noscript"].inc()
             log.warning("%s: Redis had lost our scripts; loaded them again", self.name)
         failed = [o for o in settled.outcomes if o.outcome == store.FAILED]
         if failed:
-            self.metrics.failure["persist"].inc(len(failed))
+            self.failure["persist"].inc(len(failed))
             moved = await self._spend_budget(failed, dict(entries))  # type: ignore[arg-type]
             gone_ids = {o.entry_id for o in moved}
             settled.outcomes = [o for o in settled.outcomes
@@ -243,7 +245,7 @@ class Worker:
             self.metrics.outcome[label].inc(n)
             self.metrics.totals[label[1]] += n
         for err in settled.ack_errors:
-            self.metrics.failure["ack"].inc()
+            self.failure["ack"].inc()
             log.error("%s: XACK failed: %s", self.name, err)
         return tally
 
@@ -266,7 +268,7 @@ class Worker:
                     raise PermanentError(f"{self.name} talking to Redis", exc) from exc
                 if kind is not ErrorKind.TRANSIENT:
                     raise
-                self.metrics.failure["transient"].inc()
+                self.failure["transient"].inc()
                 log.warning("%s: Redis unavailable (%s); retrying", self.name, exc)
                 await note_error(self.redis, exc)
                 # What we read may not have been settled: take our own pending entries first
@@ -290,12 +292,12 @@ class Worker:
             # recreate it rather than failing every read.
             await ensure_group(self.redis, self.keys)
             self.metrics.nogroup.inc()
-            self.metrics.failure["nogroup"].inc()
+            self.failure["nogroup"].inc()
             log.error("%s: consumer group %s was missing on %s; recreated it", self.name,
                       self.keys.group, self.keys.stream)
             self.cursor = ONLY_OWN
             return
-        self.metrics.failure["transient" if kind is ErrorKind.TRANSIENT else "other"].inc()
+        self.failure["transient" if kind is ErrorKind.TRANSIENT else "other"].inc()
         log.error("%s: Redis refused a command: %s", self.name, exc)
         if kind is ErrorKind.TRANSIENT:  # MOVED, ASK, TRYAGAIN, CLUSTERDOWN, UNBLOCKED...
             await note_error(self.redis, exc)

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import errno
 import logging
 import math
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from redis.exceptions import AuthenticationError, RedisError
@@ -30,7 +29,6 @@ from shared.connection import (
     ErrorKind,
     PermanentError,
     classify,
-    connect,
     describe_url,
     url_password,
 )
@@ -120,6 +118,19 @@ def _shard_flag(p: argparse.ArgumentParser) -> None:
                    "REGIONSTREAM_SHARD_BY. Change it only on a drained deployment")
 
 
+def _shards_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shards", type=parse_regions, metavar="REGION[,REGION...]",
+                   help="only these regions' shards (--shard-by region); default all; env "
+                   "REGIONSTREAM_SHARDS")
+
+
+def _sharded(p: argparse.ArgumentParser) -> None:
+    """Connection flags plus the shard selection: the operator commands."""
+    _shard_flag(p)
+    _shards_flag(p)
+    _common(p)
+
+
 def _metrics_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-port", type=_int, help="Prometheus port (0 = off, the default)")
     p.add_argument("--metrics-host", help="address to bind metrics to (default 127.0.0.1)")
@@ -134,7 +145,7 @@ def build_parser() -> Parser:
     _add_produce(sub)
     _add_consume(sub)
     _add_views(sub)
-    add_parsers(sub, _common, _int, _positive_int)
+    add_parsers(sub, _common, _sharded, _int, _positive_int)
     return parser
 
 
@@ -185,6 +196,7 @@ def _add_consume(sub: Any) -> None:
     c.add_argument("--retry-backoff-ms", type=_int,
                    help="pause before retrying entries whose persist failed (default 1000)")
     _shard_flag(c)
+    _shards_flag(c)
     c.add_argument("--consumer-timeout", type=_number, dest="consumer_timeout_s",
                    help="forget consumers idle this many seconds with nothing pending "
                    "(default 3600)")
@@ -204,7 +216,7 @@ def _add_views(sub: Any) -> None:
     t.add_argument("--refresh", type=_refresh, default=1.0,
                    help=f"seconds between frames (default 1, at least {MIN_REFRESH_S})")
     t.add_argument("--regions", type=parse_regions, help="regions to show")
-    _common(t)
+    _sharded(t)
 
     d = sub.add_parser("demo", help="producer + consumer group + live view, self-contained")
     d.add_argument("--duration", type=_positive_number,
@@ -344,12 +356,6 @@ def _is_tls_refusal(exc: BaseException) -> bool:
     return isinstance(exc, RedisConnectionError) and "SSL" in str(exc)
 
 
-async def _ping(settings: Settings) -> Any:
-    client = connect(settings.redis_url, tls=settings.tls)
-    await client.ping()
-    return client
-
-
 def _serve_metrics(settings: Settings, registry: Any, cadence_s: float | None = None) -> None:
     if settings.metrics_port:
         from shared.group_metrics import start_group_gauges
@@ -381,13 +387,15 @@ def _listen(settings: Settings, registry: Any) -> None:
                          f"{exc.strerror}") from None
 
 
-async def _deployment(settings: Settings) -> Deployment:
-    """Connected, cluster or not found out, --shard-by resolved (a misfit is a bad setting)."""
+async def _deployment(settings: Settings, *, subset: bool = True) -> Deployment:
+    """Connected, cluster or not found out, --shard-by resolved (a misfit is a bad setting).
+    ``subset``: only the --shards (the producer always publishes every region's)."""
     from shared.shards import LayoutError, open_deployment
 
     try:
         deployment = await open_deployment(settings.redis_url, settings.keys, settings.regions,
-                                           settings.shard_by, tls=settings.tls)
+                                           settings.shard_by, tls=settings.tls,
+                                           only=settings.shards if subset else ())
     except LayoutError as exc:
         raise UsageError(f"{PROG}: {exc}") from None
     try:
@@ -401,7 +409,7 @@ async def _deployment(settings: Settings) -> Deployment:
 async def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     from producer.service import Producer
 
-    deployment = await _deployment(settings)
+    deployment = await _deployment(settings, subset=False)
     producer = Producer(settings, seed=args.seed)
     try:
         _serve_metrics(settings, producer.registry, cadence_s=settings.interval_s)
@@ -421,7 +429,8 @@ async def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     from consumer.service import Consumer
 
-    await (await _ping(settings)).aclose()  # a clear message now if Redis is unreachable
+    # A clear message now if Redis is unreachable, or the layout does not fit the server.
+    await (await _deployment(settings)).aclose()
     consumer = Consumer(settings)
     _serve_metrics(settings, consumer.registry)
     consumer.install_signal_handlers(asyncio.get_running_loop())
@@ -429,20 +438,10 @@ async def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-@contextlib.asynccontextmanager
-async def _client(settings: Settings) -> AsyncIterator[Any]:
-    """A checked connection for one command, closed when it is done."""
-    client = await _ping(settings)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
 async def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     from regionstream.show import show
 
-    deployment = await _deployment(settings)
+    deployment = await _deployment(settings, subset=False)
     try:  # on a cluster, the node holding the region's keys
         client = deployment.client_for_region(settings.keys, args.region)
         return await show(client, settings, args.region, as_json=args.json)
@@ -453,8 +452,11 @@ async def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_pending(args: argparse.Namespace, settings: Settings) -> int:
     from regionstream import opscli
 
-    async with _client(settings) as client:
-        return await opscli.cmd_pending(args, settings, client)
+    deployment = await _deployment(settings)
+    try:
+        return await opscli.cmd_pending(args, settings, deployment)
+    finally:
+        await deployment.aclose()
 
 
 async def cmd_acl(args: argparse.Namespace, settings: Settings) -> int:
@@ -466,8 +468,11 @@ async def cmd_acl(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from regionstream import opscli
 
-    async with _client(settings) as client:
-        return await opscli.cmd_replay(args, settings, client)
+    deployment = await _deployment(settings)
+    try:
+        return await opscli.cmd_replay(args, settings, deployment)
+    finally:
+        await deployment.aclose()
 
 
 async def cmd_top(args: argparse.Namespace, settings: Settings) -> int:
@@ -475,9 +480,12 @@ async def cmd_top(args: argparse.Namespace, settings: Settings) -> int:
 
     stop = asyncio.Event()
     _stop_on_signals(asyncio.get_running_loop(), stop)
-    async with _client(settings) as client:
-        return await run_top(client, settings, once=args.once, plain=args.plain,
+    deployment = await _deployment(settings)
+    try:
+        return await run_top(deployment, settings, once=args.once, plain=args.plain,
                              every=args.refresh, stop=stop)
+    finally:
+        await deployment.aclose()
 
 
 async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:

@@ -16,7 +16,6 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 
-import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 from rich.console import Console
 from rich.live import Live
@@ -26,10 +25,11 @@ from producer.service import Producer
 from regionstream.top import frames
 from regionstream.view import Frame, collect, logs_through, render, summary_line
 from shared.aio import pause
-from shared.connection import connect, describe_url
+from shared.connection import describe_url
 from shared.keys import Keys
 from shared.servers import Server, redis_server_binary, start_fake_server, start_redis_server
 from shared.settings import Settings
+from shared.shards import Deployment, open_deployment
 
 REFRESH_S = 0.5
 RATE_KEYS = ("persisted", "duplicate", "dead_lettered")
@@ -79,7 +79,7 @@ def _server(settings: Settings, explicit: bool, err: Console):  # type: ignore[n
         yield server.url
 
 
-async def _frames(client: aioredis.Redis, keys: Keys, settings: Settings,
+async def _frames(client: Deployment, keys: Keys, settings: Settings,
                   totals: Callable[[], dict[str, int]], stop: asyncio.Event, every: float
                   ) -> AsyncIterator[Frame]:
     """``top``'s frames, with the rates of this process's own outcomes in place of the
@@ -114,31 +114,34 @@ async def run_demo(settings: Settings, *, duration: float | None, interval_s: fl
             loop.add_signal_handler(sig, stop.set)
         if duration is not None:
             loop.call_later(duration, stop.set)
-        client = connect(url, tls=s.tls)
+        # Cluster or not, found out as every command does: the producer publishes, and the
+        # view reads, through the deployment's routing (the consumer opens its own).
+        deployment = await open_deployment(url, s.keys, s.regions, s.shard_by, tls=s.tls)
+        client = deployment.base
         await client.ping()
         registry = CollectorRegistry()
         producer = Producer(s, registry=registry, stop=stop)
         consumer = Consumer(s, registry=registry, stop=stop)
         err.print(f"[bold]demo[/]: {len(s.regions)} regions every {interval_s:g}s -> stream "
                   f"{s.stream!r} -> group {s.group!r} ({workers} workers); Ctrl-C stops")
-        tasks = [asyncio.create_task(producer.run(client)),
+        tasks = [asyncio.create_task(producer.run(client, deployment=deployment)),
                  asyncio.create_task(consumer.run())]
         try:
-            await _show(client, consumer.keys, s, consumer.totals, stop, plain)
+            await _show(deployment, consumer.keys, s, consumer.totals, stop, plain)
             await asyncio.gather(*tasks)
         finally:
             stop.set()
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            final = await collect(client, consumer.keys, s.regions)
-            await client.aclose()
+            final = await collect(deployment, consumer.keys, s.regions)
+            await deployment.aclose()
         print("final: " + summary_line(final), flush=True)
         with_latest = sum(1 for r in final.regions if r.snapshot_id)
         return 0 if with_latest == len(s.regions) else 1
 
 
-async def _show(client: aioredis.Redis, keys: Keys, s: Settings,
+async def _show(client: Deployment, keys: Keys, s: Settings,
                 totals: Callable[[], dict[str, int]], stop: asyncio.Event, plain: bool) -> None:
     if plain:
         async for frame in _frames(client, keys, s, totals, stop, max(s.interval_s, 1.0)):

@@ -11,13 +11,13 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-import redis.asyncio as aioredis
 from rich.console import Console
 from rich.table import Table
 
 from consumer.ops import PendingReport, pending_report, replay_dlq, replay_pending, replay_range
 from regionstream.view import age_text
 from shared.settings import Settings
+from shared.shards import Deployment
 
 # A stream id as XRANGE takes it: -, +, <ms> or <ms>-<seq>, the numbers after an optional "("
 # (exclusive). Each part is a 64-bit unsigned integer.
@@ -45,10 +45,10 @@ class _RangeAction(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def add_parsers(sub: Any, common: Any, integer: Any, positive_int: Any) -> None:
+def add_parsers(sub: Any, common: Any, sharded: Any, integer: Any, positive_int: Any) -> None:
     p = sub.add_parser("pending", help="who holds what: per-consumer pending, lag, DLQ")
     p.add_argument("--json", action="store_true")
-    common(p)
+    sharded(p)
 
     r = sub.add_parser("replay", help="re-drive dead letters, a dead consumer's pending "
                        "entries, or a range of history")
@@ -67,7 +67,7 @@ def add_parsers(sub: Any, common: Any, integer: Any, positive_int: Any) -> None:
                    "consumer's --min-idle-ms, 60000; 0 for a consumer known to be dead)")
     r.add_argument("--dry-run", action="store_true", help="list what would be done, do nothing")
     r.add_argument("--json", action="store_true")
-    common(r)
+    sharded(r)
 
     a = sub.add_parser("acl", help="print the Redis ACL users (producer, consumer, read-only "
                        "operator) for --stream and --prefix; connects to nothing")
@@ -80,27 +80,48 @@ def _console() -> Console:
 
 def print_pending(report: PendingReport) -> None:
     c = _console()
-    if not report.group_exists:
+    if not report.shards or not any(r.group_exists for r in report.shards):
         c.print(f"stream {report.stream!r} has no group {report.group!r}")
         return
     lag = "?" if report.lag is None else str(report.lag)
     c.print(f"stream [bold]{report.stream}[/] length {report.stream_length}  group "
             f"[bold]{report.group}[/] lag {lag} pending {report.pending}  dead letters "
             f"{report.dlq_length}")
+    sharded = len(report.shards) > 1 or report.shards[0].shard != "all"
+    if sharded:
+        c.print(shard_table(report))
     if not report.consumers:
         c.print("no consumers")
         return
-    t = Table("consumer", "pending", "idle", "oldest pending", "max deliveries")
+    t = Table(*(("shard",) if sharded else ()), "consumer", "pending", "idle", "oldest pending",
+              "max deliveries")
     for row in report.consumers:
         most = f"{row.max_deliveries}" + ("" if row.scanned_all else "+")
-        t.add_row(row.name, str(row.pending), age_text(row.idle_s), age_text(row.oldest_age_s),
+        t.add_row(*((row.shard,) if sharded else ()), row.name, str(row.pending),
+                  age_text(row.idle_s), age_text(row.oldest_age_s),
                   most if row.pending else "-")
     c.print(t)
 
 
-async def cmd_pending(args: argparse.Namespace, settings: Settings, redis: aioredis.Redis
+def shard_table(report: PendingReport) -> Table:
+    """A row per shard, then the deployment's total."""
+    t = Table("shard", "stream", "length", "lag", "pending", "oldest pending", "dead letters",
+              title="shards", title_justify="left")
+    for r in report.shards:
+        t.add_row(r.shard, r.stream if r.group_exists else f"{r.stream} (no group)",
+                  str(r.stream_length), "?" if r.lag is None else str(r.lag), str(r.pending),
+                  age_text(r.oldest_pending_age_s), str(r.dlq_length))
+    oldest = [r.oldest_pending_age_s for r in report.shards if r.oldest_pending_age_s]
+    t.add_row("total", f"{len(report.shards)} shards", str(report.stream_length),
+              "?" if report.lag is None else str(report.lag), str(report.pending),
+              age_text(max(oldest) if oldest else None), str(report.dlq_length),
+              style="bold")
+    return t
+
+
+async def cmd_pending(args: argparse.Namespace, settings: Settings, deployment: Deployment
                       ) -> int:
-    report = await pending_report(redis, settings.keys)
+    report = await pending_report(deployment, settings.keys)
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     else:
@@ -108,7 +129,7 @@ async def cmd_pending(args: argparse.Namespace, settings: Settings, redis: aiore
     return 0
 
 
-async def cmd_replay(args: argparse.Namespace, settings: Settings, redis: aioredis.Redis
+async def cmd_replay(args: argparse.Namespace, settings: Settings, redis: Deployment
                      ) -> int:
     keys = settings.keys
     verb = "would move" if args.dry_run else "moved"
@@ -116,10 +137,12 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings, redis: aiored
         moved = await replay_dlq(redis, keys, region=args.region, reason=args.reason,
                                  limit=args.limit, dry_run=args.dry_run)
         out: dict[str, Any] = {"dry_run": args.dry_run, "entries": [asdict(m) for m in moved]}
-        rows: list[tuple[str, ...]] = [(m.id, m.region, m.reason, m.new_id or "-")
+        rows: list[tuple[str, ...]] = [(m.shard, m.id, m.region, m.reason, m.new_id or "-")
                                        for m in moved]
-        header: tuple[str, ...] = ("dead letter", "region", "reason", "new stream id")
-        summary = f"{verb} {len(moved)} dead letter(s) back onto {keys.stream}"
+        header: tuple[str, ...] = ("shard", "dead letter", "region", "reason", "new stream id")
+        onto = (keys.stream if redis.layout == "none"
+                else f"their shards of {keys.stream} ({len(redis.shards)} shards)")
+        summary = f"{verb} {len(moved)} dead letter(s) back onto {onto}"
     else:
         if args.pending:
             min_idle = (settings.min_idle_ms if args.replay_min_idle_ms is None

@@ -18,14 +18,15 @@ from regionstream.view import Frame, collect, logs_through, rates_between, rende
 from shared.aio import pause
 from shared.keys import Keys
 from shared.settings import Settings
+from shared.shards import Deployment
 
-# Redraw cadence: each frame is three round trips, cheap enough for once a second, and rates
+# Redraw cadence: each frame is a round trip per shard (concurrent) and two per node, cheap enough for once a second, and rates
 # over a second are still readable.
 REFRESH_S = 1.0
 LIVE_REDRAWS_PER_S = 4
 
 
-async def frames(redis: aioredis.Redis, keys: Keys, regions: tuple[str, ...],
+async def frames(redis: Deployment | aioredis.Redis, keys: Keys, regions: tuple[str, ...],
                  stop: asyncio.Event, every: float = REFRESH_S) -> AsyncIterator[Frame]:
     """Frames until ``stop``; every frame after the first carries rates since the previous."""
     prev: Frame | None = None
@@ -38,7 +39,7 @@ async def frames(redis: aioredis.Redis, keys: Keys, regions: tuple[str, ...],
         await pause(stop, every)
 
 
-async def run_top(redis: aioredis.Redis, settings: Settings, *, once: bool = False,
+async def run_top(redis: Deployment | aioredis.Redis, settings: Settings, *, once: bool = False,
                   plain: bool = False, every: float = REFRESH_S, console: Console | None = None,
                   stop: asyncio.Event | None = None) -> int:
     """``once``: one frame and exit. ``plain`` (or no terminal): a summary line per frame.

@@ -6,10 +6,11 @@ table; both are plain functions so a test can render a frame from a known Redis 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import msgspec
@@ -26,6 +27,8 @@ from shared.group import (
     read_group_stats,
 )
 from shared.keys import Keys
+from shared.metrics import ALL_SHARD
+from shared.shards import Deployment, deployment_of, read_each
 
 
 class _Head(msgspec.Struct):
@@ -77,12 +80,36 @@ class Frame:
     entries_added: int | None = None
     entries_read: int | None = None
     dlq_added: int | None = None
+    shards: tuple[ShardStat, ...] = ()  # a row per shard (one, "all", with --shard-by none)
 
 
-async def collect(redis: aioredis.Redis, keys: Keys, regions: tuple[str, ...],
+@dataclass(frozen=True)
+class ShardStat:
+    """One shard's row in the view."""
+
+    shard: str
+    stream: str
+    stats: GroupStats
+
+
+async def collect(target: Deployment | aioredis.Redis, keys: Keys, regions: tuple[str, ...],
                   *, now: float | None = None) -> Frame:
+    """One frame: every shard's group state (concurrently, a round trip each), then the
+    regions' latest ids and counts and their payloads (two round trips per node)."""
     now = time.time() if now is None else now
-    state = await read_group_stats(redis, keys)
+    deployment = deployment_of(target, keys, regions)
+    per_shard = await read_each(
+        deployment, lambda shard, client: read_group_stats(client, shard.keys))
+    shard_rows = tuple(ShardStat(sh.label, sh.keys.stream, st)
+                       for sh, st in zip(deployment.shards, per_shard, strict=True))
+    parts = await asyncio.gather(*(_region_rows(client, keys, rs, now)
+                                   for client, rs in deployment.regions_by_node(keys, regions)))
+    found = {row.region: row for rows in parts for row in rows}
+    return _frame(now, keys, shard_rows, [found[r] for r in regions])
+
+
+async def _region_rows(redis: aioredis.Redis, keys: Keys, regions: list[str], now: float
+                       ) -> list[RegionRow]:
     pipe = redis.pipeline(transaction=False)
     for r in regions:
         pipe.get(keys.latest(r))
@@ -105,16 +132,40 @@ async def collect(redis: aioredis.Redis, keys: Keys, regions: tuple[str, ...],
         rows.append(RegionRow(r, head.meta.snapshot_id, head.regime.label,
                               head.meta.trigger_reason, now - head.generated_at / 1000,
                               counts[r]))
-    return _frame(now, keys, state, rows)
+    return rows
 
 
-def _frame(now: float, keys: Keys, state: GroupStats, rows: list[RegionRow]) -> Frame:
-    return Frame(now, keys.stream, keys.group, state.stream_length, state.dlq_length,
-                 state.lag, state.pending, len(state.consumers), rows,
-                 oldest_pending_age_s=state.oldest_pending_age_s,
-                 active_consumers=state.active_consumers, consumer_rows=state.consumers,
-                 entries_added=state.entries_added, entries_read=state.entries_read,
-                 dlq_added=state.dlq_added)
+def _sum(values: list[int | None]) -> int | None:
+    """A total over shards; unknown if any shard's is."""
+    return None if any(v is None for v in values) else sum(v for v in values if v is not None)
+
+
+def _merged(rows: Iterable[ConsumerStat]) -> tuple[ConsumerStat, ...]:
+    """One row per consumer name over all shards (a process serves every shard under the
+    same names): its pending summed, its most recent activity."""
+    by_name: dict[str, ConsumerStat] = {}
+    for c in rows:
+        seen = by_name.get(c.name)
+        by_name[c.name] = c if seen is None else ConsumerStat(
+            c.name, seen.pending + c.pending, min(seen.idle_s, c.idle_s))
+    return tuple(by_name.values())
+
+
+def _frame(now: float, keys: Keys, shards: tuple[ShardStat, ...], rows: list[RegionRow]
+           ) -> Frame:
+    stats = [s.stats for s in shards]
+    oldest = [s.oldest_pending_age_s for s in stats if s.oldest_pending_age_s is not None]
+    consumers = _merged(c for s in stats for c in s.consumers)
+    return Frame(now, keys.stream, keys.group, sum(s.stream_length for s in stats),
+                 sum(s.dlq_length for s in stats), _sum([s.lag for s in stats]),
+                 sum(s.pending for s in stats), len(consumers), rows,
+                 oldest_pending_age_s=max(oldest) if oldest else None,
+                 active_consumers=sum(1 for c in consumers
+                                      if c.idle_s < ACTIVE_CONSUMER_IDLE_S),
+                 consumer_rows=consumers,
+                 entries_added=_sum([s.entries_added for s in stats]),
+                 entries_read=_sum([s.entries_read for s in stats]),
+                 dlq_added=_sum([s.dlq_added for s in stats]), shards=shards)
 
 
 def _per_second(new: int | None, old: int | None, dt: float) -> float | None:
@@ -177,6 +228,31 @@ def _consumer_table(frame: Frame) -> Table:
     return table
 
 
+def sharded(frame: Frame) -> bool:
+    return len(frame.shards) > 1 or any(s.shard != ALL_SHARD for s in frame.shards)
+
+
+def _shard_table(frame: Frame) -> Table:
+    """A row per shard, then the totals (the header's figures)."""
+    table = Table(expand=False, header_style="bold", title="shards", title_justify="left")
+    for col in ("shard", "length", "lag", "pending", "oldest pending", "dead letters",
+                "consumers"):
+        table.add_column(col)
+    for s in frame.shards:
+        st = s.stats
+        lag = "?" if st.lag is None else str(st.lag)
+        consumers = (f"{st.active_consumers}/{len(st.consumers)}" if st.exists
+                     else Text("no group", style="yellow"))
+        table.add_row(s.shard, str(st.stream_length), lag,
+                      Text(str(st.pending), style="yellow" if st.pending else ""),
+                      age_text(st.oldest_pending_age_s),
+                      Text(str(st.dlq_length), style="red" if st.dlq_length else ""), consumers)
+    table.add_row("total", str(frame.stream_length), "?" if frame.lag is None else str(frame.lag),
+                  str(frame.pending), age_text(frame.oldest_pending_age_s), str(frame.dlq_length),
+                  f"{frame.active_consumers}/{frame.consumers}", style="bold")
+    return table
+
+
 def render(frame: Frame) -> Group:
     table = Table(expand=False, header_style="bold")
     for col in ("region", "regime", "trigger", "age", "stored", "latest snapshot"):
@@ -184,7 +260,10 @@ def render(frame: Frame) -> Group:
     for row in frame.regions:
         table.add_row(row.region, Text(row.regime or "-", style=REGIME_STYLE.get(row.regime or "", "")),
                       row.trigger or "-", age_text(row.age_s), str(row.stored), row.snapshot_id or "-")
-    parts: list[Table | Text] = [_header(frame), table]
+    parts: list[Table | Text] = [_header(frame)]
+    if sharded(frame):
+        parts.append(_shard_table(frame))
+    parts.append(table)
     if frame.consumer_rows:
         parts.append(_consumer_table(frame))
     if frame.note:
@@ -196,7 +275,8 @@ def summary_line(frame: Frame) -> str:
     """The one-line form for a non-terminal (logs, CI)."""
     with_latest = sum(1 for r in frame.regions if r.snapshot_id)
     rates = " ".join(f"{k}={v:.1f}/s" for k, v in frame.rates.items())
-    return (f"stream={frame.stream_length} lag={frame.lag} pending={frame.pending} "
+    shards = f"shards={len(frame.shards)} " if sharded(frame) else ""
+    return (f"{shards}stream={frame.stream_length} lag={frame.lag} pending={frame.pending} "
             f"consumers={frame.active_consumers}/{frame.consumers} "
             f"oldest_pending={age_text(frame.oldest_pending_age_s)} dlq={frame.dlq_length} regions_with_latest={with_latest}/{len(frame.regions)} "
             f"stored={sum(r.stored for r in frame.regions)} {rates}").rstrip()

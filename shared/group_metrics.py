@@ -5,8 +5,8 @@
 The gauges are refreshed by a background task on an interval rather than on scrape: a scrape
 then never waits on Redis (a slow or unreachable Redis would otherwise make the whole target
 look down and hide every other metric), and N scrapers do not multiply the load on Redis.
-Every process of a deployment exports the same values; dashboards aggregate them with
-``max by (stream, group)``.
+Every process of a deployment exports the same values, one series per shard; dashboards
+aggregate them with ``max by (stream, group, shard)`` (then sum over shards for totals).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
 from shared.aio import pause
-from shared.connection import connect
 from shared.group import GroupStats, read_group_stats
 from shared.keys import Keys
-from shared.metrics import UNKNOWN, GroupMetrics
+from shared.metrics import UNKNOWN, GroupMetrics, ShardGauges
 from shared.settings import Settings
+from shared.shards import Deployment, LayoutError, Shard, deployment_of, open_deployment
 
 log = logging.getLogger("regionstream.metrics")
 
@@ -34,38 +34,49 @@ log = logging.getLogger("regionstream.metrics")
 GROUP_REFRESH_S = 5.0
 
 
-def publish(metrics: GroupMetrics, stats: GroupStats) -> None:
-    """Set the gauges from one read. A missing group reads as 0 consumers and NaN lag, so the
-    "no active consumers" alert fires rather than going quiet."""
-    metrics.stream_length.set(stats.stream_length)
-    metrics.dlq_length.set(stats.dlq_length)
-    metrics.lag.set(UNKNOWN if stats.lag is None else stats.lag)
-    metrics.pending.set(stats.pending)
-    metrics.oldest_pending_age.set(max(0.0, stats.oldest_pending_age_s or 0.0))
-    metrics.consumers.set(len(stats.consumers))
-    metrics.active_consumers.set(stats.active_consumers)
-    metrics.last_refresh.set(stats.at)
+def publish(gauges: ShardGauges, stats: GroupStats) -> None:
+    """Set one shard's gauges from one read. A missing group reads as 0 consumers and NaN lag,
+    so the "no active consumers" alert fires rather than going quiet."""
+    gauges.stream_length.set(stats.stream_length)
+    gauges.dlq_length.set(stats.dlq_length)
+    gauges.lag.set(UNKNOWN if stats.lag is None else stats.lag)
+    gauges.pending.set(stats.pending)
+    gauges.oldest_pending_age.set(max(0.0, stats.oldest_pending_age_s or 0.0))
+    gauges.consumers.set(len(stats.consumers))
+    gauges.active_consumers.set(stats.active_consumers)
 
 
-async def refresh(redis: aioredis.Redis, keys: Keys, metrics: GroupMetrics) -> bool:
-    """One refresh; a Redis error is counted and logged, and the gauges keep their last value
-    (``regionstream_group_last_refresh_timestamp_seconds`` shows how old it is)."""
-    started = time.perf_counter()
-    try:
-        stats = await read_group_stats(redis, keys)
-    except (RedisError, OSError) as exc:
-        metrics.refresh_errors.inc()
-        log.warning("reading group gauges of %s/%s failed: %s", keys.stream, keys.group, exc)
-        return False
-    metrics.rtt.observe(time.perf_counter() - started)
-    publish(metrics, stats)
-    return True
+async def refresh(target: Deployment | aioredis.Redis, keys: Keys, metrics: GroupMetrics
+                  ) -> bool:
+    """One refresh of every shard (a client: the one stream of ``keys``), concurrently. A
+    shard whose read fails is counted and logged and keeps its last values
+    (``regionstream_group_last_refresh_timestamp_seconds`` shows how old they are); True if
+    every shard was read."""
+    deployment = deployment_of(target, keys, ())
+
+    async def one(shard: Shard) -> bool:
+        started = time.perf_counter()
+        try:
+            stats = await read_group_stats(deployment.client_for(shard), shard.keys)
+        except (RedisError, OSError) as exc:
+            metrics.refresh_errors.inc()
+            log.warning("reading group gauges of %s/%s failed: %s", shard.keys.stream,
+                        shard.keys.group, exc)
+            await deployment.note_error(exc)  # a moved slot: the next refresh asks its owner
+            return False
+        metrics.rtt.observe(time.perf_counter() - started)
+        publish(metrics.shard[shard.label], stats)
+        metrics.last_refresh.set(stats.at)
+        return True
+
+    return all(await asyncio.gather(*(one(s) for s in deployment.shards)))
 
 
-async def refresh_forever(redis: aioredis.Redis, keys: Keys, metrics: GroupMetrics,
-                          stop: asyncio.Event, every: float = GROUP_REFRESH_S) -> None:
+async def refresh_forever(target: Deployment | aioredis.Redis, keys: Keys,
+                          metrics: GroupMetrics, stop: asyncio.Event,
+                          every: float = GROUP_REFRESH_S) -> None:
     while True:
-        await refresh(redis, keys, metrics)
+        await refresh(target, keys, metrics)
         if await pause(stop, every):
             return
 
@@ -73,23 +84,44 @@ async def refresh_forever(redis: aioredis.Redis, keys: Keys, metrics: GroupMetri
 def start_group_gauges(settings: Settings, registry: CollectorRegistry,
                        stop: asyncio.Event | None = None) -> asyncio.Task[None]:
     """Register the group gauges in ``registry`` and refresh them in a background task of the
-    running loop, on a connection of its own (a worker's blocked XREADGROUP never delays it).
-    The task ends when ``stop`` is set or it is cancelled (``asyncio.run`` cancels it at exit)."""
-    keys = settings.keys
-    metrics = GroupMetrics(registry, keys.stream, keys.group)
+    running loop, on connections of its own (a worker's blocked XREADGROUP never delays it).
+    Every shard of the deployment is exported, also by a consumer serving a ``--shards``
+    subset: a shard nobody serves then shows (and alerts) as having no active consumers. The
+    gauges are registered once the layout is known (a cluster or not: --shard-by auto). The
+    task ends when ``stop`` is set or it is cancelled (``asyncio.run`` cancels it at exit)."""
+    keys, stop = settings.keys, stop or asyncio.Event()
 
     async def run() -> None:
-        client = connect(settings.redis_url, tls=settings.tls)
+        deployment = await _open(settings, stop)
+        if deployment is None:
+            return
         try:
-            await refresh_forever(client, keys, metrics, stop or asyncio.Event())
+            metrics = GroupMetrics(registry, keys.stream, keys.group,
+                                   [s.label for s in deployment.shards])
+            await refresh_forever(deployment, keys, metrics, stop)
         finally:
             with contextlib.suppress(RedisError, OSError):
-                await client.aclose()
+                await deployment.aclose()
 
     task = asyncio.get_running_loop().create_task(run(), name="group-gauges")
     _RUNNING.add(task)  # the loop keeps only a weak reference to tasks
     task.add_done_callback(_RUNNING.discard)
     return task
+
+
+async def _open(settings: Settings, stop: asyncio.Event) -> Deployment | None:
+    """The deployment, once Redis answers (None: stopped first). A bad --shard-by is the
+    command's to report; here it only ends the task."""
+    while True:
+        try:
+            return await open_deployment(settings.redis_url, settings.keys, settings.regions,
+                                         settings.shard_by, tls=settings.tls)
+        except LayoutError:
+            return None
+        except (RedisError, OSError) as exc:
+            log.warning("group gauges: cannot reach Redis yet: %s", exc)
+        if await pause(stop, GROUP_REFRESH_S):
+            return None
 
 
 _RUNNING: set[asyncio.Task[None]] = set()

@@ -1,5 +1,5 @@
 """Every Prometheus metric of regionstream, defined against a registry passed in (tests get
-their own). Labels are bounded: region, outcome, stream and group yes; message, snapshot or
+their own). Labels are bounded: region, shard (a region, or ``all``), outcome, stream and group yes; message, snapshot or
 consumer id never. Label sets are pre-created so every series exists from the first scrape.
 
 Two kinds of series, aggregated differently across processes (see the README):
@@ -86,8 +86,8 @@ class ConsumerMetrics:
         ns = NAMESPACE
         self.messages = Counter("messages", "Stream entries settled, by region and outcome.",
                                 ["region", "outcome"], namespace=ns, registry=registry)
-        self.failures = Counter("failures", "Failures while consuming, by kind.",
-                                ["kind"], namespace=ns, registry=registry)
+        self.failures = Counter("failures", "Failures while consuming, by kind and shard.",
+                                ["kind", "shard"], namespace=ns, registry=registry)
         self.e2e_latency = Histogram(
             "end_to_end_latency_seconds", "Entry id time (XADD) to acknowledgement.",
             namespace=ns, registry=registry, buckets=LATENCY_BUCKETS)
@@ -109,7 +109,8 @@ class ConsumerMetrics:
             (r, o): self.messages.labels(r, o)
             for r in _labels(regions) for o in CONSUMER_OUTCOMES
         }
-        self.failure = {k: self.failures.labels(k) for k in FAILURE_KINDS}
+        self.failure = {shard: {k: self.failures.labels(k, shard) for k in FAILURE_KINDS}
+                        for shard in shard_labels(regions)}
         self.rtt = {op: self.redis_rtt.labels(op) for op in REDIS_OPS}
         # What this process settled, per outcome over all regions, kept beside the counters
         # (prometheus-client offers no public read of a child's value).
@@ -139,44 +140,66 @@ class ProducerMetrics:
         self.rtt = {op: redis_roundtrip(registry).labels(op) for op in REDIS_OPS}
 
 
-class GroupMetrics:
-    """Gauges of one stream and consumer group, read from Redis (``shared.group_metrics``).
+ALL_SHARD = "all"  # the shard label of the one stream of --shard-by none
 
-    Identical in every process that exports them: aggregate with ``max by (stream, group)``."""
 
-    def __init__(self, registry: CollectorRegistry, stream: str, group: str) -> None:
-        ns, sg = NAMESPACE, ["stream", "group"]
+def shard_labels(regions: Iterable[str]) -> tuple[str, ...]:
+    """Every value the ``shard`` label can take: a region (--shard-by region) or ``all``."""
+    return (*regions, ALL_SHARD)
 
-        def gauge(name: str, doc: str, labels: list[str]) -> Gauge:
-            return Gauge(name, doc, labels, namespace=ns, registry=registry)
 
-        self.lag = gauge("group_lag", "Entries not yet delivered to the group (XINFO GROUPS "
-                         "lag); NaN when Redis cannot tell.", sg).labels(stream, group)
-        self.pending = gauge("group_pending", "Entries delivered but not acknowledged.",
-                             sg).labels(stream, group)
-        self.oldest_pending_age = gauge(
-            "group_oldest_pending_age_seconds",
-            "Age (since XADD) of the oldest unacknowledged entry; 0 when none.",
-            sg).labels(stream, group)
-        self.consumers = gauge("group_consumers", "Consumers known to the group.",
-                               sg).labels(stream, group)
-        self.active_consumers = gauge(
-            "group_active_consumers", "Consumers that talked to Redis recently.",
-            sg).labels(stream, group)
-        self.stream_length = gauge("stream_length", "Entries on the stream (XLEN).",
-                                   ["stream"]).labels(stream)
-        self.dlq_length = gauge("dlq_length", "Entries on the dead-letter stream <stream>:dlq.",
-                                ["stream"]).labels(stream)
+class ShardGauges:
+    """The group gauges of one shard (children of ``GroupMetrics``' families)."""
+
+    def __init__(self, families: dict[str, Gauge], stream: str, group: str, shard: str
+                 ) -> None:
+        def child(name: str) -> Gauge:
+            family = families[name]
+            labels = {"stream": stream, "group": group, "shard": shard}
+            return family.labels(**{k: labels[k] for k in family._labelnames})
+
+        self.lag, self.pending = child("group_lag"), child("group_pending")
+        self.oldest_pending_age = child("group_oldest_pending_age_seconds")
+        self.consumers, self.active_consumers = child("group_consumers"), child(
+            "group_active_consumers")
+        self.stream_length, self.dlq_length = child("stream_length"), child("dlq_length")
         for g in (self.lag, self.pending, self.oldest_pending_age, self.consumers,
                   self.active_consumers, self.stream_length, self.dlq_length):
             g.set(UNKNOWN)
+
+
+class GroupMetrics:
+    """Gauges of each shard's stream and consumer group, read from Redis
+    (``shared.group_metrics``). ``stream`` is the deployment's stream name (``--stream``),
+    ``shard`` the region of a shard or ``all`` (--shard-by none): bounded by the regions.
+
+    Identical in every process that exports them: aggregate with
+    ``max by (stream, group, shard)``, then sum over shards for a deployment's total."""
+
+    def __init__(self, registry: CollectorRegistry, stream: str, group: str,
+                 shards: Iterable[str] = (ALL_SHARD,)) -> None:
+        sgs, ss = ["stream", "group", "shard"], ["stream", "shard"]
+        docs = {
+            "group_lag": ("Entries not yet delivered to the group (XINFO GROUPS lag); NaN "
+                          "when Redis cannot tell.", sgs),
+            "group_pending": ("Entries delivered but not acknowledged.", sgs),
+            "group_oldest_pending_age_seconds": (
+                "Age (since XADD) of the oldest unacknowledged entry; 0 when none.", sgs),
+            "group_consumers": ("Consumers known to the group.", sgs),
+            "group_active_consumers": ("Consumers that talked to Redis recently.", sgs),
+            "stream_length": ("Entries on the shard's stream (XLEN).", ss),
+            "dlq_length": ("Entries on the shard's dead-letter stream.", ss),
+        }
+        families = {name: Gauge(name, doc, labels, namespace=NAMESPACE, registry=registry)
+                    for name, (doc, labels) in docs.items()}
+        self.shard = {label: ShardGauges(families, stream, group, label) for label in shards}
         self.last_refresh = Gauge(
             "group_last_refresh_timestamp_seconds",
             "Unix time the group gauges were last read from Redis.",
-            namespace=ns, registry=registry)
+            namespace=NAMESPACE, registry=registry)
         self.refresh_errors = Counter(
             "group_refresh_errors", "Failed reads of the group gauges from Redis.",
-            namespace=ns, registry=registry)
+            namespace=NAMESPACE, registry=registry)
         self.rtt = redis_roundtrip(registry).labels("group_info")
 
 

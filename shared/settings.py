@@ -153,6 +153,10 @@ def _regions(v: Any) -> str | None:
     return None
 
 
+def _shards(v: Any) -> str | None:
+    return None if not v else _regions(v)  # empty: every shard
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Each field's metadata: "check" validates a value, "flag" is the command-line option
@@ -169,6 +173,8 @@ class Settings:
                         metadata={"check": _name, "flag": "--prefix"})
     # "auto": region on a Redis Cluster, none on a single server (see shared/shards.py)
     shard_by: str = field(default="auto", metadata={"check": _shard_by, "flag": "--shard-by"})
+    # consume/top/pending/replay: only these regions' shards (empty: all of --regions)
+    shards: tuple[str, ...] = field(default=(), metadata={"check": _shards, "flag": "--shards"})
     tls_ca: str = field(default="", metadata={"check": _readable_file, "flag": "--tls-ca"})
     tls_cert: str = field(default="", metadata={"check": _readable_file, "flag": "--tls-cert"})
     tls_key: str = field(default="", metadata={"check": _readable_file, "flag": "--tls-key"})
@@ -274,6 +280,10 @@ class Settings:
             if f.name not in values and check is not None and (msg := check(getattr(settings, f.name))):
                 problems.append(f"{f.name} default: {msg}")
         problems += _tls_problems(settings, origin)
+        outside = [r for r in settings.shards if r not in settings.regions]
+        if outside:
+            problems.append(f"{origin.get('shards', 'shards')}: not among --regions: "
+                            f"{', '.join(outside)}")
         if problems:  # a bad hostname, or TLS files that do not fit the URL
             raise SettingsError(problems)
         return settings

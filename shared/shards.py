@@ -15,19 +15,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 from redis.exceptions import RedisError, ResponseError
 
-from shared.connection import Tls, connect, is_sentinel_url
+from shared.connection import ErrorKind, Tls, classify, connect, is_sentinel_url
 from shared.keys import Keys
 
 log = logging.getLogger("regionstream.shards")
+T = TypeVar("T")
 
 # A slot map re-read is at most this frequent, however many workers report MOVED at once.
 REFRESH_MIN_INTERVAL_S = 0.1
@@ -62,10 +63,17 @@ def resolve_layout(shard_by: str, cluster: bool) -> str:
     return shard_by
 
 
-def shards(keys: Keys, regions: Iterable[str], layout: str) -> tuple[Shard, ...]:
+def shards(keys: Keys, regions: Iterable[str], layout: str, only: Iterable[str] = ()
+           ) -> tuple[Shard, ...]:
+    """The layout's shards; ``only`` (``--shards``): just these regions' shards."""
+    only = tuple(only)
     if layout == "none":
+        if only:
+            raise LayoutError("bad setting --shards: it selects region shards, and this "
+                              "deployment has one stream (--shard-by none); use "
+                              "--shard-by region, or leave --shards out")
         return (Shard(None, keys),)
-    return tuple(Shard(r, keys.shard(r)) for r in regions)
+    return tuple(Shard(r, keys.shard(r)) for r in regions if not only or r in only)
 
 
 async def is_cluster(client: aioredis.Redis) -> bool:
@@ -215,6 +223,19 @@ class Deployment:
         if self.router is not None:
             await self.router.refresh_after(exc)
 
+    def regions_by_node(self, keys: Keys, regions: Iterable[str]
+                        ) -> list[tuple[aioredis.Redis, list[str]]]:
+        """``regions`` grouped by the node holding their data keys, each group with that
+        node's client: one pipeline per node reads them all (one group on a single server)."""
+        regions = list(regions)
+        if self.router is None:
+            return [(self.base, regions)] if regions else []
+        groups: dict[tuple[str, int], list[str]] = {}
+        for r in regions:
+            node = self.router.node_of(key_slot(keys.latest(r).encode()))
+            groups.setdefault(node, []).append(r)
+        return [(self.router.client_of(node), rs) for node, rs in groups.items()]
+
     def client_for_region(self, keys: Keys, region: str) -> Any:
         """The client of the node holding ``region``'s data keys (for ``show``)."""
         if self.router is None:
@@ -228,14 +249,46 @@ class Deployment:
 
 
 def single_server(client: aioredis.Redis, keys: Keys, regions: Iterable[str],
-                  shard_by: str) -> Deployment:
+                  shard_by: str, only: Iterable[str] = ()) -> Deployment:
     """A deployment on one server through ``client`` (not owned: the caller closes it)."""
     layout = resolve_layout(shard_by, cluster=False)
-    return Deployment(client, None, layout, shards(keys, regions, layout))
+    return Deployment(client, None, layout, shards(keys, regions, layout, only))
+
+
+def deployment_of(target: Deployment | aioredis.Redis, keys: Keys, regions: Iterable[str],
+                  shard_by: str = "none", only: Iterable[str] = ()) -> Deployment:
+    """``target`` itself, or a one-server deployment through the client ``target``."""
+    if isinstance(target, Deployment):
+        return target
+    return single_server(target, keys, regions, shard_by, only)
+
+
+# A read of every shard (``top``, ``pending``) that meets a redirect (a slot moved, a failover)
+# re-reads the slot map and asks again, this many times in all, before it reports the error.
+READ_ATTEMPTS = 3
+
+
+async def read_each(deployment: Deployment, read: Callable[[Shard, Any], Awaitable[T]]
+                    ) -> list[T]:
+    """``read(shard, client)`` for every shard, concurrently, in shard order. Only for reads:
+    a transient error (MOVED, ASK, a failover, a dropped connection) runs ``read`` again."""
+
+    async def one(shard: Shard) -> T:
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            try:
+                return await read(shard, deployment.client_for(shard))
+            except (RedisError, OSError) as exc:
+                if attempt == READ_ATTEMPTS or classify(exc) is not ErrorKind.TRANSIENT:
+                    raise
+                await deployment.note_error(exc)
+        raise AssertionError("unreachable")
+
+    return list(await asyncio.gather(*(one(s) for s in deployment.shards)))
 
 
 async def open_deployment(url: str, keys: Keys, regions: Iterable[str], shard_by: str, *,
-                          tls: Tls | None = None, **options: Any) -> Deployment:
+                          only: Iterable[str] = (), tls: Tls | None = None, **options: Any
+                          ) -> Deployment:
     """Connect, find out whether ``url`` is a cluster node, resolve the layout and (on a
     cluster) read the slot map. Raises LayoutError for --shard-by none on a cluster."""
     base = connect(url, tls=tls, **options)
@@ -246,7 +299,7 @@ async def open_deployment(url: str, keys: Keys, regions: Iterable[str], shard_by
         if cluster:
             router = NodeRouter(url, tls, options)
             await router.refresh(force=True)
-        return Deployment(base, router, layout, shards(keys, regions, layout))
+        return Deployment(base, router, layout, shards(keys, regions, layout, only))
     except BaseException:
         await base.aclose()
         raise

@@ -92,3 +92,9 @@ async def assert_exactly_once(client: aioredis.Redis, s: Settings, payloads: lis
     assert Counter(d[wire.F_PAYLOAD] for d in dead) == Counter(poison)
     staged = [k async for k in client.scan_iter(match=f"{s.prefix}:incoming:*")]
     assert not staged
+
+
+def failures(registry: CollectorRegistry, kind: str) -> float:
+    """``regionstream_failures_total{kind=...}`` summed over every shard."""
+    return sum(s.value for m in registry.collect() for s in m.samples
+               if s.name == "regionstream_failures_total" and s.labels["kind"] == kind)

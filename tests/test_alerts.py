@@ -1,11 +1,12 @@
 """The Prometheus files: rules and config pass promtool, and every alert's unit tests pass, with a
-firing and a silent case each."""
+firing and a silent case each; the group gauges are aggregated and alerted on per shard."""
 
 from __future__ import annotations
 
 import re
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,100 @@ def test_every_alert_has_a_firing_and_a_silent_case() -> None:
     silent = {name for name, rest in cases if rest.strip().startswith("[]")}
     assert alert_names() <= firing, alert_names() - firing
     assert alert_names() <= silent, alert_names() - silent
+
+
+# ---- sharding: the group alerts are evaluated per shard ----------------------------------
+
+# Alerts on one shard's stream, group or DLQ (--shard-by region: <stream>:{<region>}, shard
+# "all" with --shard-by none): each must fire for the shard in trouble only.
+PER_SHARD_ALERTS = {"RegionstreamLagGrowing", "RegionstreamOldestPendingTooOld",
+                    "RegionstreamDeadLettersGrowing", "RegionstreamNoActiveConsumers"}
+# Read from Redis, identical in every process: max-aggregated per shard, never summed.
+GROUP_GAUGE = re.compile(
+    r"\bregionstream_(?:group_(?!last_refresh|refresh_errors)\w+|stream_length|dlq_length)\b")
+PER_SHARD_MAX = re.compile(r"max by \((?:stream, group, shard|stream, shard)\) \($")
+
+
+@dataclass
+class Case:
+    alert: str
+    firing_shards: list[str]  # the shard label of each expected alert ("" : none)
+    annotations: str
+    input_shards: set[str]  # the shards of the test's input series
+
+
+def rule_text() -> str:
+    return "\n".join(ln for ln in RULES.read_text().splitlines()
+                     if not ln.lstrip().startswith("#"))
+
+
+def recording_rules() -> dict[str, str]:
+    return dict(re.findall(r"- record:\s*(\S+)\s*\n\s*expr:\s*(.+)", rule_text()))
+
+
+def cases() -> list[Case]:
+    out = []
+    for test in re.split(r"\n  - interval:", RULE_TESTS.read_text())[1:]:
+        inputs, *blocks = re.split(r"\n\s*- alertname:\s*", test)
+        input_shards = set(re.findall(r'\bshard="([^"]+)"', inputs))
+        for block in blocks:
+            alert = block.split()[0]
+            labels = re.findall(r"exp_labels:\s*\{(.*)\}", block)
+            shards = [(re.findall(r'\bshard:\s*"?([\w-]+)"?', ls) or [""])[0] for ls in labels]
+            notes = " ".join(re.findall(r"^\s*(?:summary|description):\s*(.+)$", block,
+                                        re.MULTILINE))
+            out.append(Case(alert, shards, notes, input_shards))
+    return out
+
+
+def test_the_per_shard_alerts_exist() -> None:
+    assert alert_names() >= PER_SHARD_ALERTS
+
+
+def test_group_gauges_are_max_aggregated_per_shard() -> None:
+    """Every raw group gauge in the rules sits directly under a max by (..., shard): no rule
+    sums the per-process copies, and no rule drops the shard before the max."""
+    text = rule_text()
+    found = list(GROUP_GAUGE.finditer(text))
+    assert found
+    for m in found:
+        assert PER_SHARD_MAX.search(text[:m.start()]), text[max(0, m.start() - 80):m.end()]
+
+
+def test_deployment_totals_aggregate_the_per_shard_maxima() -> None:
+    rules = recording_rules()
+    per_shard = {name for name, expr in rules.items() if GROUP_GAUGE.search(expr)}
+    totals = {name: expr for name, expr in rules.items() if name.endswith("_shards")}
+    assert {"regionstream:group_lag:sum_shards", "regionstream:dlq_length:sum_shards"} <= set(
+        totals)
+    for name, expr in totals.items():
+        m = re.fullmatch(r"(?:sum|max) by \((?:stream, group|stream)\) \((\S+)\)", expr)
+        assert m and m.group(1) in per_shard, (name, expr)
+
+
+def test_per_shard_alerts_fire_for_the_shard_in_both_layouts() -> None:
+    """Each per-shard alert fires with shard "all" (--shard-by none) and for a region shard,
+    and at least once for one shard only while the test's input has other, healthy shards."""
+    for alert in PER_SHARD_ALERTS:
+        firing = [c for c in cases() if c.alert == alert and c.firing_shards]
+        shards = {s for c in firing for s in c.firing_shards}
+        assert "all" in shards, alert
+        assert shards - {"all", ""}, alert
+        assert any(set(c.firing_shards) < c.input_shards and "all" not in c.firing_shards
+                   for c in firing), f"{alert}: no case with a healthy shard beside"
+
+
+def test_per_shard_annotations_name_the_real_key() -> None:
+    """Shard "all" is <stream> (DLQ <stream>:dlq); a region shard is <stream>:{<region>} (DLQ
+    <stream>:{<region>}:dlq), as the rendered annotations the promtool tests expect."""
+    for c in cases():
+        if c.alert not in PER_SHARD_ALERTS or len(c.firing_shards) != 1:
+            continue
+        shard = c.firing_shards[0]
+        if shard == "all":
+            assert "{" not in c.annotations and f"shard {shard}" in c.annotations, c
+        elif shard:
+            assert f":{{{shard}}}" in c.annotations and f"shard {shard}" in c.annotations, c
+        if shard and c.alert == "RegionstreamDeadLettersGrowing":
+            key = ":dlq" if shard == "all" else f":{{{shard}}}:dlq"
+            assert f"{key} - +" in c.annotations, c

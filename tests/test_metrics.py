@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, generate_latest
 
+from producer.service import Producer
 from shared import group
 from shared.group import read_group_stats
 from shared.group_metrics import refresh, refresh_forever, start_group_gauges
@@ -29,6 +31,7 @@ from shared.metrics import (
 from shared.schema import REGIONS
 from shared.servers import free_port
 from shared.settings import Settings
+from shared.shards import single_server
 from tests.conftest import wait_until
 from tests.helpers import publish_cycle
 
@@ -59,8 +62,9 @@ def test_every_labelled_series_exists_before_any_work() -> None:
                          region=region, outcome=outcome) == 0
     for region in REGIONS:
         assert value(registry, "regionstream_published_total", region=region) == 0
-    for kind in FAILURE_KINDS:
-        assert value(registry, "regionstream_failures_total", kind=kind) == 0
+    for shard in (*REGIONS, "all"):
+        for kind in FAILURE_KINDS:
+            assert value(registry, "regionstream_failures_total", kind=kind, shard=shard) == 0
     for op in REDIS_OPS:
         assert value(registry, "regionstream_redis_roundtrip_seconds_count", operation=op) == 0
     assert value(registry, "regionstream_build_info", version="0.0.0") == 1
@@ -72,8 +76,9 @@ def test_group_gauges_are_unknown_until_read_from_redis() -> None:
     GroupMetrics(registry, "s", "g")
     for name in ("group_lag", "group_pending", "group_oldest_pending_age_seconds",
                  "group_consumers", "group_active_consumers"):
-        assert math.isnan(value(registry, f"regionstream_{name}", stream="s", group="g"))
-    assert math.isnan(value(registry, "regionstream_dlq_length", stream="s"))
+        assert math.isnan(value(registry, f"regionstream_{name}", stream="s", group="g",
+                                shard="all"))
+    assert math.isnan(value(registry, "regionstream_dlq_length", stream="s", shard="all"))
 
 
 def test_names_pass_promtool_lint() -> None:
@@ -117,15 +122,17 @@ async def test_gauges_from_a_known_redis_state(client: aioredis.Redis, settings:
     assert await refresh(client, keys, metrics)
 
     def gauge(name: str) -> float:
-        return value(registry, f"regionstream_{name}", stream=keys.stream, group=keys.group)
+        return value(registry, f"regionstream_{name}", stream=keys.stream, group=keys.group,
+                     shard="all")
 
     assert gauge("group_lag") == len(REGIONS) - GHOST_READ
     assert gauge("group_pending") == GHOST_READ
     assert gauge("group_consumers") == 1
     assert gauge("group_active_consumers") == 1
     assert gauge("group_oldest_pending_age_seconds") >= 0  # XADDed just now, by Redis's clock
-    assert value(registry, "regionstream_stream_length", stream=keys.stream) == len(REGIONS)
-    assert value(registry, "regionstream_dlq_length", stream=keys.stream) == 2
+    assert value(registry, "regionstream_stream_length", stream=keys.stream,
+                 shard="all") == len(REGIONS)
+    assert value(registry, "regionstream_dlq_length", stream=keys.stream, shard="all") == 2
     assert value(registry, "regionstream_group_last_refresh_timestamp_seconds") > 0
     assert value(registry, "regionstream_redis_roundtrip_seconds_count",
                  operation="group_info") == 1
@@ -149,7 +156,7 @@ async def test_missing_stream_reads_as_no_consumers(client: aioredis.Redis,
     registry = CollectorRegistry()
     metrics = GroupMetrics(registry, keys.stream, keys.group)
     assert await refresh(client, keys, metrics)
-    labels = {"stream": keys.stream, "group": keys.group}
+    labels = {"stream": keys.stream, "group": keys.group, "shard": "all"}
     assert value(registry, "regionstream_group_consumers", **labels) == 0
     assert value(registry, "regionstream_group_active_consumers", **labels) == 0
     assert math.isnan(value(registry, "regionstream_group_lag", **labels))
@@ -158,7 +165,7 @@ async def test_missing_stream_reads_as_no_consumers(client: aioredis.Redis,
 async def test_redis_error_is_counted_and_gauges_keep_their_value(keys: Keys) -> None:
     registry = CollectorRegistry()
     metrics = GroupMetrics(registry, keys.stream, keys.group)
-    metrics.pending.set(7)
+    metrics.shard["all"].pending.set(7)
     dead = aioredis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
     try:
         assert not await refresh(dead, keys, metrics)
@@ -166,7 +173,7 @@ async def test_redis_error_is_counted_and_gauges_keep_their_value(keys: Keys) ->
         await dead.aclose()
     assert value(registry, "regionstream_group_refresh_errors_total") == 1
     assert value(registry, "regionstream_group_pending", stream=keys.stream,
-                 group=keys.group) == 7
+                 group=keys.group, shard="all") == 7
 
 
 async def test_refresher_reads_at_once_and_stops_on_the_event(client: aioredis.Redis,
@@ -188,13 +195,44 @@ async def test_background_task_of_the_cli(client: aioredis.Redis, settings: Sett
 
     async def refreshed() -> bool:
         return registry.get_sample_value("regionstream_group_pending",
-                                         {"stream": keys.stream, "group": keys.group}) == 3
+                                         {"stream": keys.stream, "group": keys.group,
+                                          "shard": "all"}) == 3
 
     try:
         await wait_until(refreshed, within=10, what="the group gauges to be read")
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+async def test_gauges_per_region_shard(client: aioredis.Redis, settings: Settings,
+                                       keys: Keys) -> None:
+    """--shard-by region: one series per shard, each read from that shard's own stream (the
+    base stream name as ``stream``, the region as ``shard``); nothing for shard "all"."""
+    s = dataclasses.replace(settings, shard_by="region")
+    deployment = single_server(client, keys, s.regions, "region")
+    await Producer(s).run(client, once=True, deployment=deployment)
+    busy = deployment.shards[0]
+    await client.xreadgroup(keys.group, "ghost", {busy.keys.stream: ">"})
+    await client.xadd(deployment.shards[1].keys.dlq, {b"reason": b"undecodable"})
+    registry = CollectorRegistry()
+    metrics = GroupMetrics(registry, keys.stream, keys.group, [x.label for x in deployment.shards])
+    assert await refresh(deployment, keys, metrics)
+
+    def gauge(name: str, shard: str) -> float:
+        return value(registry, f"regionstream_{name}", stream=keys.stream, group=keys.group,
+                     shard=shard)
+
+    for i, shard in enumerate(deployment.shards):
+        assert value(registry, "regionstream_stream_length", stream=keys.stream,
+                     shard=shard.label) == 1
+        assert gauge("group_pending", shard.label) == (1 if i == 0 else 0)
+        assert gauge("group_lag", shard.label) == (0 if i == 0 else 1)
+        assert gauge("group_consumers", shard.label) == (1 if i == 0 else 0)
+        assert value(registry, "regionstream_dlq_length", stream=keys.stream,
+                     shard=shard.label) == (1 if i == 1 else 0)
+    assert registry.get_sample_value("regionstream_group_lag", {
+        "stream": keys.stream, "group": keys.group, "shard": "all"}) is None
 
 
 def test_observe_many_exposes_exactly_what_observe_does() -> None:

@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from shared.keys import Keys
 from shared.schema import REGIONS
 from shared.settings import Settings
-from tests.helpers import drain, dump, outcomes, publish, publish_cycle
+from tests.helpers import drain, dump, failures, outcomes, publish, publish_cycle
 
 
 def now_ms() -> int:
@@ -128,8 +128,7 @@ async def _consume_until_failed_once(client: aioredis.Redis, settings: Settings)
     task = asyncio.create_task(consumer.run(drain=True, redis=client))
 
     async def failed() -> bool:
-        value = consumer.registry.get_sample_value("regionstream_failures_total",
-                                                   {"kind": "persist"})
+        value = failures(consumer.registry, "persist")
         return bool(value)
 
     await wait_until(failed, what="a persist failure")

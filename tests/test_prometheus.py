@@ -86,7 +86,7 @@ def variable_queries(dash: dict[str, Any]) -> list[tuple[str, str]]:
 def concrete(expr: str) -> str:
     """The expression as Grafana sends it with every variable at "All"."""
     return (expr.replace("$__rate_interval", RATE_WINDOW)
-            .replace("$job", ".*").replace("$instance", ".*"))
+            .replace("$job", ".*").replace("$instance", ".*").replace("$shard", ".*"))
 
 
 def metric_names(text: str) -> set[str]:
@@ -113,7 +113,7 @@ def test_dashboard_is_provisionable() -> None:
             assert p["datasource"] == {"type": "prometheus", "uid": uid}, p["title"]
             assert all(t["datasource"]["uid"] == uid for t in p["targets"]), p["title"]
     variables = {v["name"]: v for v in dash["templating"]["list"]}
-    assert set(variables) == {"job", "instance"}
+    assert set(variables) == {"job", "instance", "shard"}
     assert all(v["datasource"]["uid"] == uid for v in variables.values())
     assert list(DASHBOARD_PROVIDERS.glob("*.yaml"))
     ids = [p["id"] for p in panels(dash)]
@@ -131,10 +131,13 @@ def test_dashboard_covers_the_issue() -> None:
 
 
 def test_group_gauges_are_max_aggregated_never_summed() -> None:
-    """Every process exports the same group gauges: a sum would count them once per process."""
+    """Every process exports the same group gauges: a sum would count them once per process.
+    Each gauge sits directly under a max by its series' labels (shard included); a deployment
+    total is a sum only over that max."""
     for title, expr in queries(dashboard()):
-        if GROUP_GAUGE.search(expr):
-            assert re.match(r"max by \((stream, group|stream)\) \(", expr), (title, expr)
+        for m in GROUP_GAUGE.finditer(expr):
+            assert re.search(r"max by \((stream, group|stream)(, shard)?\) \($",
+                             expr[:m.start()]), (title, expr)
     for title, expr in queries(dashboard()):
         if "_total" in expr:
             assert "$job" in expr and "$instance" in expr, title

@@ -19,7 +19,7 @@ from shared.keys import Keys
 from shared.metrics import ConsumerMetrics
 from shared.settings import Settings
 from tests.conftest import wait_until
-from tests.helpers import drain, outcomes, publish_cycle
+from tests.helpers import drain, failures, outcomes, publish_cycle
 from tests.proc import common_flags, run_cli, spawn_cli
 from tests.test_chaos import N, finish, kill_while_holding, prefill, settled, stored
 
@@ -88,9 +88,8 @@ async def test_failing_message_dead_lettered_after_exactly_max_deliveries_then_r
     assert fields[b"dlq_deliveries"] == b"3"
     assert b"WRONGTYPE" in fields[b"dlq_error"]
     assert fields[b"snapshot_id"] == victim.meta.snapshot_id.encode()
-    failures = consumer.registry.get_sample_value("regionstream_failures_total",
-                                                  {"kind": "persist"})
-    assert failures == 3  # one per delivery
+    failed = failures(consumer.registry, "persist")
+    assert failed == 3  # one per delivery
     # Fix the cause, replay the dead letter: it is persisted.
     await client.delete(keys.index(victim.region_id))
     dry = run_cli(["replay", "--dlq", "--dry-run", "--json", *common_flags(s)])
@@ -274,8 +273,7 @@ async def test_connection_kills_lose_nothing(client: aioredis.Redis, settings: S
     # (persisted and acked in one script), so this process could not count it; Redis above is
     # the ground truth: all 1000 stored, nothing pending.
     assert totals["persisted"] + totals["redelivered"] <= 1000
-    assert consumer.registry.get_sample_value("regionstream_failures_total",
-                                              {"kind": "transient"}) > 0
+    assert failures(consumer.registry, "transient") > 0
 
 
 _last_seen: dict[str, int] = {}
@@ -309,8 +307,7 @@ async def test_busy_redis_is_waited_out(settings: Settings) -> None:
             busy = asyncio.create_task(hog.eval("while true do end", 0))
 
             async def refused() -> bool:
-                value = consumer.registry.get_sample_value("regionstream_failures_total",
-                                                           {"kind": "transient"})
+                value = failures(consumer.registry, "transient")
                 return bool(value)
 
             await wait_until(refused, what="workers refused with BUSY")
