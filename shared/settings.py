@@ -83,6 +83,18 @@ def _name(v: Any) -> str | None:
     return None
 
 
+def _key_name(v: Any) -> str | None:
+    """A stream name or key prefix: a name, and no braces. A ``{...}`` in it would be the
+    cluster hash tag of every key built from it, in place of the region's: a region's data
+    and its shard stream would land in different slots, and every persist would be refused."""
+    if (problem := _name(v)) is not None:
+        return problem
+    if "{" in v or "}" in v:
+        return (f"must not contain '{{' or '}}' (got {v!r}): Redis Cluster would hash the "
+                "braces' content instead of the region's")
+    return None
+
+
 def _redis_url(v: Any) -> str | None:
     """Everything redis-py would refuse only at connect time (or never: a path like /abc
     silently meant db 0), refused now. Messages show the URL through describe_url only."""
@@ -166,11 +178,11 @@ class Settings:
     redis_url: str = field(default=DEFAULT_REDIS_URL,
                            metadata={"check": _redis_url, "flag": "--redis-url"})
     stream: str = field(default=DEFAULT_STREAM,
-                        metadata={"check": _name, "flag": "--stream"})
+                        metadata={"check": _key_name, "flag": "--stream"})
     group: str = field(default=DEFAULT_GROUP,
                        metadata={"check": _name, "flag": "--group"})
     prefix: str = field(default=DEFAULT_PREFIX,
-                        metadata={"check": _name, "flag": "--prefix"})
+                        metadata={"check": _key_name, "flag": "--prefix"})
     # "auto": region on a Redis Cluster, none on a single server (see shared/shards.py)
     shard_by: str = field(default="auto", metadata={"check": _shard_by, "flag": "--shard-by"})
     # consume/top/pending/replay: only these regions' shards (empty: all of --regions)

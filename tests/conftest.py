@@ -57,7 +57,8 @@ async def client(settings: Settings) -> AsyncIterator[aioredis.Redis]:
     yield c
     # Tidy this test's names only; other tests may be running on the same server.
     keys_to_drop = [k async for k in c.scan_iter(match=f"{settings.prefix}:*", count=1000)]
-    keys_to_drop += [settings.stream.encode(), (settings.stream + ":dlq").encode()]
+    keys_to_drop += [k async for k in c.scan_iter(match=f"{settings.stream}:*", count=1000)]
+    keys_to_drop += [settings.stream.encode()]
     await c.delete(*keys_to_drop)
     await c.aclose()
 
