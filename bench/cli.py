@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import drain, latency, scaling, seed_cycle
+from bench import cluster_drain, cluster_seed_cycle, drain, latency, scaling, seed_cycle
 from bench.config import FULL, QUICK, Context
 from bench.display import make_display
 
@@ -26,6 +26,8 @@ SCENARIOS: dict[str, Scenario] = {
     drain.NAME: drain.run,
     latency.NAME: latency.run,
     scaling.NAME: scaling.run,
+    cluster_seed_cycle.NAME: cluster_seed_cycle.run,
+    cluster_drain.NAME: cluster_drain.run,
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RESULTS_FILE = "results.json"

@@ -27,6 +27,8 @@ class Sizes:
     memory_messages: int = 1_000_000
     memory_budget_s: float = 180.0  # the 1M run is cut here and says so
     memory_samples: int = 20  # RSS samples along the memory run
+    cluster_drain_messages: int = 50_000  # per cluster size (and the single-server baseline)
+    cluster_masters: tuple[int, ...] = (1, 2, 3)  # cluster sizes drained (no replicas)
 
 
 FULL = Sizes()
@@ -34,7 +36,7 @@ QUICK = Sizes(
     seed_repeats=1, drain_messages=3_000, baseline_cap_s=10.0,
     latency_duration_s=1.5, latency_grace_s=2.0, scaling_messages=2_000,
     scaling_baseline_cap_s=2.0, memory_checkpoint=1_000, memory_messages=5_000,
-    memory_budget_s=8.0, memory_samples=5,
+    memory_budget_s=8.0, memory_samples=5, cluster_drain_messages=2_000,
 )
 
 # Consumer shape used everywhere unless a scenario says otherwise: the shipped defaults.

@@ -16,6 +16,9 @@ COLORS = {"consumer": "tab:blue", "baseline": "tab:red", "ceiling": "tab:gray",
           "unchecked": "lightsteelblue"}
 LINESTYLES = ("-", "--", ":", "-.")
 HEADROOM = 1.2  # y-axis room above the highest point
+CLUSTER_SINGLE_COLOR = "tab:green"
+CLUSTER_NODE_COLORS = ("tab:blue", "tab:orange", "tab:purple")
+CLUSTER_GROUP_WIDTH = 0.8
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -133,6 +136,83 @@ def seed_cycle(doc: dict[str, Any], out: Path) -> Path | None:
     return _save(fig, out / "seed_cycle.png")
 
 
+def cluster_seed_cycle(doc: dict[str, Any], out: Path) -> Path | None:
+    d = doc["scenarios"].get("cluster_seed_cycle")
+    if not d:
+        return None
+    fig, ax = plt.subplots(figsize=WIDE)
+    rows = (("cluster", f"cluster\n({d['masters']} masters)", COLORS["consumer"]),
+            ("single_server", "single server", CLUSTER_SINGLE_COLOR))
+    for row, (key, _, color) in enumerate(rows):
+        acks = d[key]["xack_times_rtt"]
+        ax.scatter(acks, [row] * len(acks), color=color, zorder=3)
+        done = d[key]["first_id_to_last_persisted_rtt"]
+        ax.barh(row, done, color=color, alpha=0.25)
+        ax.annotate(f"last region persisted at {done} RTT; entry-id spread "
+                    f"{d[key]['entry_id_spread_rtt']} RTT", (0.02, row + 0.28), fontsize=9)
+    ax.axvline(1.5, color="black", linewidth=0.8, linestyle=":", label="target: 1.5 RTT")
+    ax.set_yticks([0, 1], [r[1] for r in rows])
+    ax.set_xlabel(f"round trips ({d['rtt_ms']:.0f} ms) after the first entry id; dots: XACKs")
+    ax.set_xlim(0, max(2.0, max(d[k]["first_id_to_last_persisted_rtt"] for k, _, _ in rows)
+                       * HEADROOM))
+    ax.set_ylim(-0.6, 1.8)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.set_title(f"The seed's cycle, 8 region shards at {d['rtt_ms']:.0f} ms RTT, a delay proxy "
+                 f"per node: single server / cluster = {d['ratio_vs_baseline']}\n"
+                 f"{_subtitle(doc)}", fontsize=10)
+    return _save(fig, out / "cluster_seed_cycle.png")
+
+
+def cluster_drain(doc: dict[str, Any], out: Path) -> Path | None:
+    d = doc["scenarios"].get("cluster_drain")
+    if not d:
+        return None
+    groups = [("single\nserver", d["single_server"])] + [
+        (f"{r['masters']} master{'s' if r['masters'] > 1 else ''}", r) for r in d["runs"]]
+    fig, (left, right) = plt.subplots(1, 2, figsize=WIDE)
+    for x, (_, run) in enumerate(groups):
+        nodes = run["nodes"]
+        width = CLUSTER_GROUP_WIDTH / (len(nodes) + 1)  # the nodes, then the consumer
+        for j, node in enumerate(nodes):
+            at = x - CLUSTER_GROUP_WIDTH / 2 + width * (j + 0.5)
+            bar = left.bar(at, node["redis_cpu_us_per_msg"] or 0, width * 0.9,
+                           color=CLUSTER_NODE_COLORS[j % len(CLUSTER_NODE_COLORS)],
+                           label="Redis node (1st, 2nd, 3rd)" if x == 0 else None)
+            share = node["share_of_redis_cpu"]
+            left.annotate(f"{len(node['shards'])} sh\n{share:.0%}" if share is not None else "",
+                          (at, bar[0].get_height()), ha="center", va="bottom", fontsize=7)
+        left.bar(x + CLUSTER_GROUP_WIDTH / 2 - width / 2, run["consumer_cpu_us_per_msg"] or 0,
+                 width * 0.9, color="white", edgecolor="black", hatch="//",
+                 label="consumer process" if x == 0 else None)
+    left.set_xticks(range(len(groups)), [g[0] for g in groups])
+    left.set_ylabel("CPU-µs per message")
+    left.set_title("CPU per message: each Redis node (its shards' messages;\n"
+                   "label: shards, share of Redis CPU) and the consumer", fontsize=9)
+    left.margins(y=0.25)
+    left.legend(fontsize=8, loc="upper left")
+    xs = range(len(groups))
+    right.bar(xs, [g[1]["projected"]["redis_bound_msgs_per_s"] or 0 for g in groups],
+              color=COLORS["consumer"], alpha=0.6,
+              label="projected: Redis side, one core per master")
+    right.plot(xs, [g[1]["projected"]["msgs_per_s_per_consumer_process"] or 0 for g in groups],
+               marker="o", color="black", linestyle="--",
+               label="projected: one consumer process")
+    right.plot(xs, [g[1]["msgs_per_s"] for g in groups], marker="x", linestyle="none",
+               color=COLORS["baseline"],
+               label=f"measured here ({d['cpus_available']} CPUs shared: not scaling)")
+    right.set_xticks(list(xs), [g[0] for g in groups])
+    right.set_ylabel("messages / s")
+    right.set_ylim(bottom=0)
+    right.margins(y=0.2)
+    right.legend(fontsize=7, loc="upper left")
+    right.set_title(f"Capacity from CPU per message: 3 vs 1 master "
+                    f"{d['projected_redis_bound_3_vs_1_master']}x", fontsize=9)
+    fig.suptitle(f"Drain, {d['messages']:,} snapshots over 8 region shards on a cluster\n"
+                 f"{_subtitle(doc)}", fontsize=9)
+    return _save(fig, out / "cluster_drain.png")
+
+
 def write_all(doc: dict[str, Any], out: Path) -> list[Path]:
-    made = [f(doc, out) for f in (seed_cycle, throughput, latency_cdf, scaling)]
+    made = [f(doc, out) for f in (seed_cycle, throughput, latency_cdf, scaling,
+                                  cluster_seed_cycle, cluster_drain)]
     return [p for p in made if p is not None]

@@ -77,6 +77,54 @@ def _scaling(d: dict[str, Any]) -> list[str]:
     ]
 
 
+def _count(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:,.0f}"
+
+
+def _cluster_seed(d: dict[str, Any]) -> list[str]:
+    c, b, t = d["cluster"], d["single_server"], d["targets"]
+    return [
+        f"| 5 seed cycle on a {d['masters']}-master cluster @ {d['rtt_ms']:.0f} ms RTT | "
+        f"entry-id spread | {c['entry_id_spread_rtt']} RTT ({c['entry_id_spread_ms']} ms) | "
+        f"< 0.5 RTT | {_yes(t['entry_id_spread_rtt']['met'])} | |",
+        f"| | first id -> last region persisted | {c['first_id_to_last_persisted_rtt']} RTT "
+        f"(single server, same shards: {b['first_id_to_last_persisted_rtt']} RTT) | "
+        f"<= 1.5 RTT | {_yes(t['first_id_to_last_persisted_rtt']['met'])} | "
+        f"{d['ratio_vs_baseline']}x (single / cluster) |",
+    ]
+
+
+def _cluster_drain(d: dict[str, Any]) -> list[str]:
+    def node_cpu(run: dict[str, Any]) -> str:
+        return " / ".join(f"{n['redis_cpu_us_per_msg']} ({n['share_of_redis_cpu'] or 0:.0%})"
+                          for n in run["nodes"])
+
+    runs = d["runs"]
+    masters = "/".join(str(r["masters"]) for r in runs)
+    single = d["single_server"]
+    t = d["targets"]["projected_redis_bound_3_vs_1_master"]
+    rows = [
+        f"| 6 cluster drain {d['messages']:,} x 8 shards ({d['cpu_count']} CPUs) | msg/s with "
+        f"{masters} masters, wall clock (not scaling: {d['cpu_count']} CPUs shared) | "
+        + " / ".join(f"{r['msgs_per_s']:,.0f}" for r in runs)
+        + f" (single server {single['msgs_per_s']:,.0f}) | - | - | "
+        f"{d['ratio_vs_baseline']}x (1 master / single) |",
+    ]
+    for r in [*runs, single]:
+        name = f"{r['masters']} master(s)" if "masters" in r else "single server"
+        rows.append(
+            f"| | {name}: Redis CPU-µs/msg per node (share of Redis CPU); consumer "
+            f"CPU-µs/msg | {node_cpu(r)}; consumer {r['consumer_cpu_us_per_msg']} | - | - | |")
+    redis_side = " / ".join(_count(r["projected"]["redis_bound_msgs_per_s"]) for r in runs)
+    consumer = " / ".join(_count(r["projected"]["msgs_per_s_per_consumer_process"])
+                          for r in runs)
+    rows.append(
+        f"| | projected msg/s from CPU/msg: Redis side ({masters} masters, a core each); one "
+        f"consumer process | {redis_side}; {consumer} | 3 vs 1 master {t['target']} | "
+        f"{_yes(t['met'])} | {t['value']}x (3 / 1 master) |")
+    return rows
+
+
 def table(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     lines = [
@@ -87,7 +135,8 @@ def table(doc: dict[str, Any]) -> str:
         "| scenario | figure | measured | target | met | vs baseline |",
         "|---|---|---|---|---|---|",
     ]
-    build = {"seed_cycle": _seed, "drain": _drain, "latency": _latency, "scaling": _scaling}
+    build = {"seed_cycle": _seed, "drain": _drain, "latency": _latency, "scaling": _scaling,
+             "cluster_seed_cycle": _cluster_seed, "cluster_drain": _cluster_drain}
     for name, rows in build.items():
         if name in doc["scenarios"]:
             lines += rows(doc["scenarios"][name])

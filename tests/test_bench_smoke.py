@@ -17,9 +17,10 @@ import pytest
 from shared.servers import redis_server_binary
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-QUICK_RUN_TIMEOUT_S = 240  # ~40 s alone; the machine is shared with other test runs
-SCENARIOS = ("seed_cycle", "drain", "latency", "scaling")
-PLOTS = ("seed_cycle.png", "throughput.png", "latency_cdf.png", "scaling.png")
+QUICK_RUN_TIMEOUT_S = 240  # ~65 s alone; the machine is shared with other test runs
+SCENARIOS = ("seed_cycle", "drain", "latency", "scaling", "cluster_seed_cycle", "cluster_drain")
+PLOTS = ("seed_cycle.png", "throughput.png", "latency_cdf.png", "scaling.png",
+         "cluster_seed_cycle.png", "cluster_drain.png")
 
 
 def positive(value: Any) -> bool:
@@ -82,6 +83,35 @@ def test_latency_and_scaling_figures_are_sane(quick_run: tuple[dict[str, Any], P
     assert all(positive(r["msgs_per_s"]) for r in scaling["runs"])
     memory = scaling["memory"]
     assert positive(memory["rss_mib_at_checkpoint"]) and positive(memory["rss_mib_at_end"])
+
+
+@pytest.mark.timeout(QUICK_RUN_TIMEOUT_S + 30)
+def test_cluster_figures_are_sane(quick_run: tuple[dict[str, Any], Path]) -> None:
+    doc, _ = quick_run
+    seed = doc["scenarios"]["cluster_seed_cycle"]
+    for where in ("cluster", "single_server"):
+        assert positive(seed[where]["first_id_to_last_persisted_ms"]), where
+        assert len(seed[where]["xack_times_rtt"]) == 8, where  # one XACK per region shard
+        assert seed[where]["entry_id_spread_ms"] >= 0, where
+    assert len(seed["cluster"]["shards_per_node"]) == seed["masters"] == 3
+    assert sorted(r for node in seed["cluster"]["shards_per_node"] for r in node) == sorted(
+        seed["single_server"]["shards_per_node"][0])
+    drain = doc["scenarios"]["cluster_drain"]
+    assert drain["cpu_count"] >= 1 and "not a scaling figure" in drain["note"].lower()
+    assert [r["masters"] for r in drain["runs"]] == [1, 2, 3]
+    for run in [*drain["runs"], drain["single_server"]]:
+        assert run["drained"] and run["messages"] == drain["messages"] > 0
+        assert positive(run["msgs_per_s"]) and positive(run["consumer_cpu_us_per_msg"])
+        assert len(run["nodes"]) == run.get("masters", 1)
+        assert sum(n["messages"] for n in run["nodes"]) == run["messages"]
+        assert sum(len(n["shards"]) for n in run["nodes"]) == 8
+        assert math.isclose(sum(n["share_of_redis_cpu"] for n in run["nodes"]), 1.0,
+                            abs_tol=0.01)
+        for node in run["nodes"]:
+            assert positive(node["redis_cpu_us_per_msg"]), node
+            assert positive(node["projected_msgs_per_s_per_master_core"]), node
+        assert positive(run["projected"]["redis_bound_msgs_per_s"])
+        assert positive(run["projected"]["msgs_per_s_per_consumer_process"])
 
 
 @pytest.mark.timeout(QUICK_RUN_TIMEOUT_S + 30)
