@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import pytest
 import redis.asyncio as aioredis
 
+from shared.cluster_servers import Cluster, start_cluster
 from shared.connection import connect
 from shared.keys import Keys
 from shared.servers import redis_server_binary, start_redis_server
@@ -35,6 +36,14 @@ def redis_url() -> Iterator[str]:
                     "REDIS_URL to a server these tests may use)", pytrace=False)
     with start_redis_server() as server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def shared_cluster() -> Iterator[Cluster]:
+    """A Redis Cluster (3 masters + 3 replicas) for the tests parametrized on it, started on
+    first use. Tests that kill, fail over or reshard start their own (tests/test_cluster.py)."""
+    with start_cluster(masters=3, replicas_per_master=1) as cluster:
+        yield cluster
 
 
 @pytest.fixture

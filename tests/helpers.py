@@ -7,13 +7,16 @@ import time
 from collections import Counter
 from typing import Any
 
+import redis as sync_redis
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
+from redis.crc import key_slot
 
 from consumer.service import Consumer
 from producer.publisher import Publisher
 from producer.synthetic import SyntheticSource
 from shared import wire
+from shared.cluster_servers import Cluster
 from shared.schema import Snapshot, decode, encode
 from shared.settings import Settings
 
@@ -98,3 +101,40 @@ def failures(registry: CollectorRegistry, kind: str) -> float:
     """``regionstream_failures_total{kind=...}`` summed over every shard."""
     return sum(s.value for m in registry.collect() for s in m.samples
                if s.name == "regionstream_failures_total" and s.labels["kind"] == kind)
+
+
+def owner(cluster: Cluster | str, key: str) -> sync_redis.Redis:
+    """A client of the node holding ``key`` (``cluster`` a URL: that one server)."""
+    if isinstance(cluster, str):
+        return sync_redis.Redis.from_url(cluster, socket_timeout=5)
+    node = cluster.master_of_slot(key_slot(key.encode()))
+    return sync_redis.Redis(port=node.port, socket_timeout=5)
+
+
+def check_exactly_once(cluster: Cluster | str, s: Settings, lines: list[bytes],
+                       poison_per_region: dict[str, list[bytes]]) -> None:
+    """Per region, on the node that owns it: each snapshot stored once with an expiry and
+    indexed, `latest` the newest, the shard's group with nothing pending or undelivered, its
+    DLQ exactly the poison sent to that shard, no staging key left."""
+    by_region: dict[str, dict[str, tuple[int, bytes]]] = {r: {} for r in s.regions}
+    for p in lines:
+        snap = decode(p)
+        by_region[snap.region_id][snap.meta.snapshot_id] = (snap.generated_at, p)
+    for region, expected in by_region.items():
+        shard = s.keys.shard(region)
+        with owner(cluster, shard.stream) as c:
+            assert key_slot(shard.stream.encode()) == key_slot(s.keys.index(region).encode())
+            index = dict(c.zrange(s.keys.index(region), 0, -1, withscores=True))
+            assert {k.decode() for k in index} == set(expected), region
+            for sid, (_, payload) in expected.items():
+                by_id = s.keys.by_id(region, sid)
+                assert c.get(by_id) == payload
+                assert c.pttl(by_id) > 0
+            newest = max(expected.items(), key=lambda kv: (kv[1][0], kv[0]))[0]
+            assert c.get(s.keys.latest(region)) == newest.encode()
+            (group,) = [g for g in c.xinfo_groups(shard.stream) if g["name"] == s.group.encode()]
+            assert group["pending"] == 0
+            assert group["last-delivered-id"] == c.xinfo_stream(shard.stream)["last-generated-id"]
+            dead = [d[wire.F_PAYLOAD] for _, d in c.xrange(shard.dlq)]
+            assert Counter(dead) == Counter(poison_per_region.get(region, [])), region
+            assert not list(c.scan_iter(match=f"{s.prefix}:incoming:*"))

@@ -7,6 +7,7 @@ holds exactly the poison entries, each once."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 from pathlib import Path
 
@@ -14,10 +15,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from producer.publisher import Publisher
+from shared.cluster_servers import Cluster
 from shared.failpoints import ENV, POINTS
 from shared.schema import decode
 from shared.settings import Settings
-from tests.helpers import assert_exactly_once, load_payloads
+from shared.shards import open_deployment
+from tests.helpers import assert_exactly_once, check_exactly_once, load_payloads
 from tests.proc import cli_env, common_flags, run_cli
 
 N = 240
@@ -76,30 +79,55 @@ def snapshots(settings: Settings) -> list[bytes]:
     return load_payloads(settings, N, seed=17)
 
 
-async def prefill(client: aioredis.Redis, settings: Settings, payloads: list[bytes]) -> None:
-    """The snapshots in chunks, one poison entry after each of the first chunks."""
-    pub = Publisher(client, settings.keys, settings)
-    await pub.prepare()
-    poison = iter(POISON)
-    for start in range(0, len(payloads), 40):
-        chunk = payloads[start:start + 40]
-        await pub.publish([decode(p) for p in chunk], chunk)
-        bad = next(poison, None)
-        if bad is not None:
-            await client.xadd(settings.stream, {b"schema": b"1", b"payload": bad})
+async def prefill(settings: Settings, payloads: list[bytes]) -> dict[str, list[bytes]]:
+    """The snapshots in chunks, one poison entry after each of the first chunks (on a region
+    layout, each in the next region's shard). Returns the poison sent to each shard."""
+    deployment = await open_deployment(settings.redis_url, settings.keys, settings.regions,
+                                       settings.shard_by)
+    sent: dict[str, list[bytes]] = {}
+    try:
+        pub = Publisher(deployment.base, settings.keys, settings, deployment=deployment)
+        await pub.prepare()
+        poison = iter(POISON)
+        for n, start in enumerate(range(0, len(payloads), 40)):
+            chunk = payloads[start:start + 40]
+            await pub.publish([decode(p) for p in chunk], chunk)
+            bad = next(poison, None)
+            if bad is not None:
+                shard = deployment.shards[n % len(deployment.shards)]
+                await deployment.client_for(shard).xadd(
+                    shard.keys.stream, {b"schema": b"1", b"payload": bad})
+                sent.setdefault(shard.label, []).append(bad)
+    finally:
+        await deployment.aclose()
+    return sent
+
+
+def engine_settings(request: pytest.FixtureRequest, settings: Settings, engine: str
+                    ) -> tuple[Settings, Cluster | None]:
+    """The test's names on the session's server, or on the session's Redis Cluster (whose
+    default layout is a shard per region)."""
+    if engine == "server":
+        return settings, None
+    cluster: Cluster = request.getfixturevalue("shared_cluster")
+    return dataclasses.replace(settings, redis_url=cluster.url, shard_by="region"), cluster
 
 
 @pytest.mark.chaos
+@pytest.mark.parametrize("engine", ["server", "cluster"])
 @pytest.mark.parametrize("row", list(ROWS))
 async def test_crash_at_each_fail_point_loses_nothing_and_applies_nothing_twice(
-        client: aioredis.Redis, settings: Settings, tmp_path: Path, row: str) -> None:
+        request: pytest.FixtureRequest, client: aioredis.Redis, settings: Settings,
+        tmp_path: Path, row: str, engine: str) -> None:
+    settings, cluster = engine_settings(request, settings, engine)
     payloads = snapshots(settings)
     producer_row = row.startswith("producer.")
     source = tmp_path / "snapshots.jsonl"
+    poison: dict[str, list[bytes]] = {}
     if producer_row:
         source.write_bytes(b"\n".join(payloads) + b"\n")
     else:
-        await prefill(client, settings, payloads)
+        poison = await prefill(settings, payloads)
     for command, point, expected in ROWS[row]:
         args = [*command, *common_flags(settings)]
         if command is PRODUCE:
@@ -107,5 +135,7 @@ async def test_crash_at_each_fail_point_loses_nothing_and_applies_nothing_twice(
         env = cli_env() | ({ENV: point} if point else {})
         done = await asyncio.to_thread(run_cli, args, env=env)
         assert done.returncode == expected, (command, point, done.stderr.decode()[-3000:])
-    await assert_exactly_once(client, settings, payloads,
-                              [] if producer_row else POISON)
+    if cluster is None:
+        await assert_exactly_once(client, settings, payloads, [] if producer_row else POISON)
+    else:  # per shard, on the node that owns it
+        await asyncio.to_thread(check_exactly_once, cluster, settings, payloads, poison)
