@@ -26,6 +26,15 @@ REFRESH_S = 1.0
 LIVE_REDRAWS_PER_S = 4
 
 
+# Piped (not a terminal), rich would squeeze the tables into 80 columns and cut region names.
+PIPED_WIDTH = 140
+
+
+def _console() -> Console:
+    console = Console()
+    return console if console.is_terminal else Console(width=PIPED_WIDTH)
+
+
 async def frames(redis: Deployment | aioredis.Redis, keys: Keys, regions: tuple[str, ...],
                  stop: asyncio.Event, every: float = REFRESH_S) -> AsyncIterator[Frame]:
     """Frames until ``stop``; every frame after the first carries rates since the previous."""
@@ -44,7 +53,7 @@ async def run_top(redis: Deployment | aioredis.Redis, settings: Settings, *, onc
                   stop: asyncio.Event | None = None) -> int:
     """``once``: one frame and exit. ``plain`` (or no terminal): a summary line per frame.
     Otherwise a live redrawn table until ``stop`` (Ctrl-C in the CLI)."""
-    out = console or Console()
+    out = console or _console()
     keys = settings.keys
     if once:
         frame = await collect(redis, keys, settings.regions)

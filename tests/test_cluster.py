@@ -7,9 +7,11 @@ moved slot in the middle of a drain lose nothing and apply nothing twice."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
-from collections.abc import Iterator
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.crc import key_slot
@@ -20,7 +22,7 @@ from shared.schema import decode
 from shared.settings import Settings
 from tests.conftest import wait_until
 from tests.helpers import check_exactly_once, load_payloads, owner
-from tests.proc import Proc, common_flags, run_cli
+from tests.proc import Proc, common_flags, one_line, run_cli
 
 N = 400
 POISON = [b"{not json", b'{"x":' + b"[" * 3000 + b"]" * 3000 + b"}"]
@@ -28,10 +30,10 @@ CONSUME = ["consume", "--drain", "--workers", "1", "--batch", "20", "--block-ms"
            "--min-idle-ms", "500", "--claim-interval-ms", "200", "--retry-backoff-ms", "50"]
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    with start_cluster(masters=3, replicas_per_master=1) as c:
-        yield c
+@pytest.fixture
+def cluster(shared_cluster: Cluster) -> Cluster:
+    """The session's cluster, for the tests that change nothing of its topology."""
+    return shared_cluster
 
 
 def cluster_settings(cluster: Cluster) -> Settings:
@@ -168,6 +170,81 @@ async def test_topology_change_mid_drain_loses_nothing(how: str, tmp_path: Path)
             consumer.kill()
         assert code == 0, consumer.output()[-3000:]
         check_exactly_once(cluster, s, lines, {})
+
+
+def cli_json(args: list[str]) -> Any:
+    done = run_cli([*args, "--json"])
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    return json.loads(done.stdout)
+
+
+def test_operators_see_every_shard_and_the_totals(cluster: Cluster, tmp_path: Path) -> None:
+    """top, pending and replay on a cluster: a row per shard and the totals; --shards serves
+    or shows a subset; replay works across every shard."""
+    s = cluster_settings(cluster)
+    flags, regions = common_flags(s), list(s.regions)
+    lines = payloads(s, 80)
+    produce(s, lines, tmp_path)
+    poison = add_poison(cluster, s)
+    per_region = Counter(decode(p).region_id for p in lines)
+    for r, bad in poison.items():
+        per_region[r] += len(bad)
+    served = regions[:3]
+    done = run_cli([*CONSUME, "--shards", ",".join(served), *flags])
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    assert f"({', '.join(served)})".encode() in done.stderr
+
+    report = cli_json(["pending", *flags])
+    rows = {r["shard"]: r for r in report["shards"]}
+    assert list(rows) == regions
+    for r in regions:
+        assert rows[r]["stream"] == s.keys.shard(r).stream
+        assert rows[r]["stream_length"] == per_region[r]
+        assert rows[r]["lag"] == (0 if r in served else per_region[r]), r
+        assert rows[r]["pending"] == 0
+    assert report["stream_length"] == len(lines) + sum(map(len, poison.values()))
+    assert report["lag"] == sum(per_region[r] for r in regions if r not in served)
+    assert report["dlq_length"] == sum(len(poison.get(r, [])) for r in served)
+    assert {c["shard"] for c in report["consumers"]} == set(served)
+
+    subset = cli_json(["pending", "--shards", regions[4], *flags])
+    assert [r["shard"] for r in subset["shards"]] == [regions[4]]
+    assert subset["lag"] == per_region[regions[4]]
+
+    top = run_cli(["top", "--once", "--plain", *flags])
+    assert top.returncode == 0, top.stderr.decode()[-2000:]
+    assert top.stdout.decode().startswith(f"shards={len(regions)} stream={report['stream_length']} "
+                                          f"lag={report['lag']} ")
+    table = run_cli(["top", "--once", *flags]).stdout.decode()
+    assert "shards" in table and all(r in table for r in regions) and "total" in table
+
+    done = run_cli([*CONSUME, *flags])  # every shard now
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    dead = sum(map(len, poison.values()))
+    dry = cli_json(["replay", "--dlq", "--dry-run", *flags])
+    assert sorted(e["shard"] for e in dry["entries"]) == sorted(
+        r for r, bad in poison.items() for _ in bad)
+    moved = cli_json(["replay", "--dlq", *flags])
+    assert len(moved["entries"]) == dead and all(e["new_id"] for e in moved["entries"])
+    assert cli_json(["pending", *flags])["lag"] == dead  # back on their shards' streams
+    done = run_cli([*CONSUME, *flags])  # ... and dead-lettered there again
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+
+    ranged = cli_json(["replay", "--range", "-", "+", *flags])
+    assert ranged["outcomes"] == {"redelivered": len(lines), "invalid": 2 * dead}
+    check_exactly_once(cluster, s, lines, poison)
+
+
+def test_shards_needs_the_region_layout(redis_url: str) -> None:
+    """--shards on one stream (a single server's default layout): one line, exit 2."""
+    tag = uuid.uuid4().hex[:10]
+    s = Settings.load({"redis_url": redis_url, "stream": f"ss:{tag}", "group": f"g-{tag}",
+                       "prefix": f"sp:{tag}"}, env={})
+    for command in (["consume", "--drain"], ["pending"], ["top", "--once"]):
+        line = one_line(run_cli([*command, "--shards", "mena", *common_flags(s)]), 2)
+        assert "--shards" in line and "--shard-by region" in line, line
+    line = one_line(run_cli(["pending", "--shards", "atlantis", *common_flags(s)]), 2)
+    assert "--shards" in line and "atlantis" in line, line
 
 
 async def _persisted(cluster: Cluster, s: Settings, region: str, n: int) -> bool:
