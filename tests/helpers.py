@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import Counter
 from typing import Any
 
+import pytest
 import redis as sync_redis
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
@@ -19,6 +21,7 @@ from shared import wire
 from shared.cluster_servers import Cluster
 from shared.schema import Snapshot, decode, encode
 from shared.settings import Settings
+from shared.shards import Shard, shards
 
 DRAIN_TIMEOUT_S = 60.0
 
@@ -138,3 +141,38 @@ def check_exactly_once(cluster: Cluster | str, s: Settings, lines: list[bytes],
             dead = [d[wire.F_PAYLOAD] for _, d in c.xrange(shard.dlq)]
             assert Counter(dead) == Counter(poison_per_region.get(region, [])), region
             assert not list(c.scan_iter(match=f"{s.prefix}:incoming:*"))
+
+
+ENGINES = ["server", "cluster"]
+
+
+def engine_settings(request: pytest.FixtureRequest, settings: Settings, engine: str
+                    ) -> tuple[Settings, Cluster | None]:
+    """The test's names on the session's server, or on the session's Redis Cluster (whose
+    default layout is a shard per region)."""
+    if engine == "server":
+        return settings, None
+    cluster: Cluster = request.getfixturevalue("shared_cluster")
+    return dataclasses.replace(settings, redis_url=cluster.url, shard_by="region"), cluster
+
+
+def _shards_of(s: Settings) -> tuple[Shard, ...]:
+    return shards(s.keys, s.regions, "none" if s.shard_by in ("auto", "none") else "region")
+
+
+def stored_total(where: Cluster | str, s: Settings) -> int:
+    """Snapshots indexed over every region, each read on the node holding it."""
+    total = 0
+    for r in s.regions:
+        with owner(where, s.keys.index(r)) as c:
+            total += int(c.zcard(s.keys.index(r)))
+    return total
+
+
+def pending_total(where: Cluster | str, s: Settings) -> int:
+    """Entries pending in the group over every shard."""
+    total = 0
+    for shard in _shards_of(s):
+        with owner(where, shard.keys.stream) as c:
+            total += int(c.xpending(shard.keys.stream, s.group)["pending"])
+    return total

@@ -7,7 +7,6 @@ holds exactly the poison entries, each once."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import signal
 from pathlib import Path
 
@@ -15,12 +14,16 @@ import pytest
 import redis.asyncio as aioredis
 
 from producer.publisher import Publisher
-from shared.cluster_servers import Cluster
 from shared.failpoints import ENV, POINTS
 from shared.schema import decode
 from shared.settings import Settings
 from shared.shards import open_deployment
-from tests.helpers import assert_exactly_once, check_exactly_once, load_payloads
+from tests.helpers import (
+    assert_exactly_once,
+    check_exactly_once,
+    engine_settings,
+    load_payloads,
+)
 from tests.proc import cli_env, common_flags, run_cli
 
 N = 240
@@ -101,16 +104,6 @@ async def prefill(settings: Settings, payloads: list[bytes]) -> dict[str, list[b
     finally:
         await deployment.aclose()
     return sent
-
-
-def engine_settings(request: pytest.FixtureRequest, settings: Settings, engine: str
-                    ) -> tuple[Settings, Cluster | None]:
-    """The test's names on the session's server, or on the session's Redis Cluster (whose
-    default layout is a shard per region)."""
-    if engine == "server":
-        return settings, None
-    cluster: Cluster = request.getfixturevalue("shared_cluster")
-    return dataclasses.replace(settings, redis_url=cluster.url, shard_by="region"), cluster
 
 
 @pytest.mark.chaos
