@@ -250,3 +250,36 @@ def test_shards_needs_the_region_layout(redis_url: str) -> None:
 async def _persisted(cluster: Cluster, s: Settings, region: str, n: int) -> bool:
     with owner(cluster, s.keys.index(region)) as c:
         return int(c.zcard(s.keys.index(region))) >= n
+
+
+async def test_group_gauges_per_shard_on_a_cluster(cluster: Cluster, tmp_path: Path) -> None:
+    """The metrics' group gauges read every shard on its own node: one series per shard."""
+    from prometheus_client import CollectorRegistry
+
+    from shared.group_metrics import start_group_gauges
+
+    s = cluster_settings(cluster)
+    lines = payloads(s, 40)
+    produce(s, lines, tmp_path)
+    per_region = Counter(decode(p).region_id for p in lines)
+    registry, stop = CollectorRegistry(), asyncio.Event()
+    task = start_group_gauges(s, registry, stop)
+
+    def gauge(name: str, shard: str) -> float | None:
+        labels = {"stream": s.stream, "shard": shard}
+        if name.startswith("group_"):
+            labels["group"] = s.group
+        return registry.get_sample_value(f"regionstream_{name}", labels)
+
+    async def read() -> bool:
+        return all(gauge("group_lag", r) == per_region[r] for r in s.regions)
+
+    try:
+        await wait_until(read, within=20, what="every shard's gauges")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    for r in s.regions:
+        assert gauge("stream_length", r) == per_region[r]
+        assert gauge("group_pending", r) == 0 and gauge("dlq_length", r) == 0
+    assert gauge("group_lag", "all") is None  # no series for a layout not in use
