@@ -283,3 +283,13 @@ async def test_group_gauges_per_shard_on_a_cluster(cluster: Cluster, tmp_path: P
         assert gauge("stream_length", r) == per_region[r]
         assert gauge("group_pending", r) == 0 and gauge("dlq_length", r) == 0
     assert gauge("group_lag", "all") is None  # no series for a layout not in use
+
+
+def test_demo_runs_on_a_cluster(cluster: Cluster) -> None:
+    """The demo against a cluster URL: producer, consumer group and view all sharded."""
+    s = cluster_settings(cluster)
+    done = run_cli(["demo", "--duration", "4", "--interval", "1", "--plain", *common_flags(s)])
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    final = done.stdout.decode().strip().splitlines()[-1]
+    assert final.startswith(f"final: shards={len(s.regions)} "), final
+    assert f"regions_with_latest={len(s.regions)}/{len(s.regions)}" in final, final
