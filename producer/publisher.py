@@ -35,12 +35,14 @@ class Unconfirmed(Exception):
 
 
 class PartlyPublished(Exception):
-    """Some nodes' shards of a publish landed, others failed (``cause``); ``remaining`` are the
-    indexes of the snapshots still to publish."""
+    """Some shards of a publish landed, others failed (``cause``); ``remaining`` are the
+    indexes of the snapshots still to publish, ``ids`` the entry id of each snapshot (None for
+    the remaining ones)."""
 
-    def __init__(self, cause: BaseException, remaining: list[int]) -> None:
+    def __init__(self, cause: BaseException, remaining: list[int],
+                 ids: list[bytes | None]) -> None:
         super().__init__(str(cause))
-        self.cause, self.remaining = cause, remaining
+        self.cause, self.remaining, self.ids = cause, remaining, ids
 
 
 class Publisher:
@@ -101,14 +103,19 @@ class Publisher:
         if failed:
             remaining = [i for i, entry_id in enumerate(ids) if entry_id is None]
             if len(remaining) < len(snaps):
-                raise PartlyPublished(failed[0], remaining)
+                self._count([snaps[i] for i, entry_id in enumerate(ids) if entry_id is not None])
+                raise PartlyPublished(failed[0], remaining, ids)
             raise failed[0]
         failpoints.failpoint("producer.after-publish")
         if self.metrics is not None:
             self.metrics.rtt["publish"].observe(time.perf_counter() - started)
-            for snap in snaps:
-                self.metrics.region[snap.region_id].inc()
+        self._count(snaps)
         return cast(list[bytes], ids)  # every one set: no node failed
+
+    def _count(self, published: Sequence[Snapshot]) -> None:
+        if self.metrics is not None:
+            for snap in published:
+                self.metrics.region[snap.region_id].inc()
 
     def _node(self, shard_index: int) -> object:
         return self.deployment.node_of(self.targets[shard_index][0])
@@ -136,18 +143,33 @@ class Publisher:
             pipe.execute_command(*command)
         if failpoints.due("producer.publish-in-flight"):
             await failpoints.die_after_sending(client, commands[:-1] if wanted else commands)
-        replies = await pipe.execute()
-        for at in exec_at:
-            for reply in replies[at]:  # an XADD that failed inside EXEC is an error value
-                if isinstance(reply, Exception):
-                    raise reply
-        if wanted and replies[-1] < wanted:
+        # Errors as values: one shard's refused transaction (MOVED after its slot moved,
+        # NOREPLICAS...) must not hide that the node's other shards landed.
+        replies = await pipe.execute(raise_on_error=False)
+        error: BaseException | None = None
+        landed: list[tuple[int, bytes]] = []
+        first = 0
+        for shard_index, at in zip(shard_indexes, exec_at, strict=True):
+            block, first = replies[first:at + 1], at + 1  # MULTI, XADD..., EXEC
+            refused = next((r for r in block if isinstance(r, BaseException)), None)
+            if refused is not None:  # the first refusal (MOVED), not EXEC's EXECABORT
+                error = error or refused
+                continue
+            for i, entry_id in zip(per_shard[shard_index], block[-1], strict=True):
+                if isinstance(entry_id, BaseException):  # failed inside EXEC; others landed
+                    error = error or entry_id
+                else:
+                    landed.append((i, entry_id))
+        if wanted and (isinstance(replies[-1], BaseException) or replies[-1] < wanted):
+            if isinstance(replies[-1], BaseException):
+                raise replies[-1]
             if self.metrics is not None:
                 self.metrics.unconfirmed.inc()
             raise Unconfirmed(replies[-1], wanted, timeout_ms)
-        for shard_index, at in zip(shard_indexes, exec_at, strict=True):
-            for i, entry_id in zip(per_shard[shard_index], replies[at], strict=True):
-                ids[i] = entry_id
+        for i, entry_id in landed:
+            ids[i] = entry_id
+        if error is not None:
+            raise error
 
     async def publish_until_done(self, snaps: Sequence[Snapshot],
                                  payloads: Sequence[bytes] | None, stop: asyncio.Event
@@ -170,6 +192,8 @@ class Publisher:
             except (RedisError, OSError, Unconfirmed, PartlyPublished) as exc:
                 cause = exc.cause if isinstance(exc, PartlyPublished) else exc
                 if isinstance(exc, PartlyPublished):
+                    ids.update((todo[i], entry_id) for i, entry_id in enumerate(exc.ids)
+                               if entry_id is not None)
                     todo = [todo[i] for i in exc.remaining]
                 if self.metrics is not None:
                     self.metrics.publish_failures.inc()

@@ -103,6 +103,7 @@ def classify(exc: BaseException | str) -> ErrorKind:
         "LOADING": ErrorKind.TRANSIENT,
         "READONLY": ErrorKind.TRANSIENT,
         "MASTERDOWN": ErrorKind.TRANSIENT,
+        "NOREPLICAS": ErrorKind.TRANSIENT,  # min-replicas-to-write: until a replica is back
         "TRYAGAIN": ErrorKind.TRANSIENT,
         "MOVED": ErrorKind.TRANSIENT,
         "ASK": ErrorKind.TRANSIENT,
