@@ -30,8 +30,6 @@ from shared.keys import Keys
 log = logging.getLogger("regionstream.shards")
 T = TypeVar("T")
 
-# A slot map re-read is at most this frequent, however many workers report MOVED at once.
-REFRESH_MIN_INTERVAL_S = 0.1
 
 
 class LayoutError(ValueError):
@@ -106,10 +104,14 @@ class NodeRouter:
             self._clients[node] = connect(self._node_url(*node), tls=self.tls, **self.options)
         return self._clients[node]
 
-    async def refresh(self, *, force: bool = False) -> None:
+    async def refresh(self, *, since: float | None = None) -> None:
+        """Read the slot map. ``since``: an error seen at that time (monotonic) asks for it,
+        and a read that started after then is new enough: the many workers that hit one MOVED
+        cause one read, and none is skipped for a read older than its error."""
         async with self._lock:
-            if not force and time.monotonic() - self._refreshed_at < REFRESH_MIN_INTERVAL_S:
+            if since is not None and self._refreshed_at >= since:
                 return
+            started = time.monotonic()  # the map read is at least this new
             seeds = [self._seed(), *self._clients.values()]
             last: BaseException | None = None
             for client in seeds:
@@ -120,7 +122,7 @@ class NodeRouter:
                     last = exc
                     continue
                 self._slots = sorted(_parse_slots(reply))
-                self._refreshed_at = time.monotonic()
+                self._refreshed_at = started
                 return
             raise last if last is not None else RedisError("no cluster node answered")
 
@@ -128,8 +130,9 @@ class NodeRouter:
         """A command failed (``exc``): re-read the slot map (rate-limited) so that the next
         command goes to the slot's owner after a MOVED, a failover or a reshard. A failed
         re-read is logged: the caller's own retry will ask again."""
+        seen = time.monotonic()
         try:
-            await self.refresh()
+            await self.refresh(since=seen)
         except (RedisError, OSError) as err:
             log.warning("re-reading the cluster slot map failed: %s (after: %s)", err, exc)
 
@@ -298,7 +301,7 @@ async def open_deployment(url: str, keys: Keys, regions: Iterable[str], shard_by
         router = None
         if cluster:
             router = NodeRouter(url, tls, options)
-            await router.refresh(force=True)
+            await router.refresh()
         return Deployment(base, router, layout, shards(keys, regions, layout, only))
     except BaseException:
         await base.aclose()
