@@ -16,7 +16,7 @@ from consumer.dead_letters import original_fields
 from consumer.message import MAX_ENTRY_FIELDS, Valid, check_entry
 from consumer.worker import Worker
 from shared.failpoints import failpoint
-from shared.group import id_seconds, read_group_stats, text
+from shared.group import id_seconds, read_group_stats, text, total
 from shared.keys import Keys
 from shared.metrics import ConsumerMetrics
 from shared.settings import Settings
@@ -74,10 +74,6 @@ class PendingReport:
         return asdict(self)
 
 
-def _total(values: list[int | None]) -> int | None:
-    return None if any(v is None for v in values) else sum(v for v in values if v is not None)
-
-
 async def pending_report(target: Deployment | aioredis.Redis, keys: Keys) -> PendingReport:
     """Per shard, concurrently: the group's counters (one round trip), then each holding
     consumer's pending list for its oldest entry and highest delivery count. Ages use Redis's
@@ -105,7 +101,7 @@ async def pending_report(target: Deployment | aioredis.Redis, keys: Keys) -> Pen
     rows = [r for r, _ in read]
     return PendingReport(
         keys.stream, keys.group, all(r.group_exists for r in rows),
-        sum(r.stream_length for r in rows), _total([r.lag for r in rows]),
+        sum(r.stream_length for r in rows), total([r.lag for r in rows]),
         sum(r.pending for r in rows), sum(r.dlq_length for r in rows),
         [c for _, cs in read for c in cs], rows)
 

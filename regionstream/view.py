@@ -25,6 +25,7 @@ from shared.group import (
     ConsumerStat,
     GroupStats,
     read_group_stats,
+    total,
 )
 from shared.keys import Keys
 from shared.metrics import ALL_SHARD
@@ -135,11 +136,6 @@ async def _region_rows(redis: aioredis.Redis, keys: Keys, regions: list[str], no
     return rows
 
 
-def _sum(values: list[int | None]) -> int | None:
-    """A total over shards; unknown if any shard's is."""
-    return None if any(v is None for v in values) else sum(v for v in values if v is not None)
-
-
 def _merged(rows: Iterable[ConsumerStat]) -> tuple[ConsumerStat, ...]:
     """One row per consumer name over all shards (a process serves every shard under the
     same names): its pending summed, its most recent activity."""
@@ -157,15 +153,15 @@ def _frame(now: float, keys: Keys, shards: tuple[ShardStat, ...], rows: list[Reg
     oldest = [s.oldest_pending_age_s for s in stats if s.oldest_pending_age_s is not None]
     consumers = _merged(c for s in stats for c in s.consumers)
     return Frame(now, keys.stream, keys.group, sum(s.stream_length for s in stats),
-                 sum(s.dlq_length for s in stats), _sum([s.lag for s in stats]),
+                 sum(s.dlq_length for s in stats), total([s.lag for s in stats]),
                  sum(s.pending for s in stats), len(consumers), rows,
                  oldest_pending_age_s=max(oldest) if oldest else None,
                  active_consumers=sum(1 for c in consumers
                                       if c.idle_s < ACTIVE_CONSUMER_IDLE_S),
                  consumer_rows=consumers,
-                 entries_added=_sum([s.entries_added for s in stats]),
-                 entries_read=_sum([s.entries_read for s in stats]),
-                 dlq_added=_sum([s.dlq_added for s in stats]), shards=shards)
+                 entries_added=total([s.entries_added for s in stats]),
+                 entries_read=total([s.entries_read for s in stats]),
+                 dlq_added=total([s.dlq_added for s in stats]), shards=shards)
 
 
 def _per_second(new: int | None, old: int | None, dt: float) -> float | None:

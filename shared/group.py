@@ -78,6 +78,11 @@ class GroupStats:
         return sum(1 for c in self.consumers if c.idle_s < ACTIVE_CONSUMER_IDLE_S)
 
 
+def total(values: list[int | None]) -> int | None:
+    """A sum over shards of a figure Redis may not know (lag): unknown if any shard's is."""
+    return None if any(v is None for v in values) else sum(v for v in values if v is not None)
+
+
 def text(v: bytes | str) -> str:
     """A name or id as Redis returned it (bytes) as str."""
     return v.decode() if isinstance(v, bytes) else v

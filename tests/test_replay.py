@@ -41,8 +41,8 @@ async def consumer_pending(client: aioredis.Redis, s: Settings, name: str) -> in
 @pytest.mark.chaos
 async def test_killed_consumer_is_reclaimed_by_another_within_min_idle(
         client: aioredis.Redis, settings: Settings, keys: Keys) -> None:
-    await prefill(client, settings)
-    held = await kill_while_holding(client, settings, "victim")
+    await prefill(settings)
+    held = await kill_while_holding(settings.redis_url, settings, "victim")
     stored_at_kill = await stored(client, keys, settings.regions)
     started = time.monotonic()
     rescuer = spawn_cli(["consume", "--name", "rescuer", "--workers", "1", "--batch", "50",
@@ -250,7 +250,7 @@ async def test_connection_kills_lose_nothing(client: aioredis.Redis, settings: S
     s = dataclasses.replace(settings, workers=3, batch=20)
     consumer = Consumer(s, registry=CollectorRegistry())
     task = asyncio.create_task(consumer.run())  # its own client, as in production
-    await prefill(client, s, n=1000)
+    await prefill(s, n=1000)
     kills = 0
     for _ in range(20):  # bounded chaos: kill all other clients' connections, 20 times
         if await stored(client, keys, s.regions) >= 1000:
