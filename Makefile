@@ -9,7 +9,7 @@ DEMO_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help setup system-deps test lint typecheck demo bench bench-quick soak fuzz crash failover clean
+.PHONY: help setup system-deps test lint typecheck demo bench bench-quick soak fuzz crash failover cluster-chaos clean
 
 help:
 	@echo "make demo   - producer + consumer group + live view (REGIONSTREAM_REDIS_URL or an embedded Redis)"
@@ -19,6 +19,7 @@ help:
 	@echo "make fuzz   - the long property-based fuzz run (~10 min; FUZZ_SEED, FUZZ_ENTRIES)"
 	@echo "make crash  - the crash matrix: SIGKILL at every fail point, then drain and check"
 	@echo "make failover - Sentinel failover under a larger load (FAILOVER_SNAPSHOTS), figures printed"
+	@echo "make cluster-chaos - Redis Cluster failover, kill and reshard mid-drain (CLUSTER_CHAOS_SNAPSHOTS)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -85,6 +86,13 @@ crash: $(STAMP) system-deps
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# Redis Cluster: a never-restarted consumer drains through CLUSTER FAILOVER, a SIGKILLed master
+# and a moved slot, under a larger load than the suite's; prints the times.
+CLUSTER_CHAOS_SNAPSHOTS ?= 20000
+cluster-chaos: $(STAMP) system-deps
+	CLUSTER_CHAOS_SNAPSHOTS=$(CLUSTER_CHAOS_SNAPSHOTS) $(PY) -m pytest tests/test_cluster.py \
+	  -k topology -s -p no:logging --timeout 900
 
 # Sentinel failover (primary + replicas + 3 sentinels, SIGKILLed primary) under a larger load
 # than the suite's; prints promotion time, publish/drain recovery and what was lost.

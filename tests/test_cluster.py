@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -25,6 +27,8 @@ from tests.helpers import check_exactly_once, load_payloads, owner
 from tests.proc import Proc, common_flags, one_line, run_cli
 
 N = 400
+# Snapshots drained through each topology change (`make cluster-chaos` runs more).
+TOPOLOGY_SNAPSHOTS = int(os.environ.get("CLUSTER_CHAOS_SNAPSHOTS", "1600"))
 POISON = [b"{not json", b'{"x":' + b"[" * 3000 + b"]" * 3000 + b"}"]
 CONSUME = ["consume", "--drain", "--workers", "1", "--batch", "20", "--block-ms", "100",
            "--min-idle-ms", "500", "--claim-interval-ms", "200", "--retry-backoff-ms", "50"]
@@ -146,7 +150,7 @@ async def test_topology_change_mid_drain_loses_nothing(how: str, tmp_path: Path)
     scripts (NOSCRIPT) are loaded again."""
     with start_cluster(masters=3, replicas_per_master=1) as cluster:
         s = cluster_settings(cluster)
-        lines = payloads(s, 1600)
+        lines = payloads(s, TOPOLOGY_SNAPSHOTS)
         produce(s, lines, tmp_path)
         region = s.regions[0]
         slot = key_slot(s.keys.shard(region).stream.encode())
@@ -155,6 +159,7 @@ async def test_topology_change_mid_drain_loses_nothing(how: str, tmp_path: Path)
         consumer = Proc(args, tmp_path / "consumer.log")
         try:
             await wait_until(lambda: _persisted(cluster, s, region, 5), 60, "5 persisted")
+            changed = time.monotonic()
             if how == "cluster-failover":
                 replica = cluster.replica_of(master)
                 assert replica is not None
@@ -165,11 +170,15 @@ async def test_topology_change_mid_drain_loses_nothing(how: str, tmp_path: Path)
             else:
                 to = next(m for m in cluster.masters() if m is not master)
                 await asyncio.to_thread(cluster.move_slot, slot, to)
-            code = await asyncio.to_thread(consumer.proc.wait, 120)
+            topology_s = time.monotonic() - changed
+            code = await asyncio.to_thread(consumer.proc.wait, 120 + len(lines) / 100)
+            drained_s = time.monotonic() - changed
         finally:
             consumer.kill()
         assert code == 0, consumer.output()[-3000:]
         check_exactly_once(cluster, s, lines, {})
+        print(f"\n{how}: {len(lines)} snapshots, topology changed in {topology_s:.2f}s, "
+              f"drained {drained_s:.2f}s after it began; each stored exactly once")
 
 
 def cli_json(args: list[str]) -> Any:
