@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import AskError, MovedError, NoScriptError, RedisError, TryAgainError
 
 from consumer import scripts
 from consumer.dead_letters import MAX_DETAIL_BYTES, stored_fields
@@ -41,6 +41,10 @@ class Outcome:
     # A failure no retry of this entry can fix: a missing permission, or the stream or the
     # dead-letter stream holding another type. The worker stops on it (entries stay pending).
     fatal: bool = False
+    # A refusal for now (a slot migrating or moved, a failover, BUSY): no fault of the entry,
+    # so it spends none of its deliveries. Judged from the error itself: redis-py's ASK and
+    # MOVED errors lose their code in their text.
+    transient: bool = False
 
     @property
     def invalid(self) -> bool:
@@ -178,9 +182,11 @@ def _interpret(calls: Sequence[_Call], results: Sequence[Any]) -> Settled:
             if isinstance(result, RedisError):
                 # The dead-letter stream itself refused it: it stays pending. A missing
                 # permission or a wrong type there fails every dead letter alike.
-                fatal = classify(result) in (ErrorKind.PERMANENT, ErrorKind.WRONGTYPE)
-                settled.outcomes.append(Outcome(p.entry_id, p.region, FAILED, str(result),
-                                                fatal=fatal))
+                kind = classify(result)
+                settled.outcomes.append(Outcome(
+                    p.entry_id, p.region, FAILED, str(result),
+                    fatal=kind in (ErrorKind.PERMANENT, ErrorKind.WRONGTYPE),
+                    transient=kind is ErrorKind.TRANSIENT))
             elif result:
                 settled.outcomes.append(Outcome(p.entry_id, p.region, DEAD_LETTERED, p.reason,
                                                 int(result), p.detail))
@@ -188,19 +194,30 @@ def _interpret(calls: Sequence[_Call], results: Sequence[Any]) -> Settled:
                 settled.outcomes.append(Outcome(p.entry_id, p.region, SETTLED_ELSEWHERE))
             continue
         if isinstance(result, RedisError):
-            fatal = classify(result) is ErrorKind.PERMANENT
+            kind = classify(result)
             for v in call.members:
-                settled.outcomes.append(Outcome(v.entry_id, v.region, FAILED, str(result),
-                                                fatal=fatal))
+                settled.outcomes.append(Outcome(
+                    v.entry_id, v.region, FAILED, _describe(result),
+                    fatal=kind is ErrorKind.PERMANENT, transient=kind is ErrorKind.TRANSIENT))
             continue
         statuses = [x.decode() if isinstance(x, bytes) else str(x) for x in result]
         for v, status in zip(call.members, statuses, strict=False):
             assert isinstance(v, Valid)
             if status[0] == "E":
-                fatal = classify(status[1:]) is ErrorKind.PERMANENT
-                settled.outcomes.append(Outcome(v.entry_id, v.region, FAILED, status[1:],
-                                                fatal=fatal))
+                kind = classify(status[1:])
+                settled.outcomes.append(Outcome(
+                    v.entry_id, v.region, FAILED, status[1:],
+                    fatal=kind is ErrorKind.PERMANENT, transient=kind is ErrorKind.TRANSIENT))
             else:
                 settled.outcomes.append(Outcome(v.entry_id, v.region, _STATUS[status]))
         settled.ack_errors += [x[1:] for x in statuses[len(call.members):]]
     return settled
+
+
+def _describe(error: RedisError) -> str:
+    """The error as Redis said it: redis-py drops the code from ASK and MOVED replies."""
+    text = str(error)
+    for code, cls in (("ASK", AskError), ("MOVED", MovedError), ("TRYAGAIN", TryAgainError)):
+        if isinstance(error, cls) and not text.startswith(code):
+            return f"{code} {text}"
+    return text

@@ -140,6 +140,17 @@ class Worker:
             self.failure["noscript"].inc()
             log.warning("%s: Redis had lost our scripts; loaded them again", self.name)
         failed = [o for o in settled.outcomes if o.outcome == store.FAILED]
+        # A refusal that says "not now" (a slot migrating: ASK, TRYAGAIN; MOVED; a failover;
+        # BUSY) is no fault of the entry: it must not spend the entry's deliveries, or a long
+        # reshard would dead-letter valid snapshots. It stays pending and is retried after
+        # the slot map is read again.
+        later = [o for o in failed if o.transient]
+        failed = [o for o in failed if not o.transient]
+        if later:
+            self.failure["transient"].inc(len(later))
+            log.warning("%s: Redis refused to persist %d entries for now (%s); they stay "
+                        "pending", self.name, len(later), later[0].error)
+            await note_error(self.redis, ResponseError(later[0].error))
         if failed:
             self.failure["persist"].inc(len(failed))
             moved = await self._spend_budget(failed, dict(entries))  # type: ignore[arg-type]
@@ -227,8 +238,9 @@ class Worker:
             if o.outcome == store.SETTLED_ELSEWHERE:
                 continue
             if o.outcome == store.FAILED:
-                log.error("%s: persisting %s (%s) failed: %s", self.name,
-                          o.entry_id.decode(), o.region, o.error)
+                if not o.transient:  # those are said once per batch (process)
+                    log.error("%s: persisting %s (%s) failed: %s", self.name,
+                              o.entry_id.decode(), o.region, o.error)
                 continue
             label = (o.region, o.outcome)
             by_label[label] = by_label.get(label, 0) + 1

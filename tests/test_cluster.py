@@ -302,3 +302,42 @@ def test_demo_runs_on_a_cluster(cluster: Cluster) -> None:
     final = done.stdout.decode().strip().splitlines()[-1]
     assert final.startswith(f"final: shards={len(s.regions)} "), final
     assert f"regions_with_latest={len(s.regions)}/{len(s.regions)}" in final, final
+
+
+@pytest.mark.chaos
+async def test_a_slot_held_migrating_spends_no_deliveries(tmp_path: Path) -> None:
+    """A region's slot stays half-moved (MIGRATING/IMPORTING) for many retry rounds while a
+    consumer drains: every persist of that region is refused for now (ASK, TRYAGAIN), and
+    the entries stay pending without spending their deliveries (--max-deliveries 2 would
+    dead-letter them after 2). Once the move completes they are stored, none dead-lettered."""
+    with start_cluster(masters=2, replicas_per_master=0) as cluster:
+        s = cluster_settings(cluster)
+        lines = payloads(s, 200)
+        produce(s, lines, tmp_path)
+        region = s.regions[0]
+        slot = key_slot(s.keys.shard(region).stream.encode())
+        source = cluster.master_of_slot(slot)
+        to = next(m for m in cluster.masters() if m is not source)
+        # The shard's DLQ exists on the source (an earlier dead letter): a dead-letter call
+        # would be served there while the persists, writing new keys, are refused.
+        earlier = {wire.F_PAYLOAD: b"an earlier dead letter"}
+        with owner(cluster, s.keys.shard(region).dlq) as c:
+            c.xadd(s.keys.shard(region).dlq, earlier)
+        to.command("CLUSTER", "SETSLOT", slot, "IMPORTING", source.node_id())
+        source.command("CLUSTER", "SETSLOT", slot, "MIGRATING", to.node_id())
+        args = [*CONSUME, "--max-deliveries", "2", *common_flags(s)]
+        consumer = Proc(args, tmp_path / "consumer.log")
+        stream = s.keys.shard(region).stream
+        try:
+            async def delivered_often() -> bool:  # 3x the delivery budget, still pending
+                with owner(cluster, stream) as c:
+                    rows = c.xpending_range(stream, s.group, "-", "+", 1)
+                return bool(rows) and rows[0]["times_delivered"] >= 6
+            await wait_until(delivered_often, 60, "entries delivered 6 times while migrating")
+            await asyncio.to_thread(cluster.move_slot, slot, to)
+            code = await asyncio.to_thread(consumer.proc.wait, 120)
+        finally:
+            consumer.kill()
+        assert code == 0, consumer.output()[-3000:]
+        assert "dead-lettered" not in consumer.output()
+        check_exactly_once(cluster, s, lines, {region: [earlier[wire.F_PAYLOAD]]})
