@@ -101,11 +101,14 @@ class Publisher:
               for shards in per_node.values()), return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
+            # The cause reported (and judged for a retry) is the worst: a refusal no retry
+            # fixes must not hide behind another node's failover.
+            cause = next((e for e in failed if not _retryable(e)), failed[0])
             remaining = [i for i, entry_id in enumerate(ids) if entry_id is None]
             if len(remaining) < len(snaps):
                 self._count([snaps[i] for i, entry_id in enumerate(ids) if entry_id is not None])
-                raise PartlyPublished(failed[0], remaining, ids)
-            raise failed[0]
+                raise PartlyPublished(cause, remaining, ids)
+            raise cause
         failpoints.failpoint("producer.after-publish")
         if self.metrics is not None:
             self.metrics.rtt["publish"].observe(time.perf_counter() - started)
@@ -160,6 +163,8 @@ class Publisher:
                     error = error or entry_id
                 else:
                     landed.append((i, entry_id))
+        if error is not None and not _retryable(error):
+            raise error  # before any WAIT shortfall: this one no retry fixes
         if wanted and (isinstance(replies[-1], BaseException) or replies[-1] < wanted):
             if isinstance(replies[-1], BaseException):
                 raise replies[-1]
@@ -197,9 +202,7 @@ class Publisher:
                     todo = [todo[i] for i in exc.remaining]
                 if self.metrics is not None:
                     self.metrics.publish_failures.inc()
-                retry = (isinstance(cause, Unconfirmed)
-                         or classify(cause) is ErrorKind.TRANSIENT)
-                if not retry or stop.is_set():
+                if not _retryable(cause) or stop.is_set():
                     raise cause from None
                 failures += 1
                 await self.deployment.note_error(cause)
@@ -231,3 +234,9 @@ class Publisher:
         if self.metrics is not None:
             self.metrics.rtt["trim"].observe(time.perf_counter() - started)
         return removed
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Publishing again may succeed: replicas did not confirm, or Redis is unavailable for
+    now (a failover, a moved slot, a restart)."""
+    return isinstance(exc, Unconfirmed) or classify(exc) is ErrorKind.TRANSIENT

@@ -33,6 +33,7 @@ from shared.connection import (
     url_password,
 )
 from shared.settings import Settings, SettingsError, flag_fields, parse_regions
+from shared.shards import LayoutError
 
 if TYPE_CHECKING:
     from shared.shards import Deployment
@@ -268,6 +269,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:  # a bad setting only running finds: a metrics port in use
         print(f"{exc}", file=sys.stderr)
         return EXIT_USAGE
+    except LayoutError as exc:  # --shard-by that does not fit the server (the demo's own)
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except PermanentError as exc:
         print(f"{PROG}: stopped, not retrying: {exc} (entries stay pending; fix the "
               "permission or key, then restart)", file=sys.stderr)
@@ -390,7 +394,7 @@ def _listen(settings: Settings, registry: Any) -> None:
 async def _deployment(settings: Settings, *, subset: bool = True) -> Deployment:
     """Connected, cluster or not found out, --shard-by resolved (a misfit is a bad setting).
     ``subset``: only the --shards (the producer always publishes every region's)."""
-    from shared.shards import LayoutError, open_deployment
+    from shared.shards import open_deployment
 
     try:
         deployment = await open_deployment(settings.redis_url, settings.keys, settings.regions,

@@ -106,8 +106,9 @@ async def run_demo(settings: Settings, *, duration: float | None, interval_s: fl
     with _server(settings, explicit_url, err) as url:
         # The cadence is accelerated from hours to seconds; the dedup window shrinks with it, or
         # every cycle after the first would land in a taken 15-minute bucket.
+        # Every shard, whatever REGIONSTREAM_SHARDS says: the demo is the whole pipeline.
         s = dataclasses.replace(settings, redis_url=url, interval_s=interval_s, workers=workers,
-                                dedup_window_s=max(1, int(interval_s)))
+                                dedup_window_s=max(1, int(interval_s)), shards=())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

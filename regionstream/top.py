@@ -8,23 +8,28 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 from rich.console import Console
 from rich.live import Live
 
 from regionstream.view import Frame, collect, logs_through, rates_between, render, summary_line
 from shared.aio import pause
+from shared.connection import ErrorKind, classify
 from shared.keys import Keys
 from shared.settings import Settings
 from shared.shards import Deployment
 
-# Redraw cadence: each frame is a round trip per shard (concurrent) and two per node, cheap enough for once a second, and rates
-# over a second are still readable.
+# Redraw cadence: each frame is a round trip per shard (concurrent) and two per node, cheap
+# enough for once a second, and rates over a second are still readable.
 REFRESH_S = 1.0
 LIVE_REDRAWS_PER_S = 4
 
+
+log = logging.getLogger("regionstream.top")
 
 # Piped (not a terminal), rich would squeeze the tables into 80 columns and cut region names.
 PIPED_WIDTH = 140
@@ -40,7 +45,16 @@ async def frames(redis: Deployment | aioredis.Redis, keys: Keys, regions: tuple[
     """Frames until ``stop``; every frame after the first carries rates since the previous."""
     prev: Frame | None = None
     while not stop.is_set():
-        frame = await collect(redis, keys, regions)
+        try:
+            frame = await collect(redis, keys, regions)
+        except (RedisError, OSError) as exc:
+            # A failover or a moved slot outlasting collect's own retries: the view waits it
+            # out (it is when an operator needs it most) instead of exiting.
+            if classify(exc) is not ErrorKind.TRANSIENT:
+                raise
+            log.warning("reading the deployment failed (%s); trying again", exc)
+            await pause(stop, every)
+            continue
         if prev is not None:
             frame = dataclasses.replace(frame, rates=rates_between(prev, frame))
         yield frame

@@ -29,7 +29,7 @@ from shared.group import (
 )
 from shared.keys import Keys
 from shared.metrics import ALL_SHARD
-from shared.shards import Deployment, deployment_of, read_each
+from shared.shards import Deployment, deployment_of, read_each, retrying
 
 
 class _Head(msgspec.Struct):
@@ -103,8 +103,9 @@ async def collect(target: Deployment | aioredis.Redis, keys: Keys, regions: tupl
         deployment, lambda shard, client: read_group_stats(client, shard.keys))
     shard_rows = tuple(ShardStat(sh.label, sh.keys.stream, st)
                        for sh, st in zip(deployment.shards, per_shard, strict=True))
-    parts = await asyncio.gather(*(_region_rows(client, keys, rs, now)
-                                   for client, rs in deployment.regions_by_node(keys, regions)))
+    parts = await retrying(deployment, lambda: asyncio.gather(*(
+        _region_rows(client, keys, rs, now)
+        for client, rs in deployment.regions_by_node(keys, regions))))
     found = {row.region: row for rows in parts for row in rows}
     return _frame(now, keys, shard_rows, [found[r] for r in regions])
 

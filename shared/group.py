@@ -126,7 +126,8 @@ async def read_group_stats(redis: aioredis.Redis, keys: Keys) -> GroupStats:
         if isinstance(reply, ResponseError) and classify(reply) is ErrorKind.TRANSIENT:
             raise reply
     now = server_time[0] + server_time[1] / 1_000_000
-    dlq_length, dlq_added = (0, None) if isinstance(dlq, ResponseError) else (
+    # No dead-letter stream yet: nothing was ever added to it (most region shards have none).
+    dlq_length, dlq_added = (0, 0) if isinstance(dlq, ResponseError) else (
         int(dlq["length"]), _optional_int(dlq.get("entries-added")))
     if isinstance(stream, ResponseError):
         return GroupStats(now, False, dlq_length=dlq_length, dlq_added=dlq_added)

@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 from redis.exceptions import RedisError, ResponseError
 
-from shared.connection import ErrorKind, Tls, classify, connect, is_sentinel_url
+from shared.connection import ErrorKind, Tls, backoff, classify, connect, is_sentinel_url
 from shared.keys import Keys
 
 log = logging.getLogger("regionstream.shards")
@@ -91,6 +91,7 @@ class NodeRouter:
         self._clients: dict[tuple[str, int], aioredis.Redis] = {}
         self._slots: list[tuple[int, int, tuple[str, int]]] = []
         self._refreshed_at = 0.0
+        self._answered: aioredis.Redis | None = None  # the node that gave the last map
         self._lock = asyncio.Lock()
 
     def _node_url(self, host: str, port: int) -> str:
@@ -112,7 +113,11 @@ class NodeRouter:
             if since is not None and self._refreshed_at >= since:
                 return
             started = time.monotonic()  # the map read is at least this new
-            seeds = [self._seed(), *self._clients.values()]
+            # The node that answered last first, the URL's node last: a dead node (often the
+            # one that just failed) costs a connect timeout, and the map is needed now.
+            seed = self._seed()
+            known = [c for c in self._clients.values() if c is not seed]
+            seeds = [*sorted(known, key=lambda c: c is not self._answered), seed]
             last: BaseException | None = None
             for client in seeds:
                 try:
@@ -122,7 +127,7 @@ class NodeRouter:
                     last = exc
                     continue
                 self._slots = sorted(_parse_slots(reply))
-                self._refreshed_at = started
+                self._refreshed_at, self._answered = started, client
                 return
             raise last if last is not None else RedisError("no cluster node answered")
 
@@ -276,17 +281,26 @@ async def read_each(deployment: Deployment, read: Callable[[Shard, Any], Awaitab
     """``read(shard, client)`` for every shard, concurrently, in shard order. Only for reads:
     a transient error (MOVED, ASK, a failover, a dropped connection) runs ``read`` again."""
 
-    async def one(shard: Shard) -> T:
-        for attempt in range(1, READ_ATTEMPTS + 1):
-            try:
-                return await read(shard, deployment.client_for(shard))
-            except (RedisError, OSError) as exc:
-                if attempt == READ_ATTEMPTS or classify(exc) is not ErrorKind.TRANSIENT:
-                    raise
-                await deployment.note_error(exc)
-        raise AssertionError("unreachable")
+    def reader(shard: Shard) -> Callable[[], Awaitable[T]]:
+        return lambda: read(shard, deployment.client_for(shard))
 
-    return list(await asyncio.gather(*(one(s) for s in deployment.shards)))
+    return list(await asyncio.gather(*(retrying(deployment, reader(shard))
+                                       for shard in deployment.shards)))
+
+
+async def retrying(deployment: Deployment, read: Callable[[], Awaitable[T]]) -> T:
+    """``read()``, again after a transient error (the slot map re-read, a backoff pause in
+    between), READ_ATTEMPTS times in all. Only for reads: they can be repeated."""
+    delays = backoff()
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        try:
+            return await read()
+        except (RedisError, OSError) as exc:
+            if attempt == READ_ATTEMPTS or classify(exc) is not ErrorKind.TRANSIENT:
+                raise
+            await deployment.note_error(exc)
+            await asyncio.sleep(delays.compute(attempt))
+    raise AssertionError("unreachable")
 
 
 async def open_deployment(url: str, keys: Keys, regions: Iterable[str], shard_by: str, *,

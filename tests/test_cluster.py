@@ -153,12 +153,16 @@ async def test_topology_change_mid_drain_loses_nothing(how: str, tmp_path: Path)
         lines = payloads(s, TOPOLOGY_SNAPSHOTS)
         produce(s, lines, tmp_path)
         region = s.regions[0]
+        per_region = Counter(decode(p).region_id for p in lines)
         slot = key_slot(s.keys.shard(region).stream.encode())
         master = cluster.master_of_slot(slot)
         args = [*CONSUME, "--batch", "5", *common_flags(s)]
         consumer = Proc(args, tmp_path / "consumer.log")
         try:
             await wait_until(lambda: _persisted(cluster, s, region, 5), 60, "5 persisted")
+            # The change begins mid-drain: the consumer is running and the region not done.
+            assert consumer.proc.poll() is None, consumer.output()[-2000:]
+            assert not await _persisted(cluster, s, region, per_region[region])
             changed = time.monotonic()
             if how == "cluster-failover":
                 replica = cluster.replica_of(master)

@@ -6,11 +6,17 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
 from redis.exceptions import (
+    AskError,
     AuthenticationError,
     BusyLoadingError,
+    ClusterDownError,
+    ClusterError,
+    MovedError,
     NoPermissionError,
     NoScriptError,
+    RedisClusterException,
     ResponseError,
+    TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -82,6 +88,19 @@ async def test_connect_uses_fast_packing_and_talks_to_redis(redis_url: str) -> N
     (BusyLoadingError("LOADING"), ErrorKind.TRANSIENT),
     (ConnectionResetError(), ErrorKind.TRANSIENT),
     ("READONLY You can't write against a read only replica", ErrorKind.TRANSIENT),
+    # Redis Cluster: a slot moved, migrating, failing over; redis-py's own cluster errors
+    (MovedError("1133 127.0.0.1:7001"), ErrorKind.TRANSIENT),
+    (AskError("1133 127.0.0.1:7001"), ErrorKind.TRANSIENT),
+    (TryAgainError("Multiple keys request during rehashing of slot"), ErrorKind.TRANSIENT),
+    (ClusterDownError("The cluster is down"), ErrorKind.TRANSIENT),
+    ("MOVED 1133 127.0.0.1:7001", ErrorKind.TRANSIENT),
+    ("ASK 1133 127.0.0.1:7001", ErrorKind.TRANSIENT),
+    ("TRYAGAIN Multiple keys request during rehashing of slot", ErrorKind.TRANSIENT),
+    ("CLUSTERDOWN Hash slot not served", ErrorKind.TRANSIENT),
+    ("UNBLOCKED the stream key no longer served by this node", ErrorKind.TRANSIENT),
+    ("NOREPLICAS Not enough good replicas to write.", ErrorKind.TRANSIENT),
+    (ClusterError("TTL exhausted."), ErrorKind.TRANSIENT),
+    (RedisClusterException("no node for slot"), ErrorKind.TRANSIENT),
 ])
 def test_errors_are_classified_in_one_place(error: BaseException | str, kind: ErrorKind) -> None:
     assert classify(error) is kind

@@ -116,6 +116,32 @@ async def test_top_frames_carry_rates(client: aioredis.Redis, settings: Settings
     assert set(seen[1].rates) == {"published", "delivered", "acked", "dead_lettered"}
 
 
+async def test_top_waits_out_a_failover(client: aioredis.Redis, settings: Settings, keys: Keys,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read failing for longer than collect's own retries (a master being replaced): top
+    goes on with the next frame instead of exiting; a non-transient error still ends it."""
+    from redis.exceptions import ClusterDownError, ResponseError
+
+    import regionstream.top as top
+
+    real, calls = top.collect, {"n": 0}
+
+    async def flaky(*args: object, **kwargs: object) -> Frame:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ClusterDownError("The cluster is down")
+        if calls["n"] == 3:
+            raise ResponseError("WRONGTYPE Operation against a key")
+        return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(top, "collect", flaky)
+    seen: list[Frame] = []
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        async for frame in frames(client, keys, settings.regions, asyncio.Event(), every=0.0):
+            seen.append(frame)
+    assert len(seen) == 1 and calls["n"] == 3
+
+
 def test_top_command_once_plain(settings: Settings, capsys: object) -> None:
     code = main(["top", "--once", "--plain", "--redis-url", settings.redis_url,
                  "--stream", settings.stream, "--group", settings.group,
