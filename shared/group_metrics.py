@@ -17,13 +17,13 @@ import logging
 import time
 
 import redis.asyncio as aioredis
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 from redis.exceptions import RedisError
 
 from shared.aio import pause
 from shared.group import GroupStats, read_group_stats
 from shared.keys import Keys
-from shared.metrics import UNKNOWN, GroupMetrics, ShardGauges
+from shared.metrics import UNKNOWN, GroupMetrics, ShardGauges, group_refresh_errors
 from shared.settings import Settings
 from shared.shards import Deployment, LayoutError, Shard, deployment_of, open_deployment
 
@@ -66,7 +66,7 @@ async def refresh(target: Deployment | aioredis.Redis, keys: Keys, metrics: Grou
             return False
         metrics.rtt.observe(time.perf_counter() - started)
         publish(metrics.shard[shard.label], stats)
-        metrics.last_refresh.set(stats.at)
+        metrics.last_refresh[shard.label].set(stats.at)
         return True
 
     return all(await asyncio.gather(*(one(s) for s in deployment.shards)))
@@ -90,9 +90,10 @@ def start_group_gauges(settings: Settings, registry: CollectorRegistry,
     gauges are registered once the layout is known (a cluster or not: --shard-by auto). The
     task ends when ``stop`` is set or it is cancelled (``asyncio.run`` cancels it at exit)."""
     keys, stop = settings.keys, stop or asyncio.Event()
+    errors = group_refresh_errors(registry)  # exported from the first scrape
 
     async def run() -> None:
-        deployment = await _open(settings, stop)
+        deployment = await _open(settings, stop, errors)
         if deployment is None:
             return
         try:
@@ -109,9 +110,10 @@ def start_group_gauges(settings: Settings, registry: CollectorRegistry,
     return task
 
 
-async def _open(settings: Settings, stop: asyncio.Event) -> Deployment | None:
-    """The deployment, once Redis answers (None: stopped first). A bad --shard-by is the
-    command's to report; here it only ends the task."""
+async def _open(settings: Settings, stop: asyncio.Event, errors: Counter
+                ) -> Deployment | None:
+    """The deployment, once Redis answers (None: stopped first); each failed try is a
+    refresh error. A bad --shard-by is the command's to report; here it only ends the task."""
     while True:
         try:
             return await open_deployment(settings.redis_url, settings.keys, settings.regions,
@@ -119,6 +121,7 @@ async def _open(settings: Settings, stop: asyncio.Event) -> Deployment | None:
         except LayoutError:
             return None
         except (RedisError, OSError) as exc:
+            errors.inc()
             log.warning("group gauges: cannot reach Redis yet: %s", exc)
         if await pause(stop, GROUP_REFRESH_S):
             return None

@@ -193,14 +193,30 @@ class GroupMetrics:
         families = {name: Gauge(name, doc, labels, namespace=NAMESPACE, registry=registry)
                     for name, (doc, labels) in docs.items()}
         self.shard = {label: ShardGauges(families, stream, group, label) for label in shards}
-        self.last_refresh = Gauge(
+        # Per shard: one shard's node unreachable must show as that shard's stale read, not
+        # hide behind the others' fresh ones.
+        last_refresh = Gauge(
             "group_last_refresh_timestamp_seconds",
-            "Unix time the group gauges were last read from Redis.",
+            "Unix time the shard's group gauges were last read from Redis.", ["shard"],
             namespace=NAMESPACE, registry=registry)
-        self.refresh_errors = Counter(
-            "group_refresh_errors", "Failed reads of the group gauges from Redis.",
-            namespace=NAMESPACE, registry=registry)
+        self.last_refresh = {label: last_refresh.labels(label) for label in shards}
+        self.refresh_errors = group_refresh_errors(registry)
         self.rtt = redis_roundtrip(registry).labels("group_info")
+
+
+_REFRESH_ERRORS_BY_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, Counter] = (
+    weakref.WeakKeyDictionary())
+
+
+def group_refresh_errors(registry: CollectorRegistry) -> Counter:
+    """``regionstream_group_refresh_errors_total``, registered before the layout is known
+    (a Redis that cannot be reached yet is counted too), once per registry."""
+    errors = _REFRESH_ERRORS_BY_REGISTRY.get(registry)
+    if errors is None:
+        errors = Counter("group_refresh_errors", "Failed reads of the group gauges from Redis.",
+                         namespace=NAMESPACE, registry=registry)
+        _REFRESH_ERRORS_BY_REGISTRY[registry] = errors
+    return errors
 
 
 def producer_cadence(registry: CollectorRegistry, interval_s: float) -> None:

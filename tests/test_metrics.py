@@ -133,7 +133,8 @@ async def test_gauges_from_a_known_redis_state(client: aioredis.Redis, settings:
     assert value(registry, "regionstream_stream_length", stream=keys.stream,
                  shard="all") == len(REGIONS)
     assert value(registry, "regionstream_dlq_length", stream=keys.stream, shard="all") == 2
-    assert value(registry, "regionstream_group_last_refresh_timestamp_seconds") > 0
+    assert value(registry, "regionstream_group_last_refresh_timestamp_seconds",
+                 shard="all") > 0
     assert value(registry, "regionstream_redis_roundtrip_seconds_count",
                  operation="group_info") == 1
 
@@ -183,7 +184,8 @@ async def test_refresher_reads_at_once_and_stops_on_the_event(client: aioredis.R
     stop = asyncio.Event()
     stop.set()  # already stopping: exactly one refresh, then return without waiting
     await asyncio.wait_for(refresh_forever(client, keys, metrics, stop, every=3600), 10)
-    assert value(registry, "regionstream_group_last_refresh_timestamp_seconds") > 0
+    assert value(registry, "regionstream_group_last_refresh_timestamp_seconds",
+                 shard="all") > 0
 
 
 async def test_background_task_of_the_cli(client: aioredis.Redis, settings: Settings,
@@ -261,3 +263,51 @@ def test_observe_many_exposes_exactly_what_observe_does() -> None:
     assert got.pop(("lat_sum", "")) == pytest.approx(expected.pop(("lat_sum", "")), rel=1e-12)
     assert got == expected  # every bucket and the count exactly
     assert value(batched, "lat_count") == len(values)
+
+
+async def test_a_shard_that_cannot_be_read_shows_as_stale(
+        client: aioredis.Redis, settings: Settings, keys: Keys,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Freshness is per shard: a shard whose read fails keeps its old refresh time (and its
+    old values) while the others move on, and the failure is counted."""
+    import shared.group_metrics as gm
+
+    s = dataclasses.replace(settings, shard_by="region")
+    deployment = single_server(client, keys, s.regions, "region")
+    registry = CollectorRegistry()
+    metrics = GroupMetrics(registry, keys.stream, keys.group, [x.label for x in deployment.shards])
+    assert await refresh(deployment, keys, metrics)
+    first = {x.label: value(registry, "regionstream_group_last_refresh_timestamp_seconds",
+                            shard=x.label) for x in deployment.shards}
+    broken = deployment.shards[0]
+    real = gm.read_group_stats
+
+    async def failing(redis: aioredis.Redis, k: Keys) -> group.GroupStats:
+        if k == broken.keys:
+            raise ConnectionError("node unreachable")
+        return await real(redis, k)
+
+    monkeypatch.setattr(gm, "read_group_stats", failing)
+    assert not await refresh(deployment, keys, metrics)
+    for x in deployment.shards:
+        now = value(registry, "regionstream_group_last_refresh_timestamp_seconds",
+                    shard=x.label)
+        assert (now == first[x.label]) if x is broken else (now > first[x.label]), x.label
+    assert value(registry, "regionstream_group_refresh_errors_total") == 1
+
+
+async def test_refresh_errors_are_exported_and_counted_before_redis_answers(
+        settings: Settings) -> None:
+    s = dataclasses.replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    registry, stop = CollectorRegistry(), asyncio.Event()
+    task = start_group_gauges(s, registry, stop)
+    assert value(registry, "regionstream_group_refresh_errors_total") == 0  # first scrape
+
+    async def counted() -> bool:
+        return (registry.get_sample_value("regionstream_group_refresh_errors_total") or 0) >= 1
+
+    try:
+        await wait_until(counted, within=20, what="the failed connection counted")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
