@@ -121,7 +121,8 @@ async def replay_dlq(target: Deployment | aioredis.Redis, keys: Keys, *,
                      limit: int | None = None, dry_run: bool = False) -> list[Moved]:
     """Move dead letters back onto their shard's stream with their original fields; each is
     removed from the dead-letter stream in the same step (one script per entry, on the
-    shard's node). Shard after shard; with ``region`` in a region layout, only its shard."""
+    shard's node). Shard after shard; with ``region``: in a region layout its shard's dead
+    letters, on one stream those whose region field is ``region``."""
     deployment = deployment_of(target, keys, ())
     moved: list[Moved] = []
     for shard in deployment.shards:
@@ -130,9 +131,11 @@ async def replay_dlq(target: Deployment | aioredis.Redis, keys: Keys, *,
         left = None if limit is None else limit - len(moved)
         if left == 0:
             break
+        # A region's shard: all of its dead letters are that region's, garbage without a
+        # region field and strays claiming another region included (they came on its stream).
         moved += await _replay_shard_dlq(deployment.client_for(shard), shard,
-                                         region=region, reason=reason, limit=left,
-                                         dry_run=dry_run)
+                                         region=None if shard.region else region,
+                                         reason=reason, limit=left, dry_run=dry_run)
     return moved
 
 

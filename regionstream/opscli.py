@@ -111,7 +111,8 @@ def shard_table(report: PendingReport) -> Table:
         t.add_row(r.shard, r.stream if r.group_exists else f"{r.stream} (no group)",
                   str(r.stream_length), "?" if r.lag is None else str(r.lag), str(r.pending),
                   age_text(r.oldest_pending_age_s), str(r.dlq_length))
-    oldest = [r.oldest_pending_age_s for r in report.shards if r.oldest_pending_age_s]
+    oldest = [r.oldest_pending_age_s for r in report.shards
+              if r.oldest_pending_age_s is not None]
     t.add_row("total", f"{len(report.shards)} shards", str(report.stream_length),
               "?" if report.lag is None else str(report.lag), str(report.pending),
               age_text(max(oldest) if oldest else None), str(report.dlq_length),

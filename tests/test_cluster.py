@@ -234,6 +234,10 @@ def test_operators_see_every_shard_and_the_totals(cluster: Cluster, tmp_path: Pa
     done = run_cli([*CONSUME, *flags])  # every shard now
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     dead = sum(map(len, poison.values()))
+    one = next(iter(poison))  # a shard with dead letters: --shards and --region pick it alone
+    for pick in (["--shards", one], ["--region", one]):
+        picked = cli_json(["replay", "--dlq", "--dry-run", *pick, *flags])
+        assert [e["shard"] for e in picked["entries"]] == [one] * len(poison[one]), pick
     dry = cli_json(["replay", "--dlq", "--dry-run", *flags])
     assert sorted(e["shard"] for e in dry["entries"]) == sorted(
         r for r, bad in poison.items() for _ in bad)
@@ -266,12 +270,16 @@ async def _persisted(cluster: Cluster, s: Settings, region: str, n: int) -> bool
 
 
 async def test_group_gauges_per_shard_on_a_cluster(cluster: Cluster, tmp_path: Path) -> None:
-    """The metrics' group gauges read every shard on its own node: one series per shard."""
+    """The metrics' group gauges read every shard on its own node: one series per shard,
+    also from a consumer serving a --shards subset (a shard nobody serves must show)."""
+    import dataclasses
+
     from prometheus_client import CollectorRegistry
 
     from shared.group_metrics import start_group_gauges
 
     s = cluster_settings(cluster)
+    s = dataclasses.replace(s, shards=s.regions[:1])
     lines = payloads(s, 40)
     produce(s, lines, tmp_path)
     per_region = Counter(decode(p).region_id for p in lines)
