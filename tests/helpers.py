@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -21,7 +23,7 @@ from shared import wire
 from shared.cluster_servers import Cluster
 from shared.schema import Snapshot, decode, encode
 from shared.settings import Settings
-from shared.shards import Shard, shards
+from shared.shards import Deployment, Shard, open_deployment, shards
 
 DRAIN_TIMEOUT_S = 60.0
 
@@ -176,3 +178,17 @@ def pending_total(where: Cluster | str, s: Settings) -> int:
         with owner(where, shard.keys.stream) as c:
             total += int(c.xpending(shard.keys.stream, s.group)["pending"])
     return total
+
+
+@contextlib.asynccontextmanager
+async def deployed_publisher(settings: Settings) -> AsyncIterator[tuple[Deployment, Publisher]]:
+    """A publisher through the deployment ``settings`` point at (a cluster or one server),
+    its groups created; the connections closed after."""
+    deployment = await open_deployment(settings.redis_url, settings.keys, settings.regions,
+                                       settings.shard_by)
+    try:
+        pub = Publisher(deployment.base, settings.keys, settings, deployment=deployment)
+        await pub.prepare()
+        yield deployment, pub
+    finally:
+        await deployment.aclose()

@@ -11,14 +11,18 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
-from producer.publisher import Publisher
 from producer.synthetic import SyntheticSource
 from shared.cluster_servers import Cluster
 from shared.keys import Keys
 from shared.settings import Settings
-from shared.shards import open_deployment
 from tests.conftest import wait_until
-from tests.helpers import ENGINES, engine_settings, pending_total, stored_total
+from tests.helpers import (
+    ENGINES,
+    deployed_publisher,
+    engine_settings,
+    pending_total,
+    stored_total,
+)
 from tests.proc import common_flags, spawn_cli
 
 N = 3000
@@ -29,17 +33,11 @@ MAX_KILL_ATTEMPTS = 5
 
 async def prefill(settings: Settings, n: int = N) -> None:
     """``n`` snapshots, each shard's on the node holding it."""
-    deployment = await open_deployment(settings.redis_url, settings.keys, settings.regions,
-                                       settings.shard_by)
-    try:
-        pub = Publisher(deployment.base, settings.keys, settings, deployment=deployment)
-        await pub.prepare()
+    async with deployed_publisher(settings) as (_, pub):
         src, base = SyntheticSource(settings.regions, seed=21), int(time.time() * 1000)
         for start in range(0, n, CHUNK):
             await pub.publish([src.snapshot_for_count(i, base)
                                for i in range(start, start + CHUNK)])
-    finally:
-        await deployment.aclose()
 
 
 async def stored(client: aioredis.Redis, keys: Keys, regions: tuple[str, ...]) -> int:

@@ -13,14 +13,13 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from producer.publisher import Publisher
 from shared.failpoints import ENV, POINTS
 from shared.schema import decode
 from shared.settings import Settings
-from shared.shards import open_deployment
 from tests.helpers import (
     assert_exactly_once,
     check_exactly_once,
+    deployed_publisher,
     engine_settings,
     load_payloads,
 )
@@ -85,12 +84,8 @@ def snapshots(settings: Settings) -> list[bytes]:
 async def prefill(settings: Settings, payloads: list[bytes]) -> dict[str, list[bytes]]:
     """The snapshots in chunks, one poison entry after each of the first chunks (on a region
     layout, each in the next region's shard). Returns the poison sent to each shard."""
-    deployment = await open_deployment(settings.redis_url, settings.keys, settings.regions,
-                                       settings.shard_by)
     sent: dict[str, list[bytes]] = {}
-    try:
-        pub = Publisher(deployment.base, settings.keys, settings, deployment=deployment)
-        await pub.prepare()
+    async with deployed_publisher(settings) as (deployment, pub):
         poison = iter(POISON)
         for n, start in enumerate(range(0, len(payloads), 40)):
             chunk = payloads[start:start + 40]
@@ -101,8 +96,6 @@ async def prefill(settings: Settings, payloads: list[bytes]) -> dict[str, list[b
                 await deployment.client_for(shard).xadd(
                     shard.keys.stream, {b"schema": b"1", b"payload": bad})
                 sent.setdefault(shard.label, []).append(bad)
-    finally:
-        await deployment.aclose()
     return sent
 
 
