@@ -9,8 +9,8 @@
   stale data holds, for every entry, both or neither: an entry acknowledged there always has its
   snapshot stored, and the next drain stores every snapshot exactly once.
 
-The tests that move slots and kill a master use this module's own cluster; the failover test
-comes last, since it leaves one master without a replica and one node dead.
+The tests that move slots use this module's own cluster; the failover test starts a fresh
+cluster for each of its attempts (it kills a master).
 """
 
 from __future__ import annotations
@@ -298,6 +298,7 @@ FAILOVER_SNAPSHOTS = 2400
 UNSENT_BYTES = 256 << 10
 CONSUME_RUNNING = [a for a in CONSUME if a != "--drain"]
 PROMOTION_BY_ELECTION_S = 8.0
+FAILOVER_ATTEMPTS = 3
 
 
 def repl_offset(node: ClusterNode) -> int:
@@ -374,14 +375,30 @@ async def _promote(cluster: Cluster, replica: ClusterNode) -> str:
 
 
 @pytest.mark.chaos
-async def test_failover_to_a_stale_replica_loses_data_and_ack_together(
-        cluster: Cluster, tmp_path: Path) -> None:
+async def test_failover_to_a_stale_replica_loses_data_and_ack_together(tmp_path: Path) -> None:
     """The replica of the busiest master is SIGSTOPped while a consumer persists (after it
     has taken part of the persists), the master is SIGKILLed once it holds a backlog
     the replica never got, and the replica, resumed, is promoted. On it, every entry of that
     master's shards is acknowledged exactly when its snapshot is stored (indexed and by-id):
     the persists it missed are missing whole, data and ack. A new `consume --drain` then stores
-    every snapshot exactly once."""
+    every snapshot exactly once.
+
+    Whether the replica really misses persists depends on socket buffers outside our control
+    (once in three CI runs it had them all): a run that lost nothing proves nothing, so the
+    scenario is run again on a fresh cluster, up to FAILOVER_ATTEMPTS times."""
+    for attempt in range(1, FAILOVER_ATTEMPTS + 1):
+        with start_cluster(masters=3, replicas_per_master=1) as cluster:
+            lost = await _stale_failover(cluster, tmp_path / f"attempt-{attempt}")
+        if lost:
+            return
+    pytest.fail(f"the promoted replica had all the data in {FAILOVER_ATTEMPTS} attempts: "
+                "the scenario never lost anything to check")
+
+
+async def _stale_failover(cluster: Cluster, tmp_path: Path) -> int:
+    """One run of the scenario; returns the persisted snapshots the promoted replica lost
+    (after checking they were lost together with their acks, and drained again once)."""
+    await asyncio.to_thread(tmp_path.mkdir)
     s = cluster_settings(cluster)
     lines = load_payloads(s, FAILOVER_SNAPSHOTS, seed=53)
     await asyncio.to_thread(produce, s, lines, tmp_path)
@@ -449,10 +466,11 @@ async def test_failover_to_a_stale_replica_loses_data_and_ack_together(
     print(f"\nfailover ({how}): the promoted replica had lost {lost_data} persisted snapshots "
           f"and {lost_acks} acknowledgements of {sum(len(b['acked']) for b in before.values())}"
           f" acknowledged on the old master; it kept {kept} ({len(regions)} shards)")
-    assert lost_data > 0 and lost_acks == lost_data  # lost, and lost together
+    assert lost_acks == lost_data  # whatever was lost, lost together
     assert kept > 0
 
     live = replace(s, redis_url=cluster.url)  # the settings' seed node was the killed master
     done = await asyncio.to_thread(run_cli, [*CONSUME, *common_flags(live)])
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     check_exactly_once(cluster, s, lines, {})
+    return lost_data
