@@ -278,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_PERMANENT
     except (RedisError, ConnectionRefusedError, FileNotFoundError) as exc:
         print(f"{PROG}: {_failure(exc, settings)}", file=sys.stderr)
-        if _is_tls_refusal(exc):  # a certificate or TLS setting to fix, like a bad flag
+        if _is_tls_refusal(exc, settings):  # a certificate or TLS setting to fix, like a flag
             return EXIT_USAGE
         permanent = (isinstance(exc, RedisError) and classify(exc) is ErrorKind.PERMANENT
                      and not isinstance(exc, AuthenticationError))
@@ -335,8 +335,9 @@ def _failure(exc: Exception, settings: Settings) -> str:
                     "connect by a name or address the certificate lists")
         return (f"Redis at {url}: TLS certificate not trusted ({reason}); "
                 "pass the CA that signed it with --tls-ca")
-    if _is_tls_refusal(exc):
-        reason = _ssl_reason(exc)
+    if _is_tls_refusal(exc, settings):
+        reason = _ssl_reason(exc) if "SSL" in str(exc) else (
+            "connection reset right after the handshake: certificate required?")
         hint = ("; the server wants a client certificate: pass --tls-cert and --tls-key"
                 if "certificate required" in reason else "")
         return f"Redis at {url}: TLS handshake failed ({reason}){hint}"
@@ -356,8 +357,16 @@ def _ssl_reason(exc: Exception) -> str:
     return found.group(1).strip() if found else text
 
 
-def _is_tls_refusal(exc: BaseException) -> bool:
-    return isinstance(exc, RedisConnectionError) and "SSL" in str(exc)
+def _is_tls_refusal(exc: BaseException, settings: Settings) -> bool:
+    """A TLS error, or (TLS 1.3) a reset on the first read of a TLS connection made without a
+    client certificate: the server's "certificate required" alert and its close race, and the
+    client sometimes sees only the reset."""
+    if not isinstance(exc, RedisConnectionError):
+        return False
+    if "SSL" in str(exc):
+        return True
+    return (settings.redis_url.lower().startswith("rediss") and not settings.tls_cert
+            and "Connection reset by peer" in str(exc))
 
 
 def _serve_metrics(settings: Settings, registry: Any, cadence_s: float | None = None) -> None:

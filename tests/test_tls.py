@@ -168,3 +168,22 @@ def test_tls_files_that_do_not_fit_are_one_line_exit_2(pki: Pki, args: list[str]
     args = [a.replace("{ca}", str(pki.ca)) for a in args]
     line = one_line(run_cli(["show", "mena", *args]), 2)
     assert says in line, line
+
+
+def test_a_reset_after_the_handshake_without_a_client_certificate_names_the_flags() -> None:
+    """TLS 1.3: the server's "certificate required" alert races its close, and the client may
+    see only a reset (once in a CI run). Over rediss:// without --tls-cert that is the same
+    bad setting (exit 2, the flags named); over redis:// or with a certificate it is not."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from regionstream.cli import _failure, _is_tls_refusal
+    from shared.settings import Settings
+
+    reset = RedisConnectionError(
+        "Error while reading from 127.0.0.1:6380 : (104, 'Connection reset by peer')")
+    tls = Settings.load({"redis_url": "rediss://127.0.0.1:6380/0"}, env={})
+    assert _is_tls_refusal(reset, tls)
+    line = _failure(reset, tls)
+    assert "certificate required" in line and "--tls-cert and --tls-key" in line, line
+    plain = Settings.load({"redis_url": "redis://127.0.0.1:6380/0"}, env={})
+    assert not _is_tls_refusal(reset, plain)
