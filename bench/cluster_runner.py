@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import sys
@@ -27,12 +26,13 @@ from prometheus_client import CollectorRegistry
 
 from bench.contenders import Tracker
 from bench.runner import (
-    DEFAULT_MAX_SECONDS,
     MS_PER_S,
+    contender_parser,
     cpu_s,
     emit,
     read_command,
     rss_kib,
+    run_until_stopped,
     stdin_lines,
     track_consumer_acks,
 )
@@ -68,16 +68,6 @@ async def prepare(settings: Settings) -> tuple[str, int, int]:
         await deployment.aclose()
 
 
-async def _until_stop(task: asyncio.Task[None], stdin: asyncio.StreamReader) -> None:
-    command = asyncio.ensure_future(read_command(stdin))
-    try:
-        await asyncio.wait({task, command}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        command.cancel()
-    if task.done():
-        task.result()  # re-raise the consumer's crash
-
-
 async def run(args: argparse.Namespace) -> None:
     settings = Settings.load({
         "redis_url": args.url, "stream": args.stream, "group": args.group,
@@ -97,14 +87,9 @@ async def run(args: argparse.Namespace) -> None:
     t_go, cpu_go = time.time(), cpu_s()
     logging.getLogger("bench.cluster_runner").info("go")
     task = asyncio.create_task(consumer.run())
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(_until_stop(task, stdin), args.max_seconds)
-    consumer.stop.set()  # workers abandon a blocking read; what they hold is settled
-    done, _ = await asyncio.wait({task}, timeout=settings.grace_s + settings.block_ms / MS_PER_S)
-    if not done:
-        task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    # On stop, workers abandon a blocking read and settle what they hold.
+    await run_until_stopped(task, stdin, consumer.stop, args.max_seconds,
+                            settings.grace_s + settings.block_ms / MS_PER_S)
     cpu_done = cpu_s()
     emit("done", acked=tracker.count, t_go=t_go, t_first=tracker.t_first,
          t_last=tracker.t_last, cpu_s=cpu_done - cpu_go,
@@ -114,21 +99,10 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.cluster_runner")
-    p.add_argument("role", choices=ROLES)
-    p.add_argument("--url", required=True)
-    p.add_argument("--stream", required=True)
-    p.add_argument("--group", required=True)
-    p.add_argument("--prefix", required=True)
-    p.add_argument("--name", required=True)
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--batch", type=int, default=None)
-    p.add_argument("--block-ms", type=int, default=None)
+    p = contender_parser("python -m bench.cluster_runner", ROLES)
     p.add_argument("--shard-by", default="region")
-    p.add_argument("--grace-s", type=float, default=None)
     p.add_argument("--prepare", action="store_true",
                    help="create the groups and load the scripts before ready")
-    p.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS)
     return p.parse_args(argv)
 
 

@@ -31,9 +31,10 @@ from bench.seed_cycle import (
     READ_BLOCK_MS,
     TARGET_PERSIST_RTT,
     TARGET_SPREAD_RTT,
-    WRITES,
+    cycle_figures,
+    summarise,
 )
-from bench.stats import MS_PER_S, median, ratio
+from bench.stats import MS_PER_S, ratio
 from producer.publisher import Publisher
 from producer.synthetic import SyntheticSource
 from shared.connection import connect
@@ -62,32 +63,7 @@ async def _one_cycle(nodes: cc.Nodes, deployment: Deployment, keys: Keys,
     commands = [c for m in monitors for c in await m.stop()]
     await cc.delete_prefix(nodes, keys.prefix)  # next cycle: no dedup marker in the way
     streams = {shard.keys.stream for shard in deployment.shards}
-    id_ms = [int(i.split(b"-", 1)[0]) for i in ids]
-    first = min(id_ms)
-    writes = [c.time_s for c in commands
-              if c.name in WRITES and c.key.startswith(keys.prefix + ":")]
-    acks = [c.time_s for c in commands if c.name == "XACK" and c.key in streams]
-    return {
-        "publish_call_ms": publish_s * MS_PER_S,
-        "entry_id_spread_ms": float(max(id_ms) - first),
-        "first_id_to_last_persisted_ms": max(writes) * MS_PER_S - first,
-        "first_id_to_last_ack_ms": max(acks) * MS_PER_S - first,
-        "acks_ms": sorted(t * MS_PER_S - first for t in acks),
-    }
-
-
-def _summarise(cycles: list[dict[str, Any]], rtt_ms: float) -> dict[str, Any]:
-    """Median of each figure over the cycles, in ms and in round trips; the XACK times of the
-    first cycle show the shape."""
-    out: dict[str, Any] = {"cycles": len(cycles)}
-    for metric, first in cycles[0].items():
-        if metric == "acks_ms":
-            out["xack_times_rtt"] = [round(t / rtt_ms, 2) for t in first]
-            continue
-        value = median([c[metric] for c in cycles])
-        out[metric] = round(value, 2)
-        out[metric.replace("_ms", "_rtt")] = round(value / rtt_ms, 2)
-    return out
+    return cycle_figures(ids, publish_s, commands, keys.prefix, streams)
 
 
 async def _measure(ctx: Context, tag: str, url: str, nodes: cc.Nodes, rtt_ms: float
@@ -117,7 +93,7 @@ async def _measure(ctx: Context, tag: str, url: str, nodes: cc.Nodes, rtt_ms: fl
         # Killed, not stopped: only what Redis saw matters, and a stop would cost round trips.
         await kill_all(runners)
         await deployment.aclose()
-    return {**_summarise(cycles, rtt_ms), "nodes": [n.label for n in nodes.all],
+    return {**summarise(cycles, rtt_ms), "nodes": [n.label for n in nodes.all],
             "shards_per_node": placement}
 
 

@@ -122,10 +122,7 @@ def seed_cycle(doc: dict[str, Any], out: Path) -> Path | None:
         return None
     fig, ax = plt.subplots(figsize=WIDE)
     for row, role in enumerate(("consumer", "baseline")):
-        acks = d[role]["xack_times_rtt"]
-        ax.scatter(acks, [row] * len(acks), color=COLORS[role], zorder=3)
-        done = d[role]["first_id_to_last_persisted_rtt"]
-        ax.barh(row, done, color=COLORS[role], alpha=0.25)
+        done = _cycle_row(ax, row, d[role], COLORS[role])
         ax.annotate(f"last region persisted at {done} RTT", (done, row + 0.25), fontsize=9)
     ax.set_yticks([0, 1], ["consumer", "baseline"])
     ax.set_xlabel(f"round trips ({d['rtt_ms']:.0f} ms) after the first entry id; "
@@ -136,6 +133,16 @@ def seed_cycle(doc: dict[str, Any], out: Path) -> Path | None:
     return _save(fig, out / "seed_cycle.png")
 
 
+def _cycle_row(ax: Any, row: int, figures: dict[str, Any], color: str) -> float:
+    """One contender's cycle on row ``row``: its XACKs as dots, a bar to its last persisted
+    region; returns that time (RTT)."""
+    acks = figures["xack_times_rtt"]
+    ax.scatter(acks, [row] * len(acks), color=color, zorder=3)
+    done: float = figures["first_id_to_last_persisted_rtt"]
+    ax.barh(row, done, color=color, alpha=0.25)
+    return done
+
+
 def cluster_seed_cycle(doc: dict[str, Any], out: Path) -> Path | None:
     d = doc["scenarios"].get("cluster_seed_cycle")
     if not d:
@@ -144,10 +151,7 @@ def cluster_seed_cycle(doc: dict[str, Any], out: Path) -> Path | None:
     rows = (("cluster", f"cluster\n({d['masters']} masters)", COLORS["consumer"]),
             ("single_server", "single server", CLUSTER_SINGLE_COLOR))
     for row, (key, _, color) in enumerate(rows):
-        acks = d[key]["xack_times_rtt"]
-        ax.scatter(acks, [row] * len(acks), color=color, zorder=3)
-        done = d[key]["first_id_to_last_persisted_rtt"]
-        ax.barh(row, done, color=color, alpha=0.25)
+        done = _cycle_row(ax, row, d[key], color)
         ax.annotate(f"last region persisted at {done} RTT; entry-id spread "
                     f"{d[key]['entry_id_spread_rtt']} RTT", (0.02, row + 0.28), fontsize=9)
     ax.axvline(1.5, color="black", linewidth=0.8, linestyle=":", label="target: 1.5 RTT")

@@ -19,7 +19,7 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,9 +127,8 @@ async def run(args: argparse.Namespace) -> None:
     profiler = _start_profiler() if args.profile else None
     t_go, cpu_go = time.time(), cpu_s()
     task = asyncio.create_task(work())
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(_until_stop(task, stdin), args.max_seconds)
-    await _finish(task, stop_event, settings.block_ms / MS_PER_S + settings.grace_s)
+    await run_until_stopped(task, stdin, stop_event, args.max_seconds,
+                            settings.block_ms / MS_PER_S + settings.grace_s)
     cpu_done = cpu_s()
     if profiler is not None:
         _write_profile(profiler, args.profile)
@@ -140,6 +139,16 @@ async def run(args: argparse.Namespace) -> None:
          t_last=tracker.t_last, cpu_s=cpu_done - cpu_go, rss_kib=rss_kib(),
          maxrss_kib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     await redis.aclose()
+
+
+async def run_until_stopped(task: asyncio.Task[None], stdin: asyncio.StreamReader,
+                            stop_event: asyncio.Event, max_seconds: float, within_s: float
+                            ) -> None:
+    """Until the parent says ``stop`` (or ``max_seconds``, or the contender dies), then a
+    graceful stop within ``within_s`` (the consumer runners share this protocol)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(_until_stop(task, stdin), max_seconds)
+    await _finish(task, stop_event, within_s)
 
 
 async def _until_stop(task: asyncio.Task[None], stdin: asyncio.StreamReader) -> None:
@@ -183,24 +192,26 @@ def _write_profile(profiler: Any, path: str) -> None:
     Path(path).with_suffix(".html").write_text(profiler.output_html())
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.runner")
-    p.add_argument("role", choices=ROLES)
-    p.add_argument("--url", required=True)
-    p.add_argument("--stream", required=True)
-    p.add_argument("--group", required=True)
-    p.add_argument("--prefix", required=True)
-    p.add_argument("--name", required=True)
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--batch", type=int, default=None)
-    p.add_argument("--block-ms", type=int, default=None)
-    p.add_argument("--retention-s", type=int, default=None)
+def contender_parser(prog: str, roles: Sequence[str]) -> argparse.ArgumentParser:
+    """The arguments every runner takes (the parent's Spec writes them)."""
+    p = argparse.ArgumentParser(prog=prog)
+    p.add_argument("role", choices=roles)
+    for name in ("--url", "--stream", "--group", "--prefix", "--name"):
+        p.add_argument(name, required=True)
+    for name in ("--workers", "--batch", "--block-ms"):
+        p.add_argument(name, type=int, default=None)
     p.add_argument("--grace-s", type=float, default=None)
+    p.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = contender_parser("python -m bench.runner", ROLES)
+    p.add_argument("--retention-s", type=int, default=None)
     p.add_argument("--long-reads", action="store_true",
                    help="no socket timeout, for a --block-ms over 5 s")
     p.add_argument("--latency-file", default=None)
     p.add_argument("--profile", default=None, help="write a pyinstrument profile here")
-    p.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS)
     return p.parse_args(argv)
 
 

@@ -56,11 +56,19 @@ async def _one_cycle(ctx: Context, runner: Runner, direct: aioredis.Redis,
         raise TimeoutError(f"{runner.spec.role} did not settle one cycle in {CYCLE_TIMEOUT_S}s")
     commands = await monitor.stop()
     await delete_prefix(direct, keys.prefix)  # next cycle: no dedup marker in the way
+    return cycle_figures(ids, publish_s, commands, keys.prefix, {keys.stream})
+
+
+def cycle_figures(ids: list[bytes], publish_s: float, commands: list[observe.Command],
+                  prefix: str, streams: set[str]) -> dict[str, Any]:
+    """One cycle's figures (ms after its first entry id, on the server's clock) from the
+    entry ids and what MONITOR saw: the store's writes under ``prefix``, XACKs on
+    ``streams``."""
     id_ms = [int(i.split(b"-", 1)[0]) for i in ids]
     first = min(id_ms)
     writes = [c.time_s for c in commands
-              if c.name in WRITES and c.key.startswith(keys.prefix + ":")]
-    acks = [c.time_s for c in commands if c.name == "XACK" and c.key == keys.stream]
+              if c.name in WRITES and c.key.startswith(prefix + ":")]
+    acks = [c.time_s for c in commands if c.name == "XACK" and c.key in streams]
     return {
         "publish_call_ms": publish_s * MS_PER_S,
         "entry_id_spread_ms": float(max(id_ms) - first),
@@ -70,7 +78,7 @@ async def _one_cycle(ctx: Context, runner: Runner, direct: aioredis.Redis,
     }
 
 
-def _summarise(cycles: list[dict[str, Any]], rtt_ms: float) -> dict[str, Any]:
+def summarise(cycles: list[dict[str, Any]], rtt_ms: float) -> dict[str, Any]:
     """Median of each figure over the cycles, in ms and in round trips; the XACK times of
     the first cycle show the shape (one settle, or several in series)."""
     out: dict[str, Any] = {"cycles": len(cycles)}
@@ -97,7 +105,7 @@ async def _contender(ctx: Context, runner: Runner, direct: aioredis.Redis, proxy
                   for _ in range(ctx.sizes.seed_repeats)]
     finally:
         await through_proxy.aclose()
-    return _summarise(cycles, 2 * proxy.delay_s * MS_PER_S)
+    return summarise(cycles, 2 * proxy.delay_s * MS_PER_S)
 
 
 async def run(ctx: Context) -> dict[str, Any]:

@@ -13,14 +13,20 @@ def _yes(met: bool | None) -> str:
 
 
 def _seed(d: dict[str, Any]) -> list[str]:
-    c, b, t = d["consumer"], d["baseline"], d["targets"]
+    return _cycle_rows(f"1 seed cycle @ {d['rtt_ms']:.0f} ms RTT", d["consumer"], d["targets"],
+                       f"baseline {d['baseline']['first_id_to_last_persisted_rtt']} RTT",
+                       f"{d['ratio_vs_baseline']}x")
+
+
+def _cycle_rows(title: str, c: dict[str, Any], t: dict[str, Any], compared: str, vs: str
+                ) -> list[str]:
+    """The two rows of a seed-cycle scenario: ``c`` its figures, ``t`` its targets."""
     return [
-        f"| 1 seed cycle @ {d['rtt_ms']:.0f} ms RTT | entry-id spread | "
-        f"{c['entry_id_spread_rtt']} RTT ({c['entry_id_spread_ms']} ms) | < 0.5 RTT | "
-        f"{_yes(t['entry_id_spread_rtt']['met'])} | |",
+        f"| {title} | entry-id spread | {c['entry_id_spread_rtt']} RTT "
+        f"({c['entry_id_spread_ms']} ms) | < 0.5 RTT | {_yes(t['entry_id_spread_rtt']['met'])} | |",
         f"| | first id -> last region persisted | {c['first_id_to_last_persisted_rtt']} RTT "
-        f"(baseline {b['first_id_to_last_persisted_rtt']} RTT) | <= 1.5 RTT | "
-        f"{_yes(t['first_id_to_last_persisted_rtt']['met'])} | {d['ratio_vs_baseline']}x |",
+        f"({compared}) | <= 1.5 RTT | {_yes(t['first_id_to_last_persisted_rtt']['met'])} | "
+        f"{vs} |",
     ]
 
 
@@ -82,16 +88,11 @@ def _count(v: float | None) -> str:
 
 
 def _cluster_seed(d: dict[str, Any]) -> list[str]:
-    c, b, t = d["cluster"], d["single_server"], d["targets"]
-    return [
-        f"| 5 seed cycle on a {d['masters']}-master cluster @ {d['rtt_ms']:.0f} ms RTT | "
-        f"entry-id spread | {c['entry_id_spread_rtt']} RTT ({c['entry_id_spread_ms']} ms) | "
-        f"< 0.5 RTT | {_yes(t['entry_id_spread_rtt']['met'])} | |",
-        f"| | first id -> last region persisted | {c['first_id_to_last_persisted_rtt']} RTT "
-        f"(single server, same shards: {b['first_id_to_last_persisted_rtt']} RTT) | "
-        f"<= 1.5 RTT | {_yes(t['first_id_to_last_persisted_rtt']['met'])} | "
-        f"{d['ratio_vs_baseline']}x (single / cluster) |",
-    ]
+    single = d["single_server"]["first_id_to_last_persisted_rtt"]
+    return _cycle_rows(
+        f"5 seed cycle on a {d['masters']}-master cluster @ {d['rtt_ms']:.0f} ms RTT",
+        d["cluster"], d["targets"], f"single server, same shards: {single} RTT",
+        f"{d['ratio_vs_baseline']}x (single / cluster)")
 
 
 def _cluster_drain(d: dict[str, Any]) -> list[str]:
