@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import logging
 import math
 import socket
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from redis.exceptions import AuthenticationError, RedisError
@@ -400,9 +401,11 @@ def _listen(settings: Settings, registry: Any) -> None:
                          f"{exc.strerror}") from None
 
 
-async def _deployment(settings: Settings, *, subset: bool = True) -> Deployment:
-    """Connected, cluster or not found out, --shard-by resolved (a misfit is a bad setting).
-    ``subset``: only the --shards (the producer always publishes every region's)."""
+@contextlib.asynccontextmanager
+async def _deployed(settings: Settings, *, subset: bool = True) -> AsyncIterator[Deployment]:
+    """Connected, cluster or not found out, --shard-by resolved (a misfit is a bad setting),
+    closed after. ``subset``: only the --shards (the producer always publishes every
+    region's)."""
     from shared.shards import open_deployment
 
     try:
@@ -413,26 +416,21 @@ async def _deployment(settings: Settings, *, subset: bool = True) -> Deployment:
         raise UsageError(f"{PROG}: {exc}") from None
     try:
         await deployment.base.ping()
-    except BaseException:
+        yield deployment
+    finally:
         await deployment.aclose()
-        raise
-    return deployment
 
 
 async def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     from producer.service import Producer
 
-    deployment = await _deployment(settings, subset=False)
-    producer = Producer(settings, seed=args.seed)
-    try:
+    async with _deployed(settings, subset=False) as deployment:
+        producer = Producer(settings, seed=args.seed)
         _serve_metrics(settings, producer.registry, cadence_s=settings.interval_s)
-        loop = asyncio.get_running_loop()
-        _stop_on_signals(loop, producer.stop)
+        _stop_on_signals(asyncio.get_running_loop(), producer.stop)
         report = await producer.run(deployment.base, once=args.once, count=args.count,
                                     source=args.source, progress=sys.stderr.isatty(),
                                     deployment=deployment)
-    finally:
-        await deployment.aclose()
     print(f"published {report.published} snapshot(s)"
           + (f", rejected {len(report.rejected)} line(s)" if report.rejected else ""),
           file=sys.stderr)
@@ -443,7 +441,8 @@ async def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     from consumer.service import Consumer
 
     # A clear message now if Redis is unreachable, or the layout does not fit the server.
-    await (await _deployment(settings)).aclose()
+    async with _deployed(settings):
+        pass
     consumer = Consumer(settings)
     _serve_metrics(settings, consumer.registry)
     consumer.install_signal_handlers(asyncio.get_running_loop())
@@ -454,22 +453,17 @@ async def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     from regionstream.show import show
 
-    deployment = await _deployment(settings, subset=False)
-    try:  # on a cluster, the node holding the region's keys
+    async with _deployed(settings, subset=False) as deployment:
+        # on a cluster, the node holding the region's keys
         client = deployment.client_for_region(settings.keys, args.region)
         return await show(client, settings, args.region, as_json=args.json)
-    finally:
-        await deployment.aclose()
 
 
 async def cmd_pending(args: argparse.Namespace, settings: Settings) -> int:
     from regionstream import opscli
 
-    deployment = await _deployment(settings)
-    try:
+    async with _deployed(settings) as deployment:
         return await opscli.cmd_pending(args, settings, deployment)
-    finally:
-        await deployment.aclose()
 
 
 async def cmd_acl(args: argparse.Namespace, settings: Settings) -> int:
@@ -481,11 +475,8 @@ async def cmd_acl(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from regionstream import opscli
 
-    deployment = await _deployment(settings)
-    try:
+    async with _deployed(settings) as deployment:
         return await opscli.cmd_replay(args, settings, deployment)
-    finally:
-        await deployment.aclose()
 
 
 async def cmd_top(args: argparse.Namespace, settings: Settings) -> int:
@@ -493,12 +484,9 @@ async def cmd_top(args: argparse.Namespace, settings: Settings) -> int:
 
     stop = asyncio.Event()
     _stop_on_signals(asyncio.get_running_loop(), stop)
-    deployment = await _deployment(settings)
-    try:
+    async with _deployed(settings) as deployment:
         return await run_top(deployment, settings, once=args.once, plain=args.plain,
                              every=args.refresh, stop=stop)
-    finally:
-        await deployment.aclose()
 
 
 async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
