@@ -19,7 +19,7 @@ from consumer.reclaim import Reclaimer
 from consumer.worker import Worker
 from shared.aio import pause
 from shared.connection import SOCKET_TIMEOUT_S, ErrorKind, classify
-from shared.group import ensure_group, read_group_stats
+from shared.group import ensure_group, read_shard_stats
 from shared.metrics import CONSUMER_OUTCOMES, ConsumerMetrics
 from shared.settings import Settings
 from shared.shards import Deployment, open_deployment, single_server
@@ -154,17 +154,11 @@ class Consumer:
         """Stop once every shard's group has no undelivered and no pending entries."""
         while not self.stop.is_set():
             try:
-                drained = True
-                for shard in deployment.shards:
-                    client = deployment.client_for(shard)
-                    if not (await read_group_stats(client, shard.keys)).drained:
-                        drained = False
-                        break
+                drained = all(s.drained for s in await read_shard_stats(deployment))
             except (RedisError, OSError) as exc:  # a failover or a moved slot: ask again
                 if classify(exc) is not ErrorKind.TRANSIENT:
                     raise
-                await deployment.note_error(exc)
-                drained = False
+                drained = False  # read_shard_stats re-read the slot map already
             if drained:
                 log.info("group %s drained", self.keys.group)
                 self.stop.set()

@@ -24,12 +24,12 @@ from shared.group import (
     ACTIVE_CONSUMER_IDLE_S,
     ConsumerStat,
     GroupStats,
-    read_group_stats,
+    read_shard_stats,
     total,
 )
 from shared.keys import Keys
 from shared.metrics import ALL_SHARD
-from shared.shards import Deployment, deployment_of, read_each, retrying
+from shared.shards import Deployment, deployment_of, retrying
 
 
 class _Head(msgspec.Struct):
@@ -99,8 +99,7 @@ async def collect(target: Deployment | aioredis.Redis, keys: Keys, regions: tupl
     regions' latest ids and counts and their payloads (two round trips per node)."""
     now = time.time() if now is None else now
     deployment = deployment_of(target, keys, regions)
-    per_shard = await read_each(
-        deployment, lambda shard, client: read_group_stats(client, shard.keys))
+    per_shard = await read_shard_stats(deployment)
     shard_rows = tuple(ShardStat(sh.label, sh.keys.stream, st)
                        for sh, st in zip(deployment.shards, per_shard, strict=True))
     parts = await retrying(deployment, lambda: asyncio.gather(*(

@@ -10,6 +10,7 @@ from redis.exceptions import ResponseError
 
 from shared.connection import ErrorKind, classify
 from shared.keys import Keys
+from shared.shards import Deployment, read_each
 
 
 async def ensure_group(redis: aioredis.Redis, keys: Keys) -> bool:
@@ -146,6 +147,13 @@ async def read_group_stats(redis: aioredis.Redis, keys: Keys) -> GroupStats:
                       int(group["pending"]), oldest, stats, dlq_length, dlq_added)
 
 
+
+
+async def read_shard_stats(deployment: Deployment) -> list[GroupStats]:
+    """``read_group_stats`` of every shard, in shard order, concurrently, each on its node
+    (a redirect re-reads the slot map and asks again: ``read_each``)."""
+    return await read_each(deployment, lambda shard, client: read_group_stats(client,
+                                                                              shard.keys))
 
 
 def next_id(entry_id: bytes) -> bytes:
