@@ -162,6 +162,14 @@ def _shards_of(s: Settings) -> tuple[Shard, ...]:
     return shards(s.keys, s.regions, "none" if s.shard_by in ("auto", "none") else "region")
 
 
+async def stored(client: aioredis.Redis, s: Settings) -> int:
+    """Snapshots indexed over every region, on the one server ``client`` talks to."""
+    pipe = client.pipeline(transaction=False)
+    for r in s.regions:
+        pipe.zcard(s.keys.index(r))
+    return sum(await pipe.execute())
+
+
 def stored_total(where: Cluster | str, s: Settings) -> int:
     """Snapshots indexed over every region, each read on the node holding it."""
     total = 0

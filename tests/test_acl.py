@@ -29,6 +29,7 @@ from shared.schema import REGIONS
 from shared.servers import start_redis_server
 from shared.settings import Settings
 from tests.conftest import wait_until
+from tests.helpers import stored
 from tests.proc import CLI_TIMEOUT_S, cli_env, common_flags, run_cli, spawn_cli
 
 SHIPPED = Path(__file__).resolve().parents[1] / "deploy" / "redis-acl.conf"
@@ -85,10 +86,6 @@ async def denials(admin: aioredis.Redis, users: dict[str, User]) -> list[Any]:
 
 def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
-
-
-async def stored(admin: aioredis.Redis, s: Settings) -> int:
-    return sum([await admin.zcard(s.keys.index(r)) for r in s.regions])
 
 
 # -- the shipped file -----------------------------------------------------------------------------

@@ -9,11 +9,9 @@ import subprocess
 import time
 
 import pytest
-import redis.asyncio as aioredis
 
 from producer.synthetic import SyntheticSource
 from shared.cluster_servers import Cluster
-from shared.keys import Keys
 from shared.settings import Settings
 from tests.conftest import wait_until
 from tests.helpers import (
@@ -21,6 +19,7 @@ from tests.helpers import (
     deployed_publisher,
     engine_settings,
     pending_total,
+    stored,
     stored_total,
 )
 from tests.proc import common_flags, spawn_cli
@@ -38,13 +37,6 @@ async def prefill(settings: Settings, n: int = N) -> None:
         for start in range(0, n, CHUNK):
             await pub.publish([src.snapshot_for_count(i, base)
                                for i in range(start, start + CHUNK)])
-
-
-async def stored(client: aioredis.Redis, keys: Keys, regions: tuple[str, ...]) -> int:
-    pipe = client.pipeline(transaction=False)
-    for r in regions:
-        pipe.zcard(keys.index(r))
-    return sum(await pipe.execute())
 
 
 def settled(stderr: bytes) -> dict[str, int]:
@@ -168,7 +160,7 @@ async def test_sigterm_while_redis_hangs_exits_within_grace() -> None:
             code, err = await finish(spawn_cli(["consume", "--drain", "--name", "frozen",
                                                 *common_flags(s)]))
             assert code == 0, err.decode()[-2000:]
-            assert await stored(client, s.keys, s.regions) == 1000
+            assert await stored(client, s) == 1000
             assert int((await client.xpending(s.stream, s.group))["pending"]) == 0
         finally:
             await client.aclose()

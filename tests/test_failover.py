@@ -34,7 +34,7 @@ from shared.schema import decode
 from shared.servers import free_port
 from shared.settings import Settings
 from tests.conftest import wait_until
-from tests.helpers import assert_exactly_once, load_payloads
+from tests.helpers import assert_exactly_once, load_payloads, stored
 from tests.proc import Proc, cli_env, common_flags
 
 N = int(os.environ.get("FAILOVER_SNAPSHOTS", "600"))
@@ -75,10 +75,6 @@ def counter(port: int, name: str, **labels: str) -> float:
         if m and all(f'{k}="{v}"' in (m.group(1) or "") for k, v in labels.items()):
             total += float(m.group(2))
     return total
-
-
-async def stored(c: aioredis.Redis, s: Settings) -> int:
-    return sum([await c.zcard(s.keys.index(r)) for r in s.regions])
 
 
 @pytest.fixture

@@ -19,9 +19,9 @@ from shared.keys import Keys
 from shared.metrics import ConsumerMetrics
 from shared.settings import Settings
 from tests.conftest import wait_until
-from tests.helpers import drain, failures, outcomes, publish_cycle
+from tests.helpers import drain, failures, outcomes, publish_cycle, stored
 from tests.proc import common_flags, run_cli, spawn_cli
-from tests.test_chaos import N, finish, kill_while_holding, prefill, settled, stored
+from tests.test_chaos import N, finish, kill_while_holding, prefill, settled
 
 MIN_IDLE_MS = 1_000
 CLAIM_INTERVAL_MS = 200
@@ -43,7 +43,7 @@ async def test_killed_consumer_is_reclaimed_by_another_within_min_idle(
         client: aioredis.Redis, settings: Settings, keys: Keys) -> None:
     await prefill(settings)
     held = await kill_while_holding(settings.redis_url, settings, "victim")
-    stored_at_kill = await stored(client, keys, settings.regions)
+    stored_at_kill = await stored(client, settings)
     started = time.monotonic()
     rescuer = spawn_cli(["consume", "--name", "rescuer", "--workers", "1", "--batch", "50",
                          "--block-ms", "100", "--min-idle-ms", str(MIN_IDLE_MS),
@@ -60,7 +60,7 @@ async def test_killed_consumer_is_reclaimed_by_another_within_min_idle(
 
     async def all_stored() -> bool:
         info = await client.xpending(settings.stream, settings.group)
-        return await stored(client, keys, settings.regions) == N and info["pending"] == 0
+        return await stored(client, settings) == N and info["pending"] == 0
 
     await wait_until(all_stored, what="everything persisted and acked")
     rescuer.send_signal(signal.SIGTERM)
@@ -253,7 +253,7 @@ async def test_connection_kills_lose_nothing(client: aioredis.Redis, settings: S
     await prefill(s, n=1000)
     kills = 0
     for _ in range(20):  # bounded chaos: kill all other clients' connections, 20 times
-        if await stored(client, keys, s.regions) >= 1000:
+        if await stored(client, s) >= 1000:
             break
         kills += int(await client.execute_command("CLIENT", "KILL", "TYPE", "normal",
                                                   "SKIPME", "yes"))
@@ -261,7 +261,7 @@ async def test_connection_kills_lose_nothing(client: aioredis.Redis, settings: S
 
     async def done() -> bool:
         info = await client.xpending(s.stream, s.group)
-        return await stored(client, keys, s.regions) == 1000 and info["pending"] == 0
+        return await stored(client, s) == 1000 and info["pending"] == 0
 
     await wait_until(done, what="all entries persisted after the kills")
     assert not task.done(), "the consumer died"
@@ -280,7 +280,7 @@ _last_seen: dict[str, int] = {}
 
 
 async def _progressed(client: aioredis.Redis, keys: Keys, s: Settings) -> bool:
-    n = await stored(client, keys, s.regions)
+    n = await stored(client, s)
     before = _last_seen.get(s.stream, -1)
     _last_seen[s.stream] = max(before, n)
     return n > before or n >= 1000

@@ -22,8 +22,9 @@ from producer.synthetic import SyntheticSource
 from shared.keys import Keys
 from shared.settings import Settings
 from tests.conftest import wait_until
+from tests.helpers import stored
 from tests.proc import common_flags, spawn_cli
-from tests.test_chaos import finish, stored
+from tests.test_chaos import finish
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "6"))
 SEED = int(os.environ.get("SOAK_SEED", "20261125"))
@@ -95,7 +96,7 @@ async def test_soak_with_kills_restarts_and_poison(client: aioredis.Redis, setti
 
     async def settled() -> bool:
         info = await client.xpending(settings.stream, settings.group)
-        return info["pending"] == 0 and await stored(client, keys, settings.regions) == published
+        return info["pending"] == 0 and await stored(client, settings) == published
 
     await wait_until(settled, what="everything persisted, nothing pending")
     assert await client.xlen(keys.dlq) == poison
