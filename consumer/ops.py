@@ -17,7 +17,7 @@ from consumer.message import MAX_ENTRY_FIELDS, Valid, check_entry
 from consumer.worker import Worker
 from shared.failpoints import failpoint
 from shared.group import id_seconds, read_group_stats, text, total
-from shared.keys import Keys
+from shared.keys import ALL_SHARD, Keys
 from shared.metrics import ConsumerMetrics
 from shared.settings import Settings
 from shared.shards import Deployment, Shard, deployment_of, read_each
@@ -37,7 +37,7 @@ class ConsumerRow:
     oldest_age_s: float | None = None
     max_deliveries: int = 0
     scanned_all: bool = True
-    shard: str = "all"
+    shard: str = ALL_SHARD
 
 
 @dataclass
@@ -113,7 +113,7 @@ class Moved:
     reason: str
     new_id: str | None = None
     skipped: str | None = None  # why it was left in the dead-letter stream
-    shard: str = "all"
+    shard: str = ALL_SHARD
 
 
 async def replay_dlq(target: Deployment | aioredis.Redis, keys: Keys, *,

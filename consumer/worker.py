@@ -20,8 +20,8 @@ from shared.aio import pause
 from shared.connection import ErrorKind, PermanentError, backoff, classify
 from shared.failpoints import failpoint
 from shared.group import ensure_group, id_seconds
-from shared.keys import Keys
-from shared.metrics import ALL_SHARD, ConsumerMetrics, observe_many
+from shared.keys import ALL_SHARD, Keys
+from shared.metrics import ConsumerMetrics, observe_many
 from shared.settings import Settings
 from shared.shards import note_error
 

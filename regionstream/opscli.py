@@ -16,6 +16,7 @@ from rich.table import Table
 
 from consumer.ops import PendingReport, pending_report, replay_dlq, replay_pending, replay_range
 from regionstream.view import age_text
+from shared.keys import is_sharded
 from shared.settings import Settings
 from shared.shards import Deployment
 
@@ -87,7 +88,7 @@ def print_pending(report: PendingReport) -> None:
     c.print(f"stream [bold]{report.stream}[/] length {report.stream_length}  group "
             f"[bold]{report.group}[/] lag {lag} pending {report.pending}  dead letters "
             f"{report.dlq_length}")
-    sharded = len(report.shards) > 1 or report.shards[0].shard != "all"
+    sharded = is_sharded(r.shard for r in report.shards)
     if sharded:
         c.print(shard_table(report))
     if not report.consumers:

@@ -27,8 +27,7 @@ from shared.group import (
     read_shard_stats,
     total,
 )
-from shared.keys import Keys
-from shared.metrics import ALL_SHARD
+from shared.keys import Keys, is_sharded
 from shared.shards import Deployment, deployment_of, retrying
 
 
@@ -225,7 +224,7 @@ def _consumer_table(frame: Frame) -> Table:
 
 
 def sharded(frame: Frame) -> bool:
-    return len(frame.shards) > 1 or any(s.shard != ALL_SHARD for s in frame.shards)
+    return is_sharded(s.shard for s in frame.shards)
 
 
 def _shard_table(frame: Frame) -> Table:

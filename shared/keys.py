@@ -23,12 +23,23 @@ of a shard (persist + ack, dead-letter, replay) keeps its keys in one slot.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from functools import cache
 
 from shared.schema import REGIONS, TRIGGER_REASONS
 
 DLQ_SUFFIX = ":dlq"
+
+
+# The shard label of the one stream of --shard-by none (a region shard's label is its region):
+# in metrics, ``top``, ``pending`` and ``replay``.
+ALL_SHARD = "all"
+
+
+def is_sharded(labels: Iterable[str]) -> bool:
+    """Shard labels of a region layout (not the one stream of --shard-by none)."""
+    return any(label != ALL_SHARD for label in labels)
 
 
 def dedup_bucket(generated_at_ms: int, window_ms: int) -> int:

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+from shared.keys import ALL_SHARD
 from shared.schema import REGIONS
 
 NAMESPACE = "regionstream"
@@ -140,7 +141,6 @@ class ProducerMetrics:
         self.rtt = {op: redis_roundtrip(registry).labels(op) for op in REDIS_OPS}
 
 
-ALL_SHARD = "all"  # the shard label of the one stream of --shard-by none
 
 
 def shard_labels(regions: Iterable[str]) -> tuple[str, ...]:

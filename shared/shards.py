@@ -25,7 +25,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisError, ResponseError
 
 from shared.connection import ErrorKind, Tls, backoff, classify, connect, is_sentinel_url
-from shared.keys import Keys
+from shared.keys import ALL_SHARD, Keys
 
 log = logging.getLogger("regionstream.shards")
 T = TypeVar("T")
@@ -43,7 +43,7 @@ class Shard:
 
     @property
     def label(self) -> str:
-        return self.region or "all"
+        return self.region or ALL_SHARD
 
     @property
     def slot(self) -> int:
