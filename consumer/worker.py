@@ -16,7 +16,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from consumer import store
 from consumer.message import Poison, Valid, check_entry
-from shared.aio import pause
+from shared.aio import abandon, pause
 from shared.connection import ErrorKind, PermanentError, backoff, classify
 from shared.failpoints import failpoint
 from shared.group import ensure_group, id_seconds
@@ -92,7 +92,7 @@ class Worker:
         try:
             await asyncio.wait({read, stopped}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:  # the grace period is over: leave no read behind
-            read.cancel()
+            abandon(read)
             raise
         finally:
             stopped.cancel()

@@ -12,3 +12,19 @@ async def pause(stop: asyncio.Event, seconds: float) -> bool:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
     return stop.is_set()
+
+
+def abandon(task: asyncio.Future[object]) -> None:
+    """Cancel ``task`` without waiting for it, and take whatever it ends with.
+
+    A cancelled read may still end with the error of a connection closed under it (redis-py
+    turns a cancellation inside a read into a disconnect); nobody awaits it any more, so asyncio
+    would log that error as "Task exception was never retrieved" after the process had
+    already said why it stopped (seen as the last line of a consumer refused a permission)."""
+    task.cancel()
+    task.add_done_callback(_take_outcome)
+
+
+def _take_outcome(task: asyncio.Future[object]) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -311,7 +311,7 @@ async def test_consume_without_a_permission_exits_3_saying_what_is_missing(
     assert time.monotonic() - started < 20  # stops at once; it used to retry forever
     err = done.stderr.decode()
     last = err.strip().splitlines()[-1]
-    assert last.startswith("regionstream: stopped, not retrying") and forbidden in last, last
+    assert last.startswith("regionstream: stopped, not retrying") and forbidden in last, err
     assert "Traceback" not in err and acl_user[1] not in err
     assert err.count(f"'{forbidden}'") <= 4  # said a few times at most, not 25-40 lines a second
     assert await pending(client, settings) + await undelivered(client, settings) == 8
