@@ -224,8 +224,9 @@ def test_show_without_snapshot_exits_1(settings: Settings) -> None:
 
 
 def test_show_unknown_region_exits_2(settings: Settings) -> None:
-    done = run_cli(["show", "atlantis", *common_flags(settings)])
-    assert done.returncode == 2
+    line = one_line(run_cli(["show", "atlantis", *common_flags(settings)]), 2)
+    assert line == ("regionstream show: unknown region 'atlantis'; known: "
+                    + ", ".join(settings.regions))
 
 
 async def test_jsonl_source_reports_bad_lines_and_publishes_the_rest(

@@ -6,6 +6,9 @@ import time
 
 import msgspec
 import redis.asyncio as aioredis
+from msgspec.structs import replace
+
+from producer.synthetic import SyntheticSource
 
 from shared.keys import Keys
 from shared.schema import REGIONS
@@ -55,15 +58,24 @@ async def test_same_cycle_again_writes_nothing_and_counts_redelivered(
 
 async def test_different_snapshot_in_taken_bucket_is_a_duplicate(
         client: aioredis.Redis, settings: Settings, keys: Keys) -> None:
-    t = now_ms()
+    # Both cycles at the start of one dedup bucket, the second with other snapshot ids but the
+    # first's trigger per region: every one of the 8 is a duplicate, whatever the clock says
+    # (two cycles 1 ms apart straddled a bucket boundary once in a while, and a filtered list
+    # could come out empty and pass vacuously).
+    t = now_ms() // settings.dedup_window_ms * settings.dedup_window_ms
     first = await publish_cycle(client, settings, t, seed=1)
-    second = [s for s in await publish_cycle(client, settings, t + 1, seed=2)
-              if s.meta.trigger_reason == first[REGIONS.index(s.region_id)].meta.trigger_reason
-              and (t + 1) // settings.dedup_window_ms == t // settings.dedup_window_ms]
+    others = SyntheticSource(settings.regions, seed=2).cycle(t + 1)
+    second = [replace(o, meta=replace(o.meta, trigger_reason=f.meta.trigger_reason))
+              for f, o in zip(first, others, strict=True)]
+    assert len(second) == 8
+    assert all(s.meta.snapshot_id != f.meta.snapshot_id for s, f in zip(second, first))
+    await publish(client, settings, second)
     consumer = await drain(client, settings)
-    assert outcomes(consumer)["duplicate"] == len(second)
-    for s in second:
+    assert outcomes(consumer)["persisted"] == 8
+    assert outcomes(consumer)["duplicate"] == 8
+    for f, s in zip(first, second, strict=True):
         assert not await client.exists(keys.by_id(s.region_id, s.meta.snapshot_id))
+        assert await client.get(keys.latest(f.region_id)) == f.meta.snapshot_id.encode()
 
 
 async def test_older_snapshot_never_becomes_latest(client: aioredis.Redis, settings: Settings,

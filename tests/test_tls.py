@@ -100,10 +100,11 @@ def _pipeline(url: str, tls: list[str], env: dict[str, str] | None = None) -> No
     n = names()
     produced = run_cli(["produce", "--once", "--redis-url", url, *tls, *n], env=env)
     assert produced.returncode == 0, produced.stderr.decode()[-2000:]
-    assert b"published 8 snapshot(s)" in produced.stderr or b"published" in produced.stderr
+    assert produced.stderr.decode().strip().splitlines()[-1] == "published 8 snapshot(s)"
     consumed = run_cli(["consume", "--drain", "--block-ms", "100", "--redis-url", url, *tls,
                         *n], env=env)
     assert consumed.returncode == 0, consumed.stderr.decode()[-2000:]
+    assert b"persisted=8 " in consumed.stderr, consumed.stderr.decode()[-2000:]
     shown = run_cli(["show", "mena", "--json", "--redis-url", url, *tls, *n], env=env)
     assert shown.returncode == 0, shown.stderr.decode()[-2000:]
     assert b'"region_id":"mena"' in shown.stdout.replace(b" ", b"")
