@@ -340,7 +340,7 @@ def _sentinel_client(target: SentinelTarget, options: dict[str, Any],
     }
     if target.tls:
         sentinel_kwargs |= {"ssl": True, **(tls.kwargs() if tls else {})}
-    sentinel = Sentinel(list(target.sentinels),  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(list(target.sentinels),  # type: ignore[no-untyped-call, unused-ignore]
                         sentinel_kwargs=sentinel_kwargs)
     client = sentinel.master_for(
         target.master, redis_class=_SentinelRedis, db=target.db, username=target.username,
