@@ -4,6 +4,7 @@ a free loopback port in a temporary directory, or (last resort, demo only) faker
 from __future__ import annotations
 
 import contextlib
+import errno
 import shutil
 import socket
 import subprocess
@@ -92,8 +93,16 @@ def start_redis_server(binary: str | None = None, *, port: int | None = None,
 
 
 def start_fake_server() -> Server:
-    """fakeredis speaking RESP on a loopback port, in a thread of this process."""
-    from fakeredis import TcpFakeServer
+    """fakeredis speaking RESP on a loopback port, in a thread of this process. fakeredis is
+    the demo's extra (``regionstream[demo]``, what ``make demo`` installs), not the runtime's:
+    without it, one line says what to install."""
+    try:
+        from fakeredis import TcpFakeServer
+    except ImportError:
+        raise FileNotFoundError(
+            errno.ENOENT, "redis-server is not installed, nor the demo's embedded fallback "
+            "(install redis-server, or pip install 'regionstream[demo]')", "redis-server",
+        ) from None
 
     port = free_port()
     server = TcpFakeServer(("127.0.0.1", port), server_type="redis", server_version=(7, 0))

@@ -297,6 +297,21 @@ def test_demo_starts_its_own_redis(path: str | None, says: str) -> None:
     assert "regions_with_latest=8/8" in done.stdout.decode()
 
 
+def test_demo_without_redis_server_or_fakeredis_says_what_to_install(
+        tmp_path: pathlib.Path) -> None:
+    """fakeredis is the demo's extra, not the runtime's: an install of the runtime alone on a
+    machine without redis-server gets one line naming both ways out."""
+    shadow = tmp_path / "fakeredis"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ImportError('No module named fakeredis')\n")
+    env = cli_env() | {"PATH": "/nonexistent",
+                       "PYTHONPATH": f"{tmp_path}:{cli_env().get('PYTHONPATH', '')}"}
+    line = one_line(run_cli(["demo", "--duration", "1", "--plain"], env=env), 1)
+    assert line == ("regionstream: redis-server is not installed, nor the demo's embedded "
+                    "fallback (install redis-server, or pip install 'regionstream[demo]'): "
+                    "redis-server")
+
+
 async def test_demo_stops_cleanly_on_ctrl_c(settings: Settings) -> None:
     import asyncio
     import signal

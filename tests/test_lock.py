@@ -1,0 +1,124 @@
+"""The lock is what runs: ``uv.lock`` agrees with ``pyproject.toml``, the exported
+``requirements/*.txt`` agree with ``uv.lock``, and this environment holds exactly the locked
+versions. A dependency edited in pyproject.toml without ``make lock`` fails here, not on a
+newcomer's machine."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from packaging.markers import Marker
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+LOCK = tomllib.loads((ROOT / "uv.lock").read_text())
+SETS = ("runtime", "demo", "bench", "dev")  # requirements/<set>.txt, as `make export-lock` writes
+
+
+@dataclass(frozen=True)
+class Pin:
+    name: str
+    version: str
+    marker: str | None
+    hashes: frozenset[str]
+
+    def applies(self) -> bool:
+        return self.marker is None or Marker(self.marker).evaluate()
+
+
+def pins(path: Path) -> dict[str, Pin]:
+    """A hashed requirements file, one ``name==version [; marker]`` block each."""
+    text = re.sub(r"\\\n\s*", " ", path.read_text())
+    found: dict[str, Pin] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        spec, *hashes = [part.strip() for part in line.split("--hash=")]
+        req = Requirement(spec)
+        (version,) = [s.version for s in req.specifier if s.operator == "=="]
+        found[canonicalize_name(req.name)] = Pin(
+            canonicalize_name(req.name), version, str(req.marker) if req.marker else None,
+            frozenset(hashes))
+    return found
+
+
+def locked_packages() -> dict[str, list[dict[str, object]]]:
+    by_name: dict[str, list[dict[str, object]]] = {}
+    for package in LOCK["package"]:
+        by_name.setdefault(canonicalize_name(package["name"]), []).append(package)
+    return by_name
+
+
+def _declared(req: str, extra: str | None) -> tuple[str, frozenset[str], str, str | None]:
+    r = Requirement(req)
+    return (canonicalize_name(r.name), frozenset(r.extras), str(r.specifier),
+            f"extra == '{extra}'" if extra else None)
+
+
+def test_uv_lock_was_made_from_this_pyproject() -> None:
+    project = PROJECT["project"]
+    declared = {_declared(r, None) for r in project["dependencies"]}
+    for extra, reqs in project["optional-dependencies"].items():
+        declared |= {_declared(r, extra) for r in reqs}
+    (ours,) = locked_packages()["regionstream"]
+    meta = ours["metadata"]
+    assert isinstance(meta, dict)
+    locked = {(canonicalize_name(d["name"]), frozenset(d.get("extras", ())),
+               str(Requirement(f"x{d.get('specifier', '')}").specifier), d.get("marker"))
+              for d in meta["requires-dist"]}
+    assert declared == locked, "pyproject.toml's dependencies changed: run `make lock`"
+    groups = {g: {str(Requirement(r)) for r in reqs}
+              for g, reqs in PROJECT["dependency-groups"].items()}
+    locked_groups = {g: {d["name"] + d.get("specifier", "") for d in reqs}
+                     for g, reqs in meta["requires-dev"].items()}
+    assert groups == locked_groups, "pyproject.toml's dependency groups changed: run `make lock`"
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_each_export_pins_what_uv_lock_resolved_with_its_hashes(name: str) -> None:
+    locked = locked_packages()
+    exported = pins(ROOT / "requirements" / f"{name}.txt")
+    assert exported, f"requirements/{name}.txt pins nothing"
+    for pin in exported.values():
+        versions = {str(p["version"]): p for p in locked.get(pin.name, [])}
+        assert pin.version in versions, (
+            f"requirements/{name}.txt pins {pin.name}=={pin.version}, uv.lock has "
+            f"{sorted(versions)}: run `make export-lock`")
+        package = versions[pin.version]
+        files = [*package.get("wheels", []), *([package["sdist"]] if "sdist" in package else [])]
+        lock_hashes = {str(f["hash"]) for f in files}  # type: ignore[index]
+        assert pin.hashes and pin.hashes <= lock_hashes, (
+            f"requirements/{name}.txt: {pin.name}'s hashes are not uv.lock's")
+
+
+def test_the_sets_nest() -> None:
+    """The demo adds to the runtime, the dev set holds every other set: installing one after
+    another into one virtualenv never changes a version."""
+    sets = {name: pins(ROOT / "requirements" / f"{name}.txt") for name in SETS}
+    for small, big in [("runtime", "demo"), ("runtime", "bench"), ("demo", "dev"),
+                       ("bench", "dev")]:
+        assert sets[small].items() <= sets[big].items(), f"{small} is not within {big}"
+    assert "setuptools" in sets["runtime"], "the build backend must be locked too"
+    assert "fakeredis" not in sets["runtime"], "the embedded fallback is the demo's extra"
+
+
+def test_this_environment_is_the_lock() -> None:
+    """What `make test` runs on is exactly requirements/dev.txt (pip freeze against the lock)."""
+    wanted = {p.name: p.version for p in pins(ROOT / "requirements" / "dev.txt").values()
+              if p.applies()}
+    installed = {canonicalize_name(d.metadata["Name"]): d.version
+                 for d in metadata.distributions()}
+    drift = {name: (version, installed.get(name)) for name, version in wanted.items()
+             if installed.get(name) != version}
+    if os.environ.get("REGIONSTREAM_UNLOCKED") == "1":  # `make test-latest`: drift on purpose
+        pytest.skip(f"unlocked run (make test-latest); differs from the lock: {drift}")
+    assert not drift, f"installed differs from requirements/dev.txt (locked, installed): {drift}"
