@@ -32,6 +32,7 @@ from shared.settings import Settings
 from shared.shards import Deployment, open_deployment
 
 REFRESH_S = 0.5
+FIRST_FRAME_POLL_S = 0.02
 RATE_KEYS = ("persisted", "duplicate", "dead_lettered")
 # The view refreshes faster than cycles come, so a rate between two refreshes is 0 except in
 # the one a cycle landed in. Rates span at least two cycles instead: a window of one cycle
@@ -89,13 +90,28 @@ async def _frames(client: Deployment, keys: Keys, settings: Settings,
     # Samples are at least ``every`` apart: this many always cover the window.
     samples: deque[Sample] = deque(maxlen=math.ceil(window_s / every) + 2)
     samples.append((time.monotonic(), totals()))
-    await pause(stop, every)  # the first frame shows the first cycle, not an empty store
+    await _first_cycle(totals, stop, every)
     async for frame in frames(client, keys, settings.regions, stop, every):
         now_totals = totals()
         samples.append((time.monotonic(), now_totals))
         done = ", ".join(f"{k} {v}" for k, v in now_totals.items() if v)
-        yield dataclasses.replace(frame, rates=windowed_rates(samples, window_s),
+        # No rate before one interval has passed: the first cycle over the few milliseconds
+        # since start would read as hundreds per second.
+        span = samples[-1][0] - samples[0][0]
+        rates = windowed_rates(samples, window_s) if span >= settings.interval_s else {}
+        yield dataclasses.replace(frame, rates=rates,
                                   note=f"totals: {done}")
+
+
+async def _first_cycle(totals: Callable[[], dict[str, int]], stop: asyncio.Event,
+                       every: float) -> None:
+    """Until the consumer has settled its first entries, at most ``every``: the first frame
+    shows the first cycle, not an empty store, and as soon as it is stored (a fixed wait of
+    one interval made the first snapshot appear 2 s after start)."""
+    deadline = time.monotonic() + every
+    while not any(totals().values()) and time.monotonic() < deadline:
+        if await pause(stop, FIRST_FRAME_POLL_S):
+            return
 
 
 async def run_demo(settings: Settings, *, duration: float | None, interval_s: float,
