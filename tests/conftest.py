@@ -24,6 +24,14 @@ CONDITION_TIMEOUT_S = 30.0
 POLL_S = 0.01
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that kills processes or servers is in the slow tier too (`make test-fast`
+    selects ``-m "not slow"``), so marking it ``chaos`` is enough."""
+    for item in items:
+        if item.get_closest_marker("chaos") and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     url = os.environ.get("REDIS_URL")

@@ -16,6 +16,8 @@ import pytest
 
 from shared.servers import redis_server_binary
 
+pytestmark = pytest.mark.slow  # one `bench --quick` run, ~55 s
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 QUICK_RUN_TIMEOUT_S = 240  # ~65 s alone; the machine is shared with other test runs
 SCENARIOS = ("seed_cycle", "drain", "latency", "scaling", "cluster_seed_cycle", "cluster_drain")

@@ -73,6 +73,7 @@ def test_move_slot_keeps_a_streams_pending_entries(cluster: Cluster) -> None:
         assert rc.xack(stream, group, first, second) == 2
 
 
+@pytest.mark.slow  # kills a master and waits for the promotion
 def test_failover_kill_promotion_and_restart() -> None:
     _require_redis_server()
     key = f"test:cluster:{uuid.uuid4().hex}"

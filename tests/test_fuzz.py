@@ -176,6 +176,7 @@ async def assert_layout_and_clean(client: aioredis.Redis, s: Settings) -> None:
         await client.delete(*found)
 
 
+@pytest.mark.slow  # 10,000 generated entries, ~20 s
 @pytest.mark.timeout(1800)
 @pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning")  # big reprs
 def test_every_entry_ends_stored_or_dead_lettered(redis_url: str,
