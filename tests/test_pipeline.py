@@ -9,7 +9,6 @@ import redis.asyncio as aioredis
 from msgspec.structs import replace
 
 from producer.synthetic import SyntheticSource
-
 from shared.keys import Keys
 from shared.schema import REGIONS
 from shared.settings import Settings
@@ -68,7 +67,8 @@ async def test_different_snapshot_in_taken_bucket_is_a_duplicate(
     second = [replace(o, meta=replace(o.meta, trigger_reason=f.meta.trigger_reason))
               for f, o in zip(first, others, strict=True)]
     assert len(second) == 8
-    assert all(s.meta.snapshot_id != f.meta.snapshot_id for s, f in zip(second, first))
+    assert all(s.meta.snapshot_id != f.meta.snapshot_id
+               for s, f in zip(second, first, strict=True))
     await publish(client, settings, second)
     consumer = await drain(client, settings)
     assert outcomes(consumer)["persisted"] == 8
