@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 
 async def pause(stop: asyncio.Event, seconds: float) -> bool:
@@ -14,7 +15,7 @@ async def pause(stop: asyncio.Event, seconds: float) -> bool:
     return stop.is_set()
 
 
-def abandon(task: asyncio.Future[object]) -> None:
+def abandon(task: asyncio.Future[Any]) -> None:
     """Cancel ``task`` without waiting for it, and take whatever it ends with.
 
     A cancelled read may still end with the error of a connection closed under it (redis-py
@@ -25,6 +26,6 @@ def abandon(task: asyncio.Future[object]) -> None:
     task.add_done_callback(_take_outcome)
 
 
-def _take_outcome(task: asyncio.Future[object]) -> None:
+def _take_outcome(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
