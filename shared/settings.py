@@ -8,10 +8,13 @@ each naming the flag or variable it came from.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
+import math
 import os
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,8 +22,10 @@ from urllib.parse import urlsplit
 from redis.asyncio.connection import ConnectionPool
 from redis.exceptions import RedisError
 
+from shared import failpoints
 from shared.connection import (
     SENTINEL_SCHEMES,
+    SOCKET_TIMEOUT_S,
     Tls,
     describe_url,
     is_sentinel_url,
@@ -54,7 +59,59 @@ MAX_DELIVERIES = 5
 # write that failed (a wrong-type key, OOM) rarely heals within milliseconds.
 RETRY_BACKOFF_MS = 1_000
 CONSUMER_TIMEOUT_S = 3_600.0
+# Off: a Redis whose maxmemory-policy may evict keys can drop stored snapshots, dedup markers
+# or pending entries without an error (see Guarantees); running there anyway is a choice.
+ALLOW_EVICTION = False
 ENV_PREFIX = "REGIONSTREAM_"
+# REGIONSTREAM_* variables read elsewhere, not settings: not warned about as unknown.
+OTHER_VARIABLES = (
+    failpoints.ENV,  # shared/failpoints.py: crash tests' fail points
+    "REGIONSTREAM_UNLOCKED",  # `make test-latest`: tests/test_lock.py allows drift from the lock
+)
+
+# Upper bounds, checked at start: every value Redis receives stays valid, and a typo is refused
+# instead of crashing later (a timeout of inf made the reclaimer's int(s * 1000) raise; a
+# retention of 1e17 s made every persist's SET EX overflow Redis's ms clock). The binding limit
+# is Lua's: persist.lua adds generated_at and retention_ms in doubles, exact below 2**53 ms
+# (~285,000 years), under Redis's own 2**63 ms limit on an expiry time.
+DAY_S = 24 * 3600
+WEEK_S = 7 * DAY_S
+HOUR_MS = 3600 * 1000
+# A century: far past any retention anyone means, and ~3e12 ms, far below 2**53 ms.
+MAX_RETENTION_S = 100 * 365 * DAY_S
+# The dedup bucket folds snapshots of one region and reason into one; upstream's is 15 min for
+# a 6-hour cadence. A week already folds 28 upstream cycles into one snapshot.
+MAX_DEDUP_WINDOW_S = WEEK_S
+MAX_INTERVAL_S = float(WEEK_S)  # a producer cadence beyond a week is a typo (upstream: 6 h)
+# Entries per read (XREADGROUP and XAUTOCLAIM COUNT), and per pipelined publish: a larger
+# batch is one pipeline holding single-threaded Redis (and the worker's memory) for seconds.
+MAX_BATCH = 10_000
+MAX_CHUNK = 10_000
+# Each worker keeps a blocking read open per shard: 1024 workers x 8 region shards is 8192
+# connections, within Redis's default maxclients (10000). Past that, add processes.
+MAX_WORKERS = 1024
+# The socket timeout of a blocking read is the block plus SOCKET_TIMEOUT_S: a dead connection
+# goes unnoticed that long. An hour is plenty (a shutdown never waits out a read).
+MAX_BLOCK_MS = HOUR_MS
+# Supervisors kill a process long before (systemd's default stop timeout is 90 s, Kubernetes'
+# grace 30 s): an hour-long grace is already only a promise.
+MAX_GRACE_S = 3600.0
+MAX_BYTES_LIMIT = 512 * 1024 * 1024  # Redis refuses a longer string (proto-max-bulk-len)
+# An entry idle a week is long past any restart; so is a consumer idle a week.
+MAX_MIN_IDLE_MS = WEEK_S * 1000
+MAX_CONSUMER_TIMEOUT_S = float(WEEK_S)
+MAX_CLAIM_INTERVAL_MS = DAY_S * 1000  # the reclaimer sweeps at least daily
+MAX_RETRY_BACKOFF_MS = HOUR_MS  # a worker holding failed entries retries at least hourly
+MAX_DELIVERIES_LIMIT = 1_000  # an entry failing a thousand times is poison: dead-letter it
+# More replicas than any primary has: asking for more than there are makes every publish
+# wait out its timeout and be published again, forever.
+MAX_MIN_REPLICAS = 100
+# The producer's connection gives up after SOCKET_TIMEOUT_S without a reply: a WAIT as long
+# would look like a lost connection. Half of it leaves the rest of the round trip its time.
+MAX_MIN_REPLICAS_TIMEOUT_MS = int(SOCKET_TIMEOUT_S * 1000) // 2
+
+log = logging.getLogger("regionstream.settings")
+Check = Callable[[Any], str | None]
 
 
 class SettingsError(ValueError):
@@ -65,21 +122,63 @@ class SettingsError(ValueError):
         self.problems = problems
 
 
-def _positive(v: Any) -> str | None:
-    return None if v > 0 else f"must be > 0 (got {v})"
+def _shown(v: Any) -> str:
+    """A value as a message quotes it: short, and never an error (Python refuses to print an
+    int of more than 4300 digits)."""
+    try:
+        text = repr(v) if isinstance(v, str) else str(v)
+    except ValueError:
+        return "a number too long to show"
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _non_negative(v: Any) -> str | None:
-    return None if v >= 0 else f"must be >= 0 (got {v})"
+def _bound(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else str(v)
 
 
-def _port(v: Any) -> str | None:
-    return None if 0 <= v <= 65535 else f"must be a port 0..65535 (got {v})"
+def _within(low: float, high: float, *, integer: bool, above: bool = False, unit: str = "",
+            note: str = "") -> Check:
+    """A check: a finite number (an int if ``integer``) in low..high, or above low when
+    ``above``. Its message states the range allowed."""
+    kind = "an integer" if integer else "a finite number"
+    span = (f"> {_bound(low)} and <= {_bound(high)}" if above
+            else f"in {_bound(low)}..{_bound(high)}")
+    wanted = f"must be {kind} {span}{unit}{f' ({note})' if note else ''}"
+
+    def check(v: Any) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, int | float) or (
+                integer and not isinstance(v, int)) or not math.isfinite(v):
+            return f"{wanted} (got {_shown(v)})"
+        ok = (low < v if above else low <= v) and v <= high
+        return None if ok else f"{wanted} (got {_shown(v)})"
+    return check
+
+
+def _count(low: int, high: int, note: str = "") -> Check:
+    return _within(low, high, integer=True, note=note)
+
+
+def _seconds(high: float, *, above: bool, note: str) -> Check:
+    return _within(0, high, integer=False, above=above, unit=" s", note=note)
+
+
+def _ms(low: int, high: int, note: str) -> Check:
+    return _within(low, high, integer=True, unit=" ms", note=note)
+
+
+def _boolean(v: Any) -> str | None:
+    return None if isinstance(v, bool) else f"must be true or false (got {_shown(v)})"
 
 
 def _name(v: Any) -> str | None:
     if not v or any(c.isspace() for c in v):
         return f"must be a non-empty name without spaces (got {v!r})"
+    try:
+        v.encode()
+    except UnicodeEncodeError:  # argv or environment bytes that are not UTF-8
+        return f"must be UTF-8 text (got {v!r})"
+    if not v.isprintable():  # a control character would reach logs, top and pending as is
+        return f"must be printable text (got {v!r})"
     return None
 
 
@@ -190,51 +289,76 @@ class Settings:
     tls_ca: str = field(default="", metadata={"check": _readable_file, "flag": "--tls-ca"})
     tls_cert: str = field(default="", metadata={"check": _readable_file, "flag": "--tls-cert"})
     tls_key: str = field(default="", metadata={"check": _readable_file, "flag": "--tls-key"})
-    dedup_window_s: int = field(default=DEDUP_WINDOW_S,
-                                metadata={"check": _positive, "flag": None})
-    retention_s: int = field(default=RETENTION_S,
-                             metadata={"check": _positive, "flag": None})
+    dedup_window_s: int = field(
+        default=DEDUP_WINDOW_S,
+        metadata={"check": _within(1, MAX_DEDUP_WINDOW_S, integer=True, unit=" s",
+                                   note="a week"), "flag": None})
+    retention_s: int = field(
+        default=RETENTION_S,
+        metadata={"check": _within(1, MAX_RETENTION_S, integer=True, unit=" s",
+                                   note="100 years"), "flag": None})
+    # every command that connects: refuse (False) or accept (True) a Redis that may evict keys
+    allow_eviction: bool = field(default=ALLOW_EVICTION,
+                                 metadata={"check": _boolean, "flag": "--allow-eviction"})
     # producer
     regions: tuple[str, ...] = field(default=REGIONS,
                                      metadata={"check": _regions, "flag": "--regions"})
-    interval_s: float = field(default=PRODUCE_INTERVAL_S,
-                              metadata={"check": _positive, "flag": "--interval"})
-    stream_retention_s: int = field(default=STREAM_RETENTION_S,
-                                    metadata={"check": _non_negative, "flag": "--stream-retention"})
+    interval_s: float = field(
+        default=PRODUCE_INTERVAL_S,
+        metadata={"check": _seconds(MAX_INTERVAL_S, above=True, note="a week"),
+                  "flag": "--interval"})
+    stream_retention_s: int = field(
+        default=STREAM_RETENTION_S,
+        metadata={"check": _within(0, MAX_RETENTION_S, integer=True, unit=" s",
+                                   note="100 years"), "flag": "--stream-retention"})
     chunk: int = field(default=PRODUCE_CHUNK,
-                       metadata={"check": _positive, "flag": "--chunk"})
+                       metadata={"check": _count(1, MAX_CHUNK), "flag": "--chunk"})
     min_replicas: int = field(default=0,
-                              metadata={"check": _non_negative, "flag": "--min-replicas"})
+                              metadata={"check": _count(0, MAX_MIN_REPLICAS),
+                                        "flag": "--min-replicas"})
     min_replicas_timeout_ms: int = field(
         default=MIN_REPLICAS_TIMEOUT_MS,
-        metadata={"check": _positive, "flag": "--min-replicas-timeout-ms"})
+        metadata={"check": _ms(1, MAX_MIN_REPLICAS_TIMEOUT_MS,
+                               "half the producer's socket timeout"),
+                  "flag": "--min-replicas-timeout-ms"})
     # consumer
     workers: int = field(default=WORKERS,
-                         metadata={"check": _positive, "flag": "--workers"})
+                         metadata={"check": _count(1, MAX_WORKERS), "flag": "--workers"})
     batch: int = field(default=BATCH,
-                       metadata={"check": _positive, "flag": "--batch"})
+                       metadata={"check": _count(1, MAX_BATCH, "entries per read"),
+                                 "flag": "--batch"})
     block_ms: int = field(default=BLOCK_MS,
-                          metadata={"check": _positive, "flag": "--block-ms"})
+                          metadata={"check": _ms(1, MAX_BLOCK_MS, "an hour"),
+                                    "flag": "--block-ms"})
     name: str = field(default_factory=socket.gethostname,
                       metadata={"check": _name, "flag": "--name"})
     grace_s: float = field(default=GRACE_S,
-                           metadata={"check": _non_negative, "flag": "--grace"})
+                           metadata={"check": _seconds(MAX_GRACE_S, above=False, note="an hour"),
+                                     "flag": "--grace"})
     max_bytes: int = field(default=MAX_BYTES,
-                           metadata={"check": _positive, "flag": "--max-bytes"})
+                           metadata={"check": _count(1, MAX_BYTES_LIMIT, "512 MiB"),
+                                     "flag": "--max-bytes"})
     min_idle_ms: int = field(default=MIN_IDLE_MS,
-                             metadata={"check": _positive, "flag": "--min-idle-ms"})
+                             metadata={"check": _ms(1, MAX_MIN_IDLE_MS, "a week"),
+                                       "flag": "--min-idle-ms"})
     claim_interval_ms: int = field(default=CLAIM_INTERVAL_MS,
-                                   metadata={"check": _positive, "flag": "--claim-interval-ms"})
+                                   metadata={"check": _ms(1, MAX_CLAIM_INTERVAL_MS, "a day"),
+                                             "flag": "--claim-interval-ms"})
     max_deliveries: int = field(default=MAX_DELIVERIES,
-                                metadata={"check": _positive, "flag": "--max-deliveries"})
+                                metadata={"check": _count(1, MAX_DELIVERIES_LIMIT),
+                                          "flag": "--max-deliveries"})
     retry_backoff_ms: int = field(default=RETRY_BACKOFF_MS,
-                                  metadata={"check": _non_negative, "flag": "--retry-backoff-ms"})
-    consumer_timeout_s: float = field(default=CONSUMER_TIMEOUT_S,
-                                      metadata={"check": _positive, "flag": "--consumer-timeout"})
+                                  metadata={"check": _ms(0, MAX_RETRY_BACKOFF_MS, "an hour"),
+                                            "flag": "--retry-backoff-ms"})
+    consumer_timeout_s: float = field(
+        default=CONSUMER_TIMEOUT_S,
+        metadata={"check": _seconds(MAX_CONSUMER_TIMEOUT_S, above=True, note="a week"),
+                  "flag": "--consumer-timeout"})
     metrics_host: str = field(default="127.0.0.1",
                               metadata={"check": _name, "flag": "--metrics-host"})
     metrics_port: int = field(default=0,
-                              metadata={"check": _port, "flag": "--metrics-port"})
+                              metadata={"check": _count(0, 65535, "a port; 0: off"),
+                                        "flag": "--metrics-port"})
 
     @property
     def keys(self) -> Keys:
@@ -266,6 +390,8 @@ class Settings:
         validate. Raises SettingsError listing every bad value."""
         flags = flags or {}
         env = os.environ if env is None else env
+        for warning in unknown_variables(env):
+            log.warning("%s", warning)
         values: dict[str, Any] = {}
         origin: dict[str, str] = {}
         problems: list[str] = []
@@ -317,6 +443,23 @@ def _tls_problems(s: Settings, origin: Mapping[str, str]) -> list[str]:
     return problems
 
 
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """One line per ``REGIONSTREAM_*`` variable in ``env`` that nothing reads (a typo, or a
+    name like REGIONSTREAM_GRACE for REGIONSTREAM_GRACE_S), naming the closest real one: such
+    a variable would otherwise be ignored without a word. Never quotes a value."""
+    known = [ENV_PREFIX + f.name.upper() for f in dataclasses.fields(Settings)]
+    known += OTHER_VARIABLES
+    lines = []
+    for var in sorted(v for v in env if v.startswith(ENV_PREFIX) and v not in known):
+        # Compared without the prefix every name shares, which would make any two look alike.
+        close = difflib.get_close_matches(var.removeprefix(ENV_PREFIX),
+                                          [k.removeprefix(ENV_PREFIX) for k in known], n=1)
+        hint = (f"did you mean {ENV_PREFIX}{close[0]}?" if close
+                else "no setting is named like it; see the README's Configuration")
+        lines.append(f"ignoring {var}: not a regionstream variable ({hint})")
+    return lines
+
+
 def flag_fields() -> tuple[str, ...]:
     """The settings a command-line flag can set (the rest: environment or code only)."""
     return tuple(f.name for f in dataclasses.fields(Settings) if f.metadata["flag"])
@@ -338,6 +481,15 @@ def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
             return float(raw)
         except ValueError:
             raise ValueError(f"not a number: {raw!r}") from None
+    if kind == "bool":
+        try:
+            return BOOLEANS[raw.strip().lower()]
+        except KeyError:
+            raise ValueError(f"not a boolean: {raw!r} (expected one of "
+                             f"{'/'.join(BOOLEANS)})") from None
     if kind.startswith("tuple"):
         return parse_regions(raw)
     return raw
+
+
+BOOLEANS = {"1": True, "0": False, "true": True, "false": False, "yes": True, "no": False}

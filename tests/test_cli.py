@@ -95,7 +95,7 @@ def _options_and_dests() -> set[tuple[str, str]]:
 def test_every_setting_message_names_a_real_flag() -> None:
     """A message names the flag that sets a field; that flag must exist and set that field
     (it once said --grace-s for --grace). Fields no flag sets are named as themselves."""
-    bad = {"str": "", "int": -1, "float": -1.0}
+    bad = {"str": "", "int": -1, "float": -1.0, "bool": "maybe"}
     options = _options_and_dests()
     for f in dataclasses.fields(Settings):
         value = () if str(f.type).startswith("tuple") else bad[str(f.type)]
