@@ -16,9 +16,9 @@ from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
 from producer.publisher import Publisher
-from producer.sources import Chunk, read_lines, read_stream, stdin_bytes
+from producer.sources import Chunk, Limits, bounded_lines, read_lines, read_stream, stdin_bytes
 from producer.synthetic import SyntheticSource
-from shared.aio import pause
+from shared.aio import abandon, pause
 from shared.metrics import ProducerMetrics
 from shared.schema import encode
 from shared.settings import Settings
@@ -39,7 +39,7 @@ def now_ms() -> int:
 class Report:
     published: int = 0
     cycles: int = 0
-    rejected: list[str] = field(default_factory=list)
+    rejected: int = 0  # source lines rejected (each said on stderr as it is found)
 
 
 @dataclass
@@ -109,48 +109,71 @@ class Producer:
 
     async def run_source(self, pub: Publisher, chunks: AsyncIterator[Chunk] | Iterable[Chunk]
                          ) -> None:
-        async for chunk in _aiter(chunks):
-            for r in chunk.rejected:
-                msg = f"line {r.line}: {r.reason}"
-                self.report.rejected.append(msg)
-                self.metrics.rejected.inc()
-                print(f"regionstream produce: rejected {msg}", file=sys.stderr)
-            if chunk.snapshots:
-                await pub.publish_until_done(chunk.snapshots, chunk.payloads, self.stop)
-                self.report.published += len(chunk.snapshots)
-            if self.stop.is_set():
-                break
+        """Publish each chunk while the next one is read and checked: the producer holds the
+        chunk being published and the one being filled (from stdin, also up to a chunk of lines
+        read ahead), whatever the size of the input and however slow Redis is. Stdin ends by
+        itself once stopped, after yielding every line it had read; a file is left at the next
+        chunk."""
+        source = _aiter(chunks, self.stop)
+        ahead = asyncio.ensure_future(anext(source, None))
+        try:
+            while (chunk := await ahead) is not None:
+                ahead = asyncio.ensure_future(anext(source, None))
+                self._note_rejected(chunk)
+                if chunk.snapshots:
+                    await pub.publish_until_done(chunk.snapshots, chunk.payloads, self.stop)
+                    self.report.published += len(chunk.snapshots)
+        finally:
+            abandon(ahead)  # a publish failed for good: nothing more is read
         await self.trim(pub)
+
+    def _note_rejected(self, chunk: Chunk) -> None:
+        for r in chunk.rejected:
+            self.report.rejected += 1
+            self.metrics.rejected.inc()
+            print(f"regionstream produce: rejected line {r.line}: {r.reason}", file=sys.stderr)
 
     async def run(self, redis: aioredis.Redis, *, once: bool = False, count: int | None = None,
                   source: str = "synthetic", progress: bool = False,
                   deployment: Deployment | None = None) -> Report:
         """Publish until done or stopped; ``deployment`` routes each snapshot to its shard and
         node (default: one server through ``redis``, in the --shard-by layout)."""
+        if source != "synthetic" and (count is not None or once):
+            raise ValueError(f"source {source!r}: --count and --once are synthetic modes")
         pub = Publisher(redis, self.keys, self.settings, self.metrics, deployment)
         await pub.prepare()
-        s = self.settings
         if count is not None:
             await self.run_count(pub, count, progress)
         elif source == "synthetic":
             await self.run_cycles(pub, once=once)
-        elif source == "-":
-            await self.run_source(pub, read_stream(stdin_bytes(), size=s.chunk, now=now_ms,
-                                                   regions=s.regions))
         else:
-            with open(source, "rb") as fh:  # noqa: ASYNC230 - a local file, read in chunks
-                await self.run_source(pub, read_lines(fh, size=s.chunk, now_ms=now_ms(),
-                                                      regions=s.regions))
+            await self.run_file(pub, source)
         return self.report
 
+    async def run_file(self, pub: Publisher, source: str) -> None:
+        """JSON lines from ``source`` (``-``: stdin), read as they are published (see
+        run_source: a few chunks held at most)."""
+        s = self.settings
+        limits = Limits(max_bytes=s.max_bytes, regions=s.regions)
+        if source == "-":
+            await self.run_source(pub, read_stream(stdin_bytes(), size=s.chunk, now=now_ms,
+                                                   limits=limits, stop=self.stop))
+            return
+        with open(source, "rb") as fh:  # noqa: ASYNC230 - a local file, read in chunks
+            await self.run_source(pub, read_lines(bounded_lines(fh, s.max_bytes), size=s.chunk,
+                                                  now_ms=now_ms(), limits=limits))
 
-async def _aiter(chunks: AsyncIterator[Chunk] | Iterable[Chunk]) -> AsyncIterator[Chunk]:
+
+async def _aiter(chunks: AsyncIterator[Chunk] | Iterable[Chunk], stop: asyncio.Event
+                 ) -> AsyncIterator[Chunk]:
     if isinstance(chunks, AsyncIterator):
         async for c in chunks:
             yield c
     else:
         for c in chunks:
             yield c
+            if stop.is_set():
+                return
 
 
 def _progress(enabled: bool, total: int) -> AbstractContextManager[Callable[[int], None]]:

@@ -33,6 +33,7 @@ from shared.connection import (
     describe_url,
     url_password,
 )
+from shared.memory import EvictionRisk, check_eviction
 from shared.settings import Settings, SettingsError, flag_fields, parse_regions
 from shared.shards import LayoutError
 
@@ -109,6 +110,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stream", help="env REGIONSTREAM_STREAM, default snapshots")
     g.add_argument("--group", help="env REGIONSTREAM_GROUP, default persisters")
     g.add_argument("--prefix", help="key prefix; env REGIONSTREAM_PREFIX, default intelligence")
+    g.add_argument("--allow-eviction", action="store_true", default=None,
+                   help="run even when Redis's maxmemory-policy may evict keys (data loss: "
+                   "see Guarantees); env REGIONSTREAM_ALLOW_EVICTION (1/0, true/false, yes/no)")
     g.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
@@ -161,8 +165,12 @@ def _add_produce(sub: Any) -> None:
                       help="load generator: N snapshots over the regions, all distinct")
     p.add_argument("--regions", type=parse_regions, help="comma-separated region ids")
     p.add_argument("--source", default="synthetic",
-                   help="synthetic (default), a JSON-lines FILE, or - for stdin")
-    p.add_argument("--chunk", type=_int, help="entries per pipelined round trip (default 500)")
+                   help="synthetic (default), a JSON-lines FILE, or - for stdin (a FILE or - "
+                   "is published once: not with --once, --interval, --count or --seed)")
+    p.add_argument("--chunk", type=_int, help="entries per pipelined round trip, with --count "
+                   "or --source FILE|- (default 500)")
+    p.add_argument("--max-bytes", type=_int, help="reject --source lines larger than this, which "
+                   "the consumer would dead-letter (default 262144)")
     p.add_argument("--stream-retention", type=_int, dest="stream_retention_s",
                    help="seconds of acknowledged history to keep on the stream (default 86400)")
     p.add_argument("--seed", type=_int, help="seed of the synthetic source")
@@ -243,6 +251,33 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command and return its exit code (see the module docstring).
+
+    Whatever the command, a reader that goes away (``regionstream pending --json | head -1``,
+    ``regionstream acl | true``) ends it quietly, without a traceback: this is the one place
+    that handles it."""
+    try:
+        try:
+            code = _main(argv)
+        except SystemExit:  # --help, --version: argparse itself ignores a failed write
+            sys.stdout.flush()
+            raise
+        sys.stdout.flush()  # a block-buffered pipe's closed reader shows here, not at print
+    except BrokenPipeError:
+        import os
+
+        # Python's recipe (docs of the signal module, "Note on SIGPIPE"): stdout to devnull,
+        # so the flush at interpreter exit does not fail again ("Exception ignored ...").
+        with contextlib.suppress(OSError, ValueError):  # a stdout without a descriptor
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # Exit 1, a runtime failure: the output was not all delivered (0 would tell a
+        # `set -o pipefail` script it was). Python's recipe exits 1 too, and so does rich's
+        # Console when a table it prints meets the closed pipe first.
+        return EXIT_FAILURE
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
         settings = settings_from(args)
@@ -273,6 +308,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LayoutError as exc:  # --shard-by that does not fit the server (the demo's own)
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except EvictionRisk as exc:  # a Redis setting to fix: a restart would refuse again
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_PERMANENT
     except PermanentError as exc:
         print(f"{PROG}: stopped, not retrying: {exc} (entries stay pending; fix the "
               "permission or key, then restart)", file=sys.stderr)
@@ -289,9 +327,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check_source(args: argparse.Namespace) -> None:
-    """Open a --source FILE before anything connects: a missing file or a directory must be
-    one line, and must not leave a stream and group created behind it."""
-    source = getattr(args, "source", "synthetic")
+    """Refuse produce flags the chosen source would ignore, and open a --source FILE, before
+    anything connects: a missing file or a directory must be one line, and must not leave a
+    stream and group created behind it."""
+    if getattr(args, "command", None) != "produce":
+        return
+    source = args.source
+    if source != "synthetic":  # a FILE or stdin is published once, line by line
+        given = {"--count": args.count is not None, "--once": args.once,
+                 "--interval": args.interval_s is not None, "--seed": args.seed is not None}
+        flag = next((f for f, on in given.items() if on), None)
+        if flag is not None:
+            raise UsageError(f"{PROG} produce: --source {source!r} conflicts with {flag}: "
+                             f"{flag} drives the synthetic source; give one or the other")
+    elif args.chunk is not None and args.count is None:
+        raise UsageError(f"{PROG} produce: --chunk does nothing without --count or --source "
+                         "FILE|-: a synthetic cycle is one snapshot per region, one round trip")
+    elif args.max_bytes is not None:
+        from producer.synthetic import MAX_ENCODED_BYTES
+
+        mode = "--count" if args.count is not None else "synthetic cycles"
+        raise UsageError(f"{PROG} produce: --max-bytes does nothing with {mode}: it limits "
+                         f"--source FILE|- lines (synthetic snapshots are at most "
+                         f"{MAX_ENCODED_BYTES} bytes)")
     if source in ("synthetic", "-"):
         return
     try:
@@ -402,7 +460,8 @@ def _listen(settings: Settings, registry: Any) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _deployed(settings: Settings, *, subset: bool = True) -> AsyncIterator[Deployment]:
+async def _deployed(settings: Settings, *, subset: bool = True, writes: bool = False
+                    ) -> AsyncIterator[Deployment]:
     """Connected, cluster or not found out, --shard-by resolved (a misfit is a bad setting),
     closed after. ``subset``: only the --shards (the producer always publishes every
     region's)."""
@@ -416,6 +475,9 @@ async def _deployed(settings: Settings, *, subset: bool = True) -> AsyncIterator
         raise UsageError(f"{PROG}: {exc}") from None
     try:
         await deployment.base.ping()
+        if writes:  # what writes refuses a Redis that may evict what it wrote (shared.memory)
+            await check_eviction(deployment.node_clients(), settings.redis_url,
+                                 allow=settings.allow_eviction)
         yield deployment
     finally:
         await deployment.aclose()
@@ -423,8 +485,16 @@ async def _deployed(settings: Settings, *, subset: bool = True) -> AsyncIterator
 
 async def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     from producer.service import Producer
+    from producer.synthetic import MAX_ENCODED_BYTES
 
-    async with _deployed(settings, subset=False) as deployment:
+    # A limit from the environment that the synthetic source cannot meet: refused before
+    # connecting. (A timeout or host for a feature switched off is moot, not a conflict: a
+    # template that sets --min-replicas 0 with a timeout stays valid.)
+    if args.source == "synthetic" and settings.max_bytes < MAX_ENCODED_BYTES:
+        raise UsageError(f"{PROG} produce: REGIONSTREAM_MAX_BYTES {settings.max_bytes} is below "
+                         f"the largest synthetic snapshot ({MAX_ENCODED_BYTES} bytes): the "
+                         "consumer would dead-letter them")
+    async with _deployed(settings, subset=False, writes=True) as deployment:
         producer = Producer(settings, seed=args.seed)
         _serve_metrics(settings, producer.registry, cadence_s=settings.interval_s)
         _stop_on_signals(asyncio.get_running_loop(), producer.stop)
@@ -432,7 +502,7 @@ async def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
                                     source=args.source, progress=sys.stderr.isatty(),
                                     deployment=deployment)
     print(f"published {report.published} snapshot(s)"
-          + (f", rejected {len(report.rejected)} line(s)" if report.rejected else ""),
+          + (f", rejected {report.rejected} line(s)" if report.rejected else ""),
           file=sys.stderr)
     return EXIT_REJECTED if report.rejected else EXIT_OK
 
@@ -441,7 +511,7 @@ async def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     from consumer.service import Consumer
 
     # A clear message now if Redis is unreachable, or the layout does not fit the server.
-    async with _deployed(settings):
+    async with _deployed(settings, writes=True):
         pass
     consumer = Consumer(settings)
     _serve_metrics(settings, consumer.registry)
@@ -475,7 +545,7 @@ async def cmd_acl(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from regionstream import opscli
 
-    async with _deployed(settings) as deployment:
+    async with _deployed(settings, writes=True) as deployment:
         return await opscli.cmd_replay(args, settings, deployment)
 
 

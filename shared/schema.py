@@ -80,7 +80,9 @@ PROBABILITY_TOLERANCE = 1e-6
 # confusions, years) into the future, which would otherwise win "latest" forever.
 MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
 
-_SNAPSHOT_ID_RE = re.compile(r"^[0-9a-f]{12}-[0-9a-f]{12}$")
+# Checked with fullmatch, never match and "$": in Python "$" also matches before a trailing
+# newline, and the id becomes part of a Redis key (see shared/keys.py).
+_SNAPSHOT_ID_RE = re.compile(r"[0-9a-f]{12}-[0-9a-f]{12}")
 _ID_PART_MAX = 1 << 48  # 12 hex digits
 
 
@@ -280,7 +282,7 @@ _KNOWN_LANES: frozenset[str] = frozenset(LANES)
 
 def _check_meta(snap: Snapshot, now_ms: int | None, problems: list[str]) -> None:
     meta = snap.meta
-    if not _SNAPSHOT_ID_RE.match(meta.snapshot_id):
+    if not _SNAPSHOT_ID_RE.fullmatch(meta.snapshot_id):
         problems.append(
             f"meta.snapshot_id: {meta.snapshot_id!r} does not match 12hex-12hex "
             "(e.g. '01a20df9a266-dfbeeaaf6bb1')"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import pickle
 import random
@@ -11,8 +12,10 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
-from shared.keys import dedup_bucket
+from shared.keys import Keys, dedup_bucket
 from shared.schema import (
     HORIZONS,
     LANES,
@@ -23,6 +26,7 @@ from shared.schema import (
     PROBABILITY_TOLERANCE,
     REGION_NAMES,
     REGIONS,
+    TRIGGER_REASONS,
     Actor,
     Balance,
     Evidence,
@@ -37,6 +41,7 @@ from shared.schema import (
     encode,
     new_snapshot_id,
     parse,
+    problems_of,
     validate,
 )
 from shared.settings import DEDUP_WINDOW_S
@@ -415,3 +420,119 @@ def test_snapshot_invalid_from_one_string_and_pickled() -> None:
     err = SnapshotInvalid(["a: bad", "b: worse"])
     copy = pickle.loads(pickle.dumps(err))
     assert str(copy) == "a: bad; b: worse"
+
+
+# -- fields that end up in Redis keys (issue 17, item 17) -------------------------------------
+
+VALID_ID = "01a20df9a266-dfbeeaaf6bb1"
+# What a Python "$" or a forgiving check lets through: line ends, NUL, spaces, hash-tag braces.
+SNEAKY = ["\n", "\r\n", "\r", "\x00", " ", "\t", "{", "}", "\u2028", "\x85"]
+
+
+@st.composite
+def _broad(draw: st.DrawFn, core: st.SearchStrategy[str], *others: st.SearchStrategy[str]
+           ) -> str:
+    """``core`` as it is, with sneaky or arbitrary text before or after it, or any text."""
+    value = draw(core)
+    extra = draw(st.sampled_from([*SNEAKY, ""]))
+    extra = extra or draw(st.text(min_size=1, max_size=3))
+    how = draw(st.sampled_from(["as-is", "after", "before", "any"]))
+    if how == "after":
+        return value + extra
+    if how == "before":
+        return extra + value
+    if how == "any":
+        return draw(st.one_of(st.text(max_size=30), *others))
+    return value
+
+
+# Every snapshot field that ends up in a key: a valid value, and values from anywhere.
+VALID: dict[str, st.SearchStrategy[Any]] = {
+    "snapshot_id": st.builds(new_snapshot_id, st.integers(0, 2**48 - 1), st.randoms()),
+    "region_id": st.sampled_from(REGIONS),
+    "trigger_reason": st.sampled_from(TRIGGER_REASONS),
+    "generated_at": st.just(GEN),
+}
+BROAD: dict[str, st.SearchStrategy[Any]] = {
+    "snapshot_id": _broad(VALID["snapshot_id"],
+                          st.from_regex(r"[0-9a-f]{12}-[0-9a-f]{12}", fullmatch=False)),
+    "region_id": _broad(VALID["region_id"]),
+    "trigger_reason": _broad(VALID["trigger_reason"]),
+    "generated_at": st.integers(-(2**62), 2**62),
+}
+
+
+def _documented_layout(prefix: str, stream: str) -> re.Pattern[str]:
+    """Every key the README's "Key layout" names, written out here apart from shared/keys.py
+    (ASCII only: ``[0-9]`` must not mean any Unicode digit)."""
+    tag = r"\{(?:" + "|".join(map(re.escape, REGIONS)) + r")\}"
+    reason = "(?:" + "|".join(TRIGGER_REASONS) + ")"
+    p, s = re.escape(prefix), re.escape(stream)
+    return re.compile("|".join([
+        rf"{p}:dedup:v1:{tag}:{reason}:[0-9]+",
+        rf"{p}:snapshot-by-id:v1:{tag}:[0-9a-f]{{12}}-[0-9a-f]{{12}}",
+        rf"{p}:snapshot:v1:{tag}:latest",
+        rf"{p}:snapshot-index:v1:{tag}",
+        rf"{s}:{tag}(?::dlq)?",
+    ]), re.ASCII)
+
+
+LAYOUT_KEYS = Keys(prefix="intelligence", stream="snapshots")
+LAYOUT = _documented_layout(LAYOUT_KEYS.prefix, LAYOUT_KEYS.stream)
+
+
+def _accepted(snap: Snapshot) -> list[Snapshot]:
+    """``snap`` as each validation path accepts it: a struct built in Python (validate), and
+    its JSON as the consumer receives it (parse: decode, then validate)."""
+    out = [] if problems_of(snap) else [snap]
+    with contextlib.suppress(SnapshotInvalid):
+        out.append(parse(encode(snap)))
+    return out
+
+
+def _keyed(snapshot_id: str, region_id: str, trigger_reason: str, generated_at: int
+           ) -> Snapshot:
+    base = make_snapshot()
+    return replace(base, region_id=region_id, generated_at=generated_at,
+                   meta=replace(base.meta, snapshot_id=snapshot_id,
+                                trigger_reason=_unchecked(trigger_reason),
+                                valid_until=generated_at + 1))
+
+
+@pytest.mark.parametrize("broad", [*BROAD, "all"])
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_every_accepted_snapshot_yields_keys_of_the_documented_layout(
+        broad: str, data: st.DataObject) -> None:
+    """Accepted => every key built from it is one of the README's "Key layout", exactly: one
+    field at a time drawn from anywhere (the others valid), then all of them at once."""
+    snap = _keyed(**{name: data.draw(BROAD[name] if broad in (name, "all") else VALID[name],
+                                     label=name) for name in BROAD})
+    accepted = _accepted(snap)
+    event("accepted" if accepted else "rejected")
+    for ok in accepted:
+        k, r, window = LAYOUT_KEYS, ok.region_id, DEDUP_WINDOW_S * 1000
+        built = [k.by_id(r, ok.meta.snapshot_id), k.latest(r), k.index(r), k.shard(r).stream,
+                 k.shard(r).dlq,
+                 k.dedup(r, ok.meta.trigger_reason, dedup_bucket(ok.generated_at, window))]
+        for key in built:
+            assert LAYOUT.fullmatch(key), key
+            assert key.isascii() and key.isprintable(), key  # no newline, no control char
+            assert key.count("{") == key.count("}") == 1, key  # one hash tag: the region
+            assert k.kind_of(key) is not None, key
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("snapshot_id", VALID_ID + "\n"), ("snapshot_id", VALID_ID + "\r\n"),
+    ("snapshot_id", VALID_ID + "\x00"), ("snapshot_id", "\n" + VALID_ID),
+    ("region_id", "europe\n"), ("trigger_reason", "scheduled_6h\n"),
+])
+def test_a_key_field_with_a_trailing_newline_is_rejected(field: str, value: str) -> None:
+    """In Python ``$`` matches before a trailing newline: "<id>\\n" passed validation and
+    became a by-id key ending in a newline."""
+    valid = {"snapshot_id": VALID_ID, "region_id": "europe", "trigger_reason": "scheduled_6h"}
+    snap = _keyed(**{**valid, field: value}, generated_at=GEN)
+    (problem,) = _problems(snap)
+    assert field in problem.split(":")[0], problem
+    with pytest.raises(SnapshotInvalid, match=field):
+        parse(encode(snap))
