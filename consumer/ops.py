@@ -8,6 +8,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import msgspec
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
@@ -18,6 +19,7 @@ from consumer.worker import Worker
 from shared.failpoints import failpoint
 from shared.group import id_seconds, read_group_stats, text, total
 from shared.keys import ALL_SHARD, Keys
+from shared.layout import layout_mismatch
 from shared.metrics import ConsumerMetrics
 from shared.settings import Settings
 from shared.shards import Deployment, Shard, deployment_of, read_each
@@ -27,6 +29,14 @@ from shared.shards import Deployment, Shard, deployment_of, read_each
 PENDING_SCAN_LIMIT = 10_000
 DLQ_PAGE = 500
 REPLAY_PAGE = 200
+
+
+def untrusted(value: bytes | str) -> str:
+    """A name or field read from Redis, as text for a report: anyone who can write to the
+    group or the stream chose it (another client's consumer name, a dead letter's region), so
+    bytes that are not UTF-8 become ``\\xff`` escapes instead of an error. Never the form sent
+    back to Redis: the escape is not reversible."""
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
 
 
 @dataclass
@@ -69,15 +79,18 @@ class PendingReport:
     dlq_length: int
     consumers: list[ConsumerRow] = field(default_factory=list)
     shards: list[ShardRow] = field(default_factory=list)
+    # Entries waiting in the other --shard-by layout's streams (shared.layout), or None.
+    layout_warning: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-async def pending_report(target: Deployment | aioredis.Redis, keys: Keys) -> PendingReport:
+async def pending_report(target: Deployment | aioredis.Redis, keys: Keys,
+                         regions: tuple[str, ...] = ()) -> PendingReport:
     """Per shard, concurrently: the group's counters (one round trip), then each holding
     consumer's pending list for its oldest entry and highest delivery count. Ages use Redis's
-    clock."""
+    clock. ``regions``: whose shard streams the layout check looks at (``shared.layout``)."""
     deployment = deployment_of(target, keys, ())
 
     async def one(shard: Shard, redis: Any) -> tuple[ShardRow, list[ConsumerRow]]:
@@ -85,25 +98,36 @@ async def pending_report(target: Deployment | aioredis.Redis, keys: Keys) -> Pen
         state = await read_group_stats(redis, k)
         row = ShardRow(shard.label, k.stream, k.dlq, state.exists, state.stream_length,
                        state.lag, state.pending, state.dlq_length, state.oldest_pending_age_s)
-        consumers = []
-        for c in state.consumers:
-            cr = ConsumerRow(c.name, c.pending, c.idle_s, shard=shard.label)
-            if cr.pending:
-                rows: Any = await redis.xpending_range(k.stream, k.group, "-", "+",
-                                                       PENDING_SCAN_LIMIT, cr.name)
-                cr.oldest_age_s = max(0.0, state.at - id_seconds(rows[0]["message_id"]))
-                cr.max_deliveries = max(int(r["times_delivered"]) for r in rows)
-                cr.scanned_all = len(rows) >= cr.pending
-            consumers.append(cr)
-        return row, consumers
+        return row, (await _consumer_rows(redis, shard, state.at) if state.exists else [])
 
-    read = await read_each(deployment, one)
+    read, mismatch = await asyncio.gather(read_each(deployment, one),
+                                          layout_mismatch(deployment, keys, regions))
     rows = [r for r, _ in read]
     return PendingReport(
         keys.stream, keys.group, all(r.group_exists for r in rows),
         sum(r.stream_length for r in rows), total([r.lag for r in rows]),
         sum(r.pending for r in rows), sum(r.dlq_length for r in rows),
-        [c for _, cs in read for c in cs], rows)
+        [c for _, cs in read for c in cs], rows, mismatch)
+
+
+async def _consumer_rows(redis: Any, shard: Shard, now: float) -> list[ConsumerRow]:
+    """A row per consumer of the shard's group. Its name is read again here, as the bytes
+    Redis holds (a name another client chose need not be UTF-8): the pending list is asked
+    for by those bytes, and only the row shows the name decoded (``untrusted``)."""
+    k = shard.keys
+    consumers = []
+    listed: Any = await redis.xinfo_consumers(k.stream, k.group)
+    for c in listed:
+        cr = ConsumerRow(untrusted(c["name"]), int(c["pending"]), int(c["idle"]) / 1000,
+                         shard=shard.label)
+        rows: Any = await redis.xpending_range(k.stream, k.group, "-", "+", PENDING_SCAN_LIMIT,
+                                               c["name"]) if cr.pending else []
+        if rows:  # none when its entries were acknowledged since XINFO
+            cr.oldest_age_s = max(0.0, now - id_seconds(rows[0]["message_id"]))
+            cr.max_deliveries = max(int(r["times_delivered"]) for r in rows)
+            cr.scanned_all = len(rows) >= cr.pending
+        consumers.append(cr)
+    return consumers
 
 
 @dataclass
@@ -118,46 +142,54 @@ class Moved:
 
 async def replay_dlq(target: Deployment | aioredis.Redis, keys: Keys, *,
                      region: str | None = None, reason: str | None = None,
-                     limit: int | None = None, dry_run: bool = False) -> list[Moved]:
+                     limit: int | None = None, dry_run: bool = False,
+                     moved: list[Moved] | None = None) -> list[Moved]:
     """Move dead letters back onto their shard's stream with their original fields; each is
     removed from the dead-letter stream in the same step (one script per entry, on the
     shard's node). Shard after shard; with ``region``: in a region layout its shard's dead
-    letters, on one stream those whose region field is ``region``."""
+    letters, on one stream those whose region field is ``region``.
+
+    Each entry is appended to ``moved`` (returned) as soon as it is done, so a caller holding
+    that list knows exactly what was moved when a later step raises (a Redis error, a
+    refused XADD). Nothing before a move can raise on what a dead letter holds: its fields
+    are only compared as bytes and decoded for the report (``untrusted``)."""
     deployment = deployment_of(target, keys, ())
-    moved: list[Moved] = []
+    moved = [] if moved is None else moved
     for shard in deployment.shards:
         if region and shard.region not in (None, region):
             continue
-        left = None if limit is None else limit - len(moved)
-        if left == 0:
+        if limit is not None and len(moved) >= limit:
             break
         # A region's shard: all of its dead letters are that region's, garbage without a
         # region field and strays claiming another region included (they came on its stream).
-        moved += await _replay_shard_dlq(deployment.client_for(shard), shard,
-                                         region=None if shard.region else region,
-                                         reason=reason, limit=left, dry_run=dry_run)
+        await _replay_shard_dlq(deployment.client_for(shard), shard, moved,
+                                region=None if shard.region else region, reason=reason,
+                                limit=limit, dry_run=dry_run)
     return moved
 
 
-async def _replay_shard_dlq(redis: Any, shard: Shard, *, region: str | None,
-                            reason: str | None, limit: int | None, dry_run: bool) -> list[Moved]:
-    keys, moved = shard.keys, list[Moved]()
+def _raw(arg: str | None) -> bytes | None:
+    """A command-line argument as the bytes the user typed (argv undecodable as UTF-8 comes
+    in as surrogate escapes), to compare with or send to Redis."""
+    return None if arg is None else arg.encode("utf-8", "surrogateescape")
+
+
+async def _replay_shard_dlq(redis: Any, shard: Shard, moved: list[Moved], *,
+                            region: str | None, reason: str | None, limit: int | None,
+                            dry_run: bool) -> None:
+    keys, want_region, want_reason = shard.keys, _raw(region), _raw(reason)
     start = "-"
     while limit is None or len(moved) < limit:
         page: Any = await redis.xrange(keys.dlq, start, "+", count=DLQ_PAGE)
         for dlq_id, fields in page:
             if limit is not None and len(moved) >= limit:
                 break
-            r = text(fields.get(b"region", b"?"))
-            why = text(fields.get(b"dlq_reason", b"?"))
-            if (region and r != region) or (reason and reason not in why):
+            r, why = fields.get(b"region", b"?"), fields.get(b"dlq_reason", b"?")
+            if (want_region and r != want_region) or (want_reason and want_reason not in why):
                 continue
-            m = Moved(text(dlq_id), r, why, shard=shard.label)
-            original = original_fields(fields)
-            if len(original) > 2 * MAX_ENTRY_FIELDS:
-                # It would only be dead-lettered again, and cannot pass through Lua's unpack.
-                m.skipped = f"{len(original) // 2} fields: not replayable"
-            elif not dry_run:
+            m = Moved(text(dlq_id), untrusted(r), untrusted(why), shard=shard.label)
+            original, m.skipped = _replayable(fields)
+            if m.skipped is None and not dry_run:
                 new_id = await scripts.call(redis, scripts.replay_dlq(), [keys.stream, keys.dlq],
                                             [dlq_id, *original])
                 if new_id is None:
@@ -168,7 +200,22 @@ async def _replay_shard_dlq(redis: Any, shard: Shard, *, region: str | None,
         if len(page) < DLQ_PAGE:
             break
         start = "(" + text(page[-1][0])
-    return moved
+
+
+def _replayable(fields: dict[bytes, bytes]) -> tuple[list[bytes], str | None]:
+    """A dead letter's original field/value list, and why it stays where it is (None: it can
+    be moved). Found before anything moves: the move script is only handed what XADD takes,
+    so a dead letter that cannot go back stops nothing half-way."""
+    try:
+        original = original_fields(fields)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return [], "its packed fields (dlq_fields) do not unpack"
+    if not original:
+        return [], "no original fields"  # XADD needs at least one
+    if len(original) > 2 * MAX_ENTRY_FIELDS:
+        # It would only be dead-lettered again, and cannot pass through Lua's unpack.
+        return original, f"{len(original) // 2} fields: not replayable"
+    return original, None
 
 
 @dataclass
@@ -185,20 +232,23 @@ def _tally(result: Replayed, settled: store.Settled) -> None:
 
 async def replay_pending(target: Deployment | aioredis.Redis, keys: Keys, settings: Settings,
                          *, consumer: str | None, min_idle_ms: int, dry_run: bool,
-                         as_name: str) -> Replayed:
+                         as_name: str, result: Replayed | None = None) -> Replayed:
     """Claim (XCLAIM) what ``consumer`` (or any consumer) holds idle for ``min_idle_ms`` and
-    settle it now under ``as_name``, through the normal persist path; shard after shard."""
+    settle it now under ``as_name``, through the normal persist path; shard after shard.
+    ``consumer`` is matched as the bytes given (a name that is not UTF-8 can be named).
+    Outcomes are added to ``result`` (returned) as each page settles: what it holds when a
+    later step raises is what was done."""
     deployment = deployment_of(target, keys, ())
-    result = Replayed()
+    result = Replayed() if result is None else result
     for shard in deployment.shards:
         await _replay_shard_pending(deployment.client_for(shard), shard, settings, result,
-                                    consumer=consumer, min_idle_ms=min_idle_ms,
+                                    consumer=_raw(consumer), min_idle_ms=min_idle_ms,
                                     dry_run=dry_run, as_name=as_name)
     return result
 
 
 async def _replay_shard_pending(redis: Any, shard: Shard, settings: Settings, result: Replayed,
-                                *, consumer: str | None, min_idle_ms: int, dry_run: bool,
+                                *, consumer: bytes | None, min_idle_ms: int, dry_run: bool,
                                 as_name: str) -> None:
     keys = shard.keys
     worker = Worker(redis, keys, settings, as_name, ConsumerMetrics(CollectorRegistry()),
@@ -223,13 +273,15 @@ async def _replay_shard_pending(redis: Any, shard: Shard, settings: Settings, re
 
 
 async def replay_range(target: Deployment | aioredis.Redis, keys: Keys, settings: Settings, *,
-                       start: str, end: str, dry_run: bool) -> Replayed:
+                       start: str, end: str, dry_run: bool, result: Replayed | None = None
+                       ) -> Replayed:
     """Re-drive stream history through dedup: each entry goes through the persist script
     without an ack (it belongs to the group's own accounting). Idempotent: what is stored is
     recognized and nothing is written twice. Every shard's stream, START..END each (ids are
-    times, so a range means the same span of time on every shard)."""
+    times, so a range means the same span of time on every shard). Outcomes are added to
+    ``result`` as each page settles (see ``replay_pending``)."""
     deployment = deployment_of(target, keys, ())
-    result = Replayed()
+    result = Replayed() if result is None else result
     for shard in deployment.shards:
         await _replay_shard_range(deployment.client_for(shard), shard, settings, result,
                                   start=start, end=end, dry_run=dry_run)

@@ -80,12 +80,14 @@ class Reclaimer(Worker):
         timeout_ms = int(self.settings.consumer_timeout_s * 1000)
         forgotten = []
         for c in await self.redis.xinfo_consumers(self.keys.stream, self.keys.group):
-            name = text(c["name"])
             if int(c["pending"]) or int(c["idle"]) < timeout_ms:
                 continue
+            # The name as Redis holds it: another client's need not be UTF-8 (text() is for
+            # the log line only; its escapes would name no consumer).
             if await scripts.call(self.redis, scripts.forget_consumer(), [self.keys.stream],
-                                  [self.keys.group, name, timeout_ms]):
+                                  [self.keys.group, c["name"], timeout_ms]):
+                name = text(c["name"])
                 forgotten.append(name)
-                log.info("forgot consumer %s: idle %.0fs with nothing pending", name,
+                log.info("forgot consumer %r: idle %.0fs with nothing pending", name,
                          int(c["idle"]) / 1000)
         return forgotten

@@ -8,15 +8,25 @@ import json
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from consumer.ops import PendingReport, pending_report, replay_dlq, replay_pending, replay_range
-from regionstream.view import age_text
-from shared.keys import is_sharded
+from consumer.ops import (
+    Moved,
+    PendingReport,
+    Replayed,
+    pending_report,
+    replay_dlq,
+    replay_pending,
+    replay_range,
+    untrusted,
+)
+from regionstream.view import age_text, plain
+from shared.keys import Keys, is_sharded
 from shared.settings import Settings
 from shared.shards import Deployment
 
@@ -81,13 +91,16 @@ def _console() -> Console:
 
 def print_pending(report: PendingReport) -> None:
     c = _console()
+    if report.layout_warning:
+        c.print(plain(f"warning: {report.layout_warning}", "bold red"), soft_wrap=True)
     if not report.shards or not any(r.group_exists for r in report.shards):
-        c.print(f"stream {report.stream!r} has no group {report.group!r}")
+        c.print(plain(f"stream {report.stream!r} has no group {report.group!r}"))
         return
     lag = "?" if report.lag is None else str(report.lag)
-    c.print(f"stream [bold]{report.stream}[/] length {report.stream_length}  group "
-            f"[bold]{report.group}[/] lag {lag} pending {report.pending}  dead letters "
-            f"{report.dlq_length}")
+    c.print(Text.assemble("stream ", plain(report.stream, "bold"),
+                          f" length {report.stream_length}  group ", plain(report.group, "bold"),
+                          f" lag {lag} pending {report.pending}  dead letters "
+                          f"{report.dlq_length}"))
     sharded = is_sharded(r.shard for r in report.shards)
     if sharded:
         c.print(shard_table(report))
@@ -98,7 +111,7 @@ def print_pending(report: PendingReport) -> None:
               "max deliveries")
     for row in report.consumers:
         most = f"{row.max_deliveries}" + ("" if row.scanned_all else "+")
-        t.add_row(*((row.shard,) if sharded else ()), row.name, str(row.pending),
+        t.add_row(*((plain(row.shard),) if sharded else ()), plain(row.name), str(row.pending),
                   age_text(row.idle_s), age_text(row.oldest_age_s),
                   most if row.pending else "-")
     c.print(t)
@@ -109,7 +122,7 @@ def shard_table(report: PendingReport) -> Table:
     t = Table("shard", "stream", "length", "lag", "pending", "oldest pending", "dead letters",
               title="shards", title_justify="left")
     for r in report.shards:
-        t.add_row(r.shard, r.stream if r.group_exists else f"{r.stream} (no group)",
+        t.add_row(plain(r.shard), plain(r.stream if r.group_exists else f"{r.stream} (no group)"),
                   str(r.stream_length), "?" if r.lag is None else str(r.lag), str(r.pending),
                   age_text(r.oldest_pending_age_s), str(r.dlq_length))
     oldest = [r.oldest_pending_age_s for r in report.shards
@@ -123,7 +136,7 @@ def shard_table(report: PendingReport) -> Table:
 
 async def cmd_pending(args: argparse.Namespace, settings: Settings, deployment: Deployment
                       ) -> int:
-    report = await pending_report(deployment, settings.keys)
+    report = await pending_report(deployment, settings.keys, settings.regions)
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     else:
@@ -131,49 +144,96 @@ async def cmd_pending(args: argparse.Namespace, settings: Settings, deployment: 
     return 0
 
 
+@dataclass
+class _Report:
+    """What a replay prints: the JSON document, or a table and a summary line. Built from
+    plain values only, so printing it cannot fail on what Redis held."""
+
+    out: dict[str, Any]
+    header: tuple[str, ...]
+    rows: list[tuple[str, ...]]
+    summary: str
+
+    def show(self, as_json: bool) -> None:
+        if as_json:
+            print(json.dumps(self.out, indent=2))
+            return
+        c = _console()
+        if self.rows:
+            t = Table(*self.header)
+            for row in self.rows:
+                t.add_row(*(plain(cell) for cell in row))
+            c.print(t)
+        c.print(plain(self.summary))
+
+
+def _dlq_report(moved: list[Moved], keys: Keys, redis: Deployment, dry_run: bool,
+                stopped: bool = False) -> _Report:
+    verb = "would move" if dry_run else "moved"
+    onto = (keys.stream if redis.layout == "none"
+            else f"their shards of {keys.stream} ({len(redis.shards)} shards)")
+    summary = f"{verb} {len(moved)} dead letter(s) back onto {onto}"
+    if stopped:
+        summary += ", then the replay stopped on the error below"
+    return _Report({"dry_run": dry_run, "complete": not stopped,
+                    "entries": [asdict(m) for m in moved]},
+                   ("shard", "dead letter", "region", "reason", "new stream id"),
+                   [(m.shard, m.id, m.region, m.reason, m.new_id or m.skipped or "-")
+                    for m in moved], summary)
+
+
+def _replayed_report(done: Replayed, what: str, dry_run: bool, stopped: bool = False
+                     ) -> _Report:
+    header: tuple[str, ...] = ("entry",) if dry_run else ("outcome", "entries")
+    rows: list[tuple[str, ...]] = ([(i,) for i in done.ids] if dry_run else
+                                   [(k, str(v)) for k, v in sorted(done.outcomes.items())])
+    settled = sum(done.outcomes.values())
+    summary = (f"would replay {len(done.ids)} {what}" if dry_run
+               else f"replayed {len(done.ids)} {what}" if not stopped
+               else f"settled {settled} {what}, then the replay stopped on the error below")
+    return _Report({"dry_run": dry_run, "complete": not stopped, "ids": done.ids,
+                    "outcomes": done.outcomes}, header, rows, summary)
+
+
 async def cmd_replay(args: argparse.Namespace, settings: Settings, redis: Deployment
                      ) -> int:
-    keys = settings.keys
-    verb = "would move" if args.dry_run else "moved"
+    """Replay, then report. When a step fails half-way (Redis refuses a move, the connection
+    drops, Ctrl-C), what was already done is reported before the error goes up to ``main``
+    for its one line: an operator never has to guess what a failed replay changed."""
+    keys, dry_run = settings.keys, args.dry_run
     if args.dlq:
-        moved = await replay_dlq(redis, keys, region=args.region, reason=args.reason,
-                                 limit=args.limit, dry_run=args.dry_run)
-        out: dict[str, Any] = {"dry_run": args.dry_run, "entries": [asdict(m) for m in moved]}
-        rows: list[tuple[str, ...]] = [(m.shard, m.id, m.region, m.reason, m.new_id or "-")
-                                       for m in moved]
-        header: tuple[str, ...] = ("shard", "dead letter", "region", "reason", "new stream id")
-        onto = (keys.stream if redis.layout == "none"
-                else f"their shards of {keys.stream} ({len(redis.shards)} shards)")
-        summary = f"{verb} {len(moved)} dead letter(s) back onto {onto}"
-    else:
-        if args.pending:
-            min_idle = (settings.min_idle_ms if args.replay_min_idle_ms is None
-                        else args.replay_min_idle_ms)
-            done = await replay_pending(redis, keys, settings, consumer=args.consumer,
-                                        min_idle_ms=min_idle, dry_run=args.dry_run,
-                                        as_name=keys.consumer_name(settings.name, "replay"))
-            what = f"pending entries of {args.consumer or 'any consumer'}"
-        else:
-            start, end = args.range
-            done = await replay_range(redis, keys, settings, start=start, end=end,
-                                      dry_run=args.dry_run)
-            what = f"stream entries {start}..{end}"
-        out = {"dry_run": args.dry_run, "ids": done.ids, "outcomes": done.outcomes}
-        rows = [(i,) for i in done.ids] if args.dry_run else [
-            (k, str(v)) for k, v in sorted(done.outcomes.items())]
-        header = ("entry",) if args.dry_run else ("outcome", "entries")
-        verb = "would replay" if args.dry_run else "replayed"
-        summary = f"{verb} {len(done.ids)} {what}"
-    if args.json:
-        print(json.dumps(out, indent=2))
+        moved: list[Moved] = []
+        try:
+            await replay_dlq(redis, keys, region=args.region, reason=args.reason,
+                             limit=args.limit, dry_run=dry_run, moved=moved)
+        except BaseException:
+            if not dry_run:
+                _dlq_report(moved, keys, redis, dry_run, stopped=True).show(args.json)
+            raise
+        _dlq_report(moved, keys, redis, dry_run).show(args.json)
         return 0
-    c = _console()
-    if rows:
-        t = Table(*header)
-        for row in rows:
-            t.add_row(*row)
-        c.print(t)
-    c.print(summary)
+    done = Replayed()
+    if args.pending:
+        # As typed: argv that is not UTF-8 arrives as surrogate escapes; shown as \x escapes.
+        named = args.consumer and untrusted(args.consumer.encode("utf-8", "surrogateescape"))
+        what = f"pending entries of {named or 'any consumer'}"
+        min_idle = (settings.min_idle_ms if args.replay_min_idle_ms is None
+                    else args.replay_min_idle_ms)
+        replay = replay_pending(redis, keys, settings, consumer=args.consumer,
+                                min_idle_ms=min_idle, dry_run=dry_run, result=done,
+                                as_name=keys.consumer_name(settings.name, "replay"))
+    else:
+        start, end = args.range
+        what = f"stream entries {start}..{end}"
+        replay = replay_range(redis, keys, settings, start=start, end=end, dry_run=dry_run,
+                              result=done)
+    try:
+        await replay
+    except BaseException:
+        if not dry_run:
+            _replayed_report(done, what, dry_run, stopped=True).show(args.json)
+        raise
+    _replayed_report(done, what, dry_run).show(args.json)
     return 0
 
 

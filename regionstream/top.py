@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from rich.console import Console
 from rich.live import Live
+from rich.text import Text
 
 from regionstream.view import Frame, collect, logs_through, rates_between, render, summary_line
 from shared.aio import pause
@@ -62,6 +63,12 @@ async def frames(redis: Deployment | aioredis.Redis, keys: Keys, regions: tuple[
         await pause(stop, every)
 
 
+def plain_line(frame: Frame) -> Text:
+    """The summary line as rich prints it: plain text, never read as markup (on a layout
+    mismatch it names streams and a group, which may hold "[/]")."""
+    return Text(summary_line(frame))
+
+
 async def run_top(redis: Deployment | aioredis.Redis, settings: Settings, *, once: bool = False,
                   plain: bool = False, every: float = REFRESH_S, console: Console | None = None,
                   stop: asyncio.Event | None = None) -> int:
@@ -71,12 +78,12 @@ async def run_top(redis: Deployment | aioredis.Redis, settings: Settings, *, onc
     keys = settings.keys
     if once:
         frame = await collect(redis, keys, settings.regions)
-        out.print(summary_line(frame) if plain else render(frame), soft_wrap=plain)
+        out.print(plain_line(frame) if plain else render(frame), soft_wrap=plain)
         return 0
     stop = stop or asyncio.Event()
     if plain or not out.is_terminal:
         async for frame in frames(redis, keys, settings.regions, stop, every):
-            out.print(summary_line(frame), soft_wrap=True)
+            out.print(plain_line(frame), soft_wrap=True)
         return 0
     with Live(console=out, refresh_per_second=LIVE_REDRAWS_PER_S) as live, logs_through(out):
         async for frame in frames(redis, keys, settings.regions, stop, every):

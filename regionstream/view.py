@@ -28,7 +28,33 @@ from shared.group import (
     total,
 )
 from shared.keys import Keys, is_sharded
+from shared.layout import layout_mismatch
 from shared.shards import Deployment, deployment_of, retrying
+
+
+def decoded(value: bytes | str) -> str:
+    """Text read from Redis: whatever a client with write access put there (another client's
+    consumer name, a dead letter's fields). Bytes that are not UTF-8 become ``\\xff``-style
+    escapes instead of an error."""
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
+
+
+def printable(text: str) -> str:
+    """``text`` made safe for a terminal: every character Python does not call printable
+    (C0 and C1 controls such as ESC and CSI, DEL, bidi overrides and other format characters,
+    line separators, lone surrogates) becomes its backslash escape, so untrusted text can
+    neither move the cursor, retitle the window nor clear the screen. Newlines and tabs are
+    escaped too: each value is shown on its own line or in its own cell."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+
+
+def plain(text: str, style: str = "") -> Text:
+    """Untrusted text as a rich cell or line: escaped (``printable``), and never read as
+    console markup (a consumer named ``w[/]`` would make rich raise) or emoji codes."""
+    return Text(printable(text), style=style)
 
 
 class _Head(msgspec.Struct):
@@ -47,6 +73,7 @@ class _Head(msgspec.Struct):
 
 
 _HEAD = msgspec.json.Decoder(_Head)
+UNREADABLE = "(unreadable)"  # the regime shown for a latest payload that does not decode
 
 
 @dataclass(frozen=True)
@@ -81,6 +108,8 @@ class Frame:
     entries_read: int | None = None
     dlq_added: int | None = None
     shards: tuple[ShardStat, ...] = ()  # a row per shard (one, "all", with --shard-by none)
+    # Entries waiting in the other --shard-by layout's streams (shared.layout), else "".
+    warning: str = ""
 
 
 @dataclass(frozen=True)
@@ -98,14 +127,15 @@ async def collect(target: Deployment | aioredis.Redis, keys: Keys, regions: tupl
     regions' latest ids and counts and their payloads (two round trips per node)."""
     now = time.time() if now is None else now
     deployment = deployment_of(target, keys, regions)
-    per_shard = await read_shard_stats(deployment)
+    per_shard, mismatch = await asyncio.gather(read_shard_stats(deployment),
+                                               layout_mismatch(deployment, keys, regions))
     shard_rows = tuple(ShardStat(sh.label, sh.keys.stream, st)
                        for sh, st in zip(deployment.shards, per_shard, strict=True))
     parts = await retrying(deployment, lambda: asyncio.gather(*(
         _region_rows(client, keys, rs, now)
         for client, rs in deployment.regions_by_node(keys, regions))))
     found = {row.region: row for rows in parts for row in rows}
-    return _frame(now, keys, shard_rows, [found[r] for r in regions])
+    return _frame(now, keys, shard_rows, [found[r] for r in regions], mismatch or "")
 
 
 async def _region_rows(redis: aioredis.Redis, keys: Keys, regions: list[str], now: float
@@ -120,7 +150,7 @@ async def _region_rows(redis: aioredis.Redis, keys: Keys, regions: list[str], no
     pipe = redis.pipeline(transaction=False)
     with_latest = [r for r in regions if ids[r] is not None]
     for r in with_latest:
-        pipe.get(keys.by_id(r, ids[r].decode()))
+        pipe.get(keys.by_id(r, decoded(ids[r])))
     payloads = dict(zip(with_latest, await pipe.execute(), strict=True)) if with_latest else {}
     rows = []
     for r in regions:
@@ -128,7 +158,13 @@ async def _region_rows(redis: aioredis.Redis, keys: Keys, regions: list[str], no
         if payload is None:
             rows.append(RegionRow(r, stored=counts[r]))
             continue
-        head = _HEAD.decode(payload)
+        try:
+            head = _HEAD.decode(payload)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            # Not what the consumer stores (it validates every payload): a hand-written or
+            # corrupted key. The view shows it, instead of dying on it.
+            rows.append(RegionRow(r, decoded(ids[r]), UNREADABLE, stored=counts[r]))
+            continue
         rows.append(RegionRow(r, head.meta.snapshot_id, head.regime.label,
                               head.meta.trigger_reason, now - head.generated_at / 1000,
                               counts[r]))
@@ -146,8 +182,8 @@ def _merged(rows: Iterable[ConsumerStat]) -> tuple[ConsumerStat, ...]:
     return tuple(by_name.values())
 
 
-def _frame(now: float, keys: Keys, shards: tuple[ShardStat, ...], rows: list[RegionRow]
-           ) -> Frame:
+def _frame(now: float, keys: Keys, shards: tuple[ShardStat, ...], rows: list[RegionRow],
+           warning: str = "") -> Frame:
     stats = [s.stats for s in shards]
     oldest = [s.oldest_pending_age_s for s in stats if s.oldest_pending_age_s is not None]
     consumers = _merged(c for s in stats for c in s.consumers)
@@ -160,7 +196,8 @@ def _frame(now: float, keys: Keys, shards: tuple[ShardStat, ...], rows: list[Reg
                  consumer_rows=consumers,
                  entries_added=total([s.entries_added for s in stats]),
                  entries_read=total([s.entries_read for s in stats]),
-                 dlq_added=total([s.dlq_added for s in stats]), shards=shards)
+                 dlq_added=total([s.dlq_added for s in stats]), shards=shards,
+                 warning=warning)
 
 
 def _per_second(new: int | None, old: int | None, dt: float) -> float | None:
@@ -202,10 +239,10 @@ def _header(frame: Frame) -> Table:
     lag = "?" if frame.lag is None else str(frame.lag)
     oldest = age_text(frame.oldest_pending_age_s)
     head.add_row(
-        Text(f"stream {frame.stream}", style="bold"), f"length {frame.stream_length}",
+        plain(f"stream {frame.stream}", "bold"), f"length {frame.stream_length}",
         Text(f"dead letters {frame.dlq_length}", style="red" if frame.dlq_length else ""))
     head.add_row(
-        Text(f"group {frame.group}", style="bold"),
+        plain(f"group {frame.group}", "bold"),
         f"consumers {frame.active_consumers}/{frame.consumers} active", f"lag {lag}",
         f"pending {frame.pending}", f"oldest pending {oldest}")
     if frame.rates:
@@ -219,7 +256,8 @@ def _consumer_table(frame: Frame) -> Table:
         table.add_column(col)
     for c in sorted(frame.consumer_rows, key=lambda c: c.name):
         idle = Text(age_text(c.idle_s), style="yellow" if c.idle_s >= ACTIVE_CONSUMER_IDLE_S else "")
-        table.add_row(c.name, Text(str(c.pending), style="yellow" if c.pending else ""), idle)
+        table.add_row(plain(c.name), Text(str(c.pending), style="yellow" if c.pending else ""),
+                      idle)
     return table
 
 
@@ -238,7 +276,7 @@ def _shard_table(frame: Frame) -> Table:
         lag = "?" if st.lag is None else str(st.lag)
         consumers = (f"{st.active_consumers}/{len(st.consumers)}" if st.exists
                      else Text("no group", style="yellow"))
-        table.add_row(s.shard, str(st.stream_length), lag,
+        table.add_row(plain(s.shard), str(st.stream_length), lag,
                       Text(str(st.pending), style="yellow" if st.pending else ""),
                       age_text(st.oldest_pending_age_s),
                       Text(str(st.dlq_length), style="red" if st.dlq_length else ""), consumers)
@@ -253,16 +291,20 @@ def render(frame: Frame) -> Group:
     for col in ("region", "regime", "trigger", "age", "stored", "latest snapshot"):
         table.add_column(col)
     for row in frame.regions:
-        table.add_row(row.region, Text(row.regime or "-", style=REGIME_STYLE.get(row.regime or "", "")),
-                      row.trigger or "-", age_text(row.age_s), str(row.stored), row.snapshot_id or "-")
+        table.add_row(plain(row.region),
+                      plain(row.regime or "-", REGIME_STYLE.get(row.regime or "", "")),
+                      plain(row.trigger or "-"), age_text(row.age_s), str(row.stored),
+                      plain(row.snapshot_id or "-"))
     parts: list[Table | Text] = [_header(frame)]
+    if frame.warning:
+        parts.insert(0, plain(f"warning: {frame.warning}", "bold red"))
     if sharded(frame):
         parts.append(_shard_table(frame))
     parts.append(table)
     if frame.consumer_rows:
         parts.append(_consumer_table(frame))
     if frame.note:
-        parts.append(Text(frame.note, style="dim"))
+        parts.append(plain(frame.note, "dim"))
     return Group(*parts)
 
 
@@ -274,7 +316,8 @@ def summary_line(frame: Frame) -> str:
     return (f"{shards}stream={frame.stream_length} lag={frame.lag} pending={frame.pending} "
             f"consumers={frame.active_consumers}/{frame.consumers} "
             f"oldest_pending={age_text(frame.oldest_pending_age_s)} dlq={frame.dlq_length} regions_with_latest={with_latest}/{len(frame.regions)} "
-            f"stored={sum(r.stored for r in frame.regions)} {rates}").rstrip()
+            f"stored={sum(r.stored for r in frame.regions)} {rates}").rstrip() + (
+                f" warning: {printable(frame.warning)}" if frame.warning else "")
 
 
 @contextlib.contextmanager
