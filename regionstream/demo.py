@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from prometheus_client import CollectorRegistry
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 
 from consumer.service import Consumer
 from producer.service import Producer
@@ -27,6 +28,7 @@ from regionstream.view import Frame, collect, logs_through, render, summary_line
 from shared.aio import pause
 from shared.connection import describe_url
 from shared.keys import Keys
+from shared.memory import check_eviction
 from shared.servers import Server, redis_server_binary, start_fake_server, start_redis_server
 from shared.settings import Settings
 from shared.shards import Deployment, open_deployment
@@ -65,7 +67,7 @@ def windowed_rates(samples: Sequence[Sample], window_s: float) -> dict[str, floa
 @contextlib.contextmanager
 def _server(settings: Settings, explicit: bool, err: Console):  # type: ignore[no-untyped-def]
     if explicit:
-        err.print(f"[bold]demo[/]: using Redis at {describe_url(settings.redis_url)}")
+        err.print(f"[bold]demo[/]: using Redis at {escape(describe_url(settings.redis_url))}")
         yield settings.redis_url
         return
     server: Server
@@ -135,12 +137,19 @@ async def run_demo(settings: Settings, *, duration: float | None, interval_s: fl
         # view reads, through the deployment's routing (the consumer opens its own).
         deployment = await open_deployment(url, s.keys, s.regions, s.shard_by, tls=s.tls)
         client = deployment.base
-        await client.ping()
+        try:
+            await client.ping()
+            if explicit_url:  # its own server never evicts (noeviction, no maxmemory)
+                await check_eviction(deployment.node_clients(), url, allow=s.allow_eviction)
+        except BaseException:
+            await deployment.aclose()
+            raise
         registry = CollectorRegistry()
         producer = Producer(s, registry=registry, stop=stop)
         consumer = Consumer(s, registry=registry, stop=stop)
         err.print(f"[bold]demo[/]: {len(s.regions)} regions every {interval_s:g}s -> stream "
-                  f"{s.stream!r} -> group {s.group!r} ({workers} workers); Ctrl-C stops")
+                  f"{escape(repr(s.stream))} -> group {escape(repr(s.group))} ({workers} "
+                  "workers); Ctrl-C stops")
         tasks = [asyncio.create_task(producer.run(client, deployment=deployment)),
                  asyncio.create_task(consumer.run())]
         try:

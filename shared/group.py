@@ -10,6 +10,7 @@ from redis.exceptions import ResponseError
 
 from shared.connection import ErrorKind, classify
 from shared.keys import Keys
+from shared.memory import Memory, memory_of
 from shared.shards import Deployment, read_each
 
 
@@ -61,13 +62,14 @@ class GroupStats:
     exists: bool  # the stream and the group both exist
     stream_length: int = 0
     entries_added: int | None = None  # ever XADDed to the stream (Redis >= 7.0)
-    lag: int | None = None  # undelivered entries; None when Redis cannot tell (after XDEL)
+    lag: int | None = None  # undelivered entries (exact_lag); None when Redis cannot tell
     entries_read: int | None = None  # ever delivered to the group (Redis >= 7.0)
     pending: int = 0
     oldest_pending_age_s: float | None = None  # None when nothing is pending
     consumers: tuple[ConsumerStat, ...] = ()
     dlq_length: int = 0
     dlq_added: int | None = None
+    memory: Memory | None = None  # the node's eviction policy and evictions, when asked
 
     @property
     def drained(self) -> bool:
@@ -85,8 +87,11 @@ def total(values: list[int | None]) -> int | None:
 
 
 def text(v: bytes | str) -> str:
-    """A name or id as Redis returned it (bytes) as str."""
-    return v.decode() if isinstance(v, bytes) else v
+    """A name or id as Redis returned it (bytes) as str. A name is whatever a client chose
+    (another client's consumer name need not be UTF-8): bytes that are not UTF-8 become
+    ``\\xff`` escapes instead of an error. For display and comparison only; the escape is not
+    reversible, so a name sent back to Redis is sent as the bytes it came as."""
+    return v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else v
 
 
 def id_seconds(entry_id: bytes | str) -> float:
@@ -96,6 +101,20 @@ def id_seconds(entry_id: bytes | str) -> float:
 
 def _optional_int(v: Any) -> int | None:
     return None if v is None else int(v)
+
+
+def exact_lag(group: dict[str, Any], stream: dict[str, Any]) -> int | None:
+    """Entries past the group's cursor, from facts that stay exact: 0 when the stream's newest
+    entry is at or before the group's last-delivered id, whatever Redis's ``lag`` says. That
+    field is an estimate (entries-added minus entries-read): nil after an XDEL of the newest
+    entry (``consume --drain`` never exited), and wrong outright after failovers (20-990 for
+    groups drained long before, on a cluster and after a Sentinel fail-back). When entries are
+    past the cursor, Redis's figure is the hint (at least 1), None if it cannot tell."""
+    newest = stream.get("last-entry")
+    if not newest or id_key(newest[0]) <= id_key(group["last-delivered-id"]):
+        return 0
+    hint = _optional_int(group.get("lag"))
+    return None if hint is None else max(1, hint)
 
 
 def _group_of(groups: Any, name: str) -> dict[str, Any] | None:
@@ -108,7 +127,10 @@ def _group_of(groups: Any, name: str) -> dict[str, Any] | None:
     return None
 
 
-async def read_group_stats(redis: aioredis.Redis, keys: Keys) -> GroupStats:
+async def read_group_stats(redis: aioredis.Redis, keys: Keys, *, memory: bool = False
+                           ) -> GroupStats:
+    """One pipelined read; ``memory``: also the node's ``INFO memory`` and ``INFO stats``
+    (the group gauges export the eviction policy and evicted keys)."""
     pipe = redis.pipeline(transaction=False)
     pipe.time()
     pipe.xinfo_stream(keys.stream)
@@ -116,11 +138,17 @@ async def read_group_stats(redis: aioredis.Redis, keys: Keys) -> GroupStats:
     pipe.xinfo_consumers(keys.stream, keys.group)
     pipe.xpending(keys.stream, keys.group)
     pipe.xinfo_stream(keys.dlq)
+    if memory:
+        pipe.info("memory")
+        pipe.info("stats")
     # A missing stream, group or DLQ is an error reply in its slot, not a failed round trip.
-    server_time, stream, groups, consumers, pending, dlq = await pipe.execute(
+    server_time, stream, groups, consumers, pending, dlq, *info = await pipe.execute(
         raise_on_error=False)
     if isinstance(server_time, BaseException):
         raise server_time
+    node = None
+    if info and not any(isinstance(i, BaseException) for i in info):
+        node = memory_of(info[0], info[1])
     for reply in (stream, groups, consumers, pending, dlq):
         # A redirect (MOVED, ASK: the slot is elsewhere now) or a failover reply says nothing
         # about the stream: the caller re-reads the slot map and asks again.
@@ -131,20 +159,19 @@ async def read_group_stats(redis: aioredis.Redis, keys: Keys) -> GroupStats:
     dlq_length, dlq_added = (0, 0) if isinstance(dlq, ResponseError) else (
         int(dlq["length"]), _optional_int(dlq.get("entries-added")))
     if isinstance(stream, ResponseError):
-        return GroupStats(now, False, dlq_length=dlq_length, dlq_added=dlq_added)
+        return GroupStats(now, False, dlq_length=dlq_length, dlq_added=dlq_added, memory=node)
     length, added = int(stream["length"]), _optional_int(stream.get("entries-added"))
     group = _group_of(groups, keys.group)
     if group is None or isinstance(consumers, ResponseError) or isinstance(
             pending, ResponseError):
-        return GroupStats(now, False, length, added, dlq_length=dlq_length, dlq_added=dlq_added)
-    lag = _optional_int(group.get("lag"))
-    if lag is None and group["last-delivered-id"] == stream["last-generated-id"]:
-        lag = 0  # Redis cannot count after deletions, but nothing is past the group's cursor
+        return GroupStats(now, False, length, added, dlq_length=dlq_length, dlq_added=dlq_added,
+                          memory=node)
+    lag = exact_lag(group, stream)
     oldest = now - id_seconds(pending["min"]) if pending["pending"] else None
     stats = tuple(ConsumerStat(text(c["name"]), int(c["pending"]), int(c["idle"]) / 1000)
                   for c in consumers)
     return GroupStats(now, True, length, added, lag, _optional_int(group.get("entries-read")),
-                      int(group["pending"]), oldest, stats, dlq_length, dlq_added)
+                      int(group["pending"]), oldest, stats, dlq_length, dlq_added, node)
 
 
 
@@ -162,8 +189,8 @@ def next_id(entry_id: bytes) -> bytes:
     return b"%d-%d" % (int(ms), int(seq or 0) + 1)
 
 
-def id_key(entry_id: bytes) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition(b"-")
+def id_key(entry_id: bytes | str) -> tuple[int, int]:
+    ms, _, seq = (entry_id if isinstance(entry_id, bytes) else entry_id.encode()).partition(b"-")
     return int(ms), int(seq or 0)
 
 

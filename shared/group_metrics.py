@@ -44,6 +44,11 @@ def publish(gauges: ShardGauges, stats: GroupStats) -> None:
     gauges.oldest_pending_age.set(max(0.0, stats.oldest_pending_age_s or 0.0))
     gauges.consumers.set(len(stats.consumers))
     gauges.active_consumers.set(stats.active_consumers)
+    if stats.memory is not None:
+        if stats.memory.evicted_keys is not None:
+            gauges.evicted_keys.set(stats.memory.evicted_keys)
+        if stats.memory.policy is not None:
+            gauges.set_policy(stats.memory.policy)
 
 
 async def refresh(target: Deployment | aioredis.Redis, keys: Keys, metrics: GroupMetrics
@@ -57,7 +62,8 @@ async def refresh(target: Deployment | aioredis.Redis, keys: Keys, metrics: Grou
     async def one(shard: Shard) -> bool:
         started = time.perf_counter()
         try:
-            stats = await read_group_stats(deployment.client_for(shard), shard.keys)
+            stats = await read_group_stats(deployment.client_for(shard), shard.keys,
+                                           memory=True)
         except (RedisError, OSError) as exc:
             metrics.refresh_errors.inc()
             log.warning("reading group gauges of %s/%s failed: %s", shard.keys.stream,

@@ -27,7 +27,8 @@ from shared.schema import REGIONS
 
 NAMESPACE = "regionstream"
 CONSUMER_OUTCOMES = ("persisted", "duplicate", "redelivered", "invalid", "dead_lettered")
-FAILURE_KINDS = ("persist", "transient", "nogroup", "noscript", "ack", "permanent", "other")
+FAILURE_KINDS = ("persist", "transient", "oom", "nogroup", "noscript", "ack", "permanent",
+                 "other")
 REDIS_OPS = ("read", "settle", "claim", "publish", "trim", "group_info")
 # Latency buckets from 1 ms (loopback batch) to 6 h (upstream's cadence: a backlog replayed).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -82,6 +83,26 @@ def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
     total.inc(math.fsum(values))
 
 
+class OutcomeChildren(dict[tuple[str, str], Counter]):
+    """``regionstream_messages_total`` children by (region, outcome), total over every label
+    set an entry can produce: any known region or ``unknown`` (what ``Poison.region`` maps
+    anything else to), any consumer outcome. A missing one is made when first counted, so an
+    entry of a region this process does not serve is counted instead of raising KeyError
+    (which crash-looped every restart of a ``--regions`` subset consumer)."""
+
+    def __init__(self, family: Counter) -> None:
+        super().__init__()
+        self.family = family
+
+    def __missing__(self, key: tuple[str, str]) -> Counter:
+        region, outcome = key
+        if region not in _labels(REGIONS) or outcome not in CONSUMER_OUTCOMES:
+            raise KeyError(key)  # a bug: labels stay bounded
+        child: Counter = self.family.labels(region, outcome)
+        self[key] = child
+        return child
+
+
 class ConsumerMetrics:
     def __init__(self, registry: CollectorRegistry, regions: Iterable[str] = REGIONS) -> None:
         ns = NAMESPACE
@@ -100,16 +121,22 @@ class ConsumerMetrics:
         self.redis_rtt = redis_roundtrip(registry)
         self.reclaimed = Counter("reclaimed", "Pending entries reclaimed from idle consumers.",
                                  namespace=ns, registry=registry)
+        self.ids_ahead = Counter(
+            "ids_ahead_of_clock", "Entries settled whose id was over a minute ahead of the "
+            "consumer's clock (left out of the latency figures).", namespace=ns,
+            registry=registry)
         self.nogroup = Counter("nogroup_recoveries", "Consumer group recreated after NOGROUP.",
                                namespace=ns, registry=registry)
         self.lost_trimmed = Counter(
             "lost_trimmed", "Pending entries found deleted/trimmed from the stream.",
             namespace=ns, registry=registry)
-        # Bind every label set once: the hot path does no label lookups.
-        self.outcome = {
-            (r, o): self.messages.labels(r, o)
-            for r in _labels(regions) for o in CONSUMER_OUTCOMES
-        }
+        # Bind every label set of the served regions once: the hot path does no label lookups.
+        # An entry may carry any other known region (a consumer serving --regions a subset of
+        # the stream's, a stray entry on a region shard): its series are made on first use.
+        self.outcome = OutcomeChildren(self.messages)
+        for r in _labels(regions):
+            for o in CONSUMER_OUTCOMES:
+                self.outcome[r, o] = self.messages.labels(r, o)
         self.failure = {shard: {k: self.failures.labels(k, shard) for k in FAILURE_KINDS}
                         for shard in shard_labels(regions)}
         self.rtt = {op: self.redis_rtt.labels(op) for op in REDIS_OPS}
@@ -136,6 +163,11 @@ class ProducerMetrics:
         self.last_success = Gauge(
             "producer_last_success_timestamp_seconds", "Unix time of the last published cycle.",
             namespace=ns, registry=registry)
+        self.ids_ahead = Gauge(
+            "stream_ids_ahead_seconds", "How far the ids the stream gave the last publish are "
+            "ahead of the producer's clock (0: not ahead); over a minute, an outside XADD with "
+            "an explicit future id has broken the stream's time.", namespace=ns,
+            registry=registry)
         self.region = {r: self.published.labels(r) for r in regions}
         # The process's shared round-trip histogram: "publish" and "trim" are the producer's.
         self.rtt = {op: redis_roundtrip(registry).labels(op) for op in REDIS_OPS}
@@ -163,9 +195,24 @@ class ShardGauges:
         self.consumers, self.active_consumers = child("group_consumers"), child(
             "group_active_consumers")
         self.stream_length, self.dlq_length = child("stream_length"), child("dlq_length")
+        self.evicted_keys = child("redis_evicted_keys")
         for g in (self.lag, self.pending, self.oldest_pending_age, self.consumers,
-                  self.active_consumers, self.stream_length, self.dlq_length):
+                  self.active_consumers, self.stream_length, self.dlq_length,
+                  self.evicted_keys):
             g.set(UNKNOWN)
+        # The node's maxmemory-policy, as a label of a gauge that is 1 (one series, replaced
+        # when the policy changes).
+        self.policy_family, self.labels = families["redis_maxmemory_policy"], (stream, group,
+                                                                                shard)
+        self.policy: str | None = None
+
+    def set_policy(self, policy: str) -> None:
+        if policy == self.policy:
+            return
+        if self.policy is not None:
+            self.policy_family.remove(*self.labels, self.policy)
+        self.policy_family.labels(*self.labels, policy).set(1)
+        self.policy = policy
 
 
 class GroupMetrics:
@@ -189,6 +236,12 @@ class GroupMetrics:
             "group_active_consumers": ("Consumers that talked to Redis recently.", sgs),
             "stream_length": ("Entries on the shard's stream (XLEN).", ss),
             "dlq_length": ("Entries on the shard's dead-letter stream.", ss),
+            "redis_evicted_keys": ("Keys the shard's Redis node evicted since it started "
+                                   "(INFO stats evicted_keys); any rise is data lost.", sgs),
+            "redis_maxmemory_policy": ("1, labelled with the shard's Redis node's "
+                                       "maxmemory-policy (INFO memory); anything but "
+                                       "noeviction may delete stored data.",
+                                       [*sgs, "policy"]),
         }
         families = {name: Gauge(name, doc, labels, namespace=NAMESPACE, registry=registry)
                     for name, (doc, labels) in docs.items()}
