@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 import msgspec
 
 from consumer.message import MAX_ENTRY_FIELDS
+from shared.wire import pairs_of
 
 PROVENANCE_PREFIX = b"dlq_"
 ESCAPED_PREFIX = b"dlq_raw_"
@@ -30,14 +31,15 @@ _PACK = msgspec.msgpack.Encoder()
 _UNPACK = msgspec.msgpack.Decoder(list[tuple[bytes, bytes]])
 
 
-def stored_fields(original: Mapping[bytes, bytes], provenance: Mapping[bytes, bytes]
+def stored_fields(original: dict[bytes, bytes], provenance: Mapping[bytes, bytes]
                   ) -> list[bytes]:
     """The flat field/value list of the dead-letter entry for ``original``."""
     out: list[bytes] = []
-    if len(original) > MAX_ENTRY_FIELDS:
-        out += (PACKED_FIELD, _PACK.encode(list(original.items())))
+    pairs = pairs_of(original)  # every field as read, a repeated name included
+    if len(pairs) > MAX_ENTRY_FIELDS:
+        out += (PACKED_FIELD, _PACK.encode(pairs))
     else:
-        for name, value in original.items():
+        for name, value in pairs:
             stored = ESCAPED_PREFIX + name if name.startswith(PROVENANCE_PREFIX) else name
             out += (stored, value)
     for name, value in provenance.items():
@@ -45,11 +47,11 @@ def stored_fields(original: Mapping[bytes, bytes], provenance: Mapping[bytes, by
     return out
 
 
-def original_fields(stored: Mapping[bytes, bytes]) -> list[bytes]:
+def original_fields(stored: dict[bytes, bytes]) -> list[bytes]:
     """The flat field/value list of the entry a dead letter was made from."""
     packed = stored.get(PACKED_FIELD)
     pairs: Iterable[tuple[bytes, bytes]] = (
-        _UNPACK.decode(packed) if packed is not None else stored.items())
+        _UNPACK.decode(packed) if packed is not None else pairs_of(stored))
     out: list[bytes] = []
     for name, value in pairs:
         if packed is None and name.startswith(PROVENANCE_PREFIX):

@@ -14,6 +14,7 @@ class Reason(StrEnum):
     """Why an entry was dead-lettered: the ``dlq_reason`` field, in one closed set."""
 
     TOO_MANY_FIELDS = "too-many-fields"
+    REPEATED_FIELD = "repeated-field"  # two fields of one name: which one is meant?
     MISSING_PAYLOAD = "missing-payload"
     UNSUPPORTED_SCHEMA = "unsupported-schema"
     UNSUPPORTED_ENCODING = "unsupported-encoding"
@@ -103,9 +104,14 @@ def _check(
     """Validate one entry: version, size, payload against the schema, the routing fields
     against the payload (a mismatch would file the snapshot under the wrong keys) and, given
     ``retention_ms``, its age (a snapshot older than the retention would expire on arrival)."""
-    if len(fields) > MAX_ENTRY_FIELDS:
+    if len(wire.pairs_of(fields)) > MAX_ENTRY_FIELDS:
         return Poison(entry_id, fields, Reason.TOO_MANY_FIELDS,
-                      f"entry has {len(fields)} fields, at most {MAX_ENTRY_FIELDS} allowed")
+                      f"entry has {len(wire.pairs_of(fields))} fields, at most "
+                      f"{MAX_ENTRY_FIELDS} allowed")
+    if isinstance(fields, wire.RepeatedFields):
+        names = ", ".join(n.decode("utf-8", "replace") for n in fields.repeated())
+        return Poison(entry_id, fields, Reason.REPEATED_FIELD,
+                      f"field(s) {names} appear more than once")
     payload = fields.get(wire.F_PAYLOAD)
     if payload is None:
         return Poison(entry_id, fields, Reason.MISSING_PAYLOAD, "entry has no 'payload' field")

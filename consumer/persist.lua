@@ -122,8 +122,14 @@ end
 -- Prune index entries past retention, once per call.
 redis.pcall('ZREMRANGEBYSCORE', index, '-inf', '(' .. (now_ms - retention_ms))
 
-if ack and #acks > 0 then
-  local r = redis.pcall('XACK', stream, group, unpack(acks))
-  if failed(r) then out[#out + 1] = 'A' .. r.err end
+-- Acknowledged in slices: Lua's unpack() fails near 8,000 values, and a failure here, after
+-- the writes above, would leave stored snapshots unacknowledged on every retry (the caller
+-- also bounds a call to MAX_MESSAGES_PER_CALL messages; this keeps the script safe alone).
+local ACK_SLICE = 1000
+if ack then
+  for from = 1, #acks, ACK_SLICE do
+    local r = redis.pcall('XACK', stream, group, unpack(acks, from, math.min(from + ACK_SLICE - 1, #acks)))
+    if failed(r) then out[#out + 1] = 'A' .. r.err end
+  end
 end
 return out

@@ -20,11 +20,26 @@ from consumer.worker import Worker
 from shared.aio import pause
 from shared.connection import SOCKET_TIMEOUT_S, ErrorKind, classify
 from shared.group import ensure_group, read_shard_stats
+from shared.layout import layout_mismatch
 from shared.metrics import CONSUMER_OUTCOMES, ConsumerMetrics
 from shared.settings import Settings
 from shared.shards import Deployment, open_deployment, single_server
 
 log = logging.getLogger("regionstream.consumer")
+
+# Connections beyond one per worker and reclaimer: redis-py's health checks and a reconnect
+# overlapping the connection it replaces.
+POOL_SPARE = 4
+
+
+def pool_size(s: Settings) -> int:
+    """Connections the workers' client may open (per node on a cluster): every worker and
+    reclaimer of every shard it may serve holds one while its read or settle is in flight.
+    redis-py's default of 100 silently capped them: --workers 110, or --shard-by region
+    --workers 12 (8 x 13), logged "Too many connections" hundreds of times on a healthy
+    Redis."""
+    shards = len(s.shards or s.regions)  # an upper bound: the layout is not resolved yet
+    return shards * (s.workers + 1) + POOL_SPARE
 
 # How often --drain asks Redis whether the group is empty while workers are idle.
 DRAIN_POLL_S = 0.2
@@ -96,9 +111,12 @@ class Consumer:
                                             only=st.shards, tls=st.tls)
             workers = await open_deployment(
                 st.redis_url, self.keys, st.regions, st.shard_by, only=st.shards, tls=st.tls,
-                retries=0, socket_timeout=SOCKET_TIMEOUT_S + st.block_ms / 1000)
+                retries=0, socket_timeout=SOCKET_TIMEOUT_S + st.block_ms / 1000,
+                max_connections=pool_size(st))
         try:
             await self.prepare(control)
+            if (mismatch := await layout_mismatch(control, self.keys, st.regions)) is not None:
+                log.warning("%s", mismatch)
             tasks = [asyncio.create_task(w.run(), name=w.name)
                      for w in self.make_workers(workers)]
             shards = ("stream " + st.stream if control.layout == "none" else

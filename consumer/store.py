@@ -27,7 +27,15 @@ from shared.settings import Settings
 PERSISTED, DUPLICATE, REDELIVERED, DEAD_LETTERED, FAILED, SETTLED_ELSEWHERE = (
     "persisted", "duplicate", "redelivered", "dead_lettered", "failed", "settled_elsewhere")
 MAX_DELIVERIES_REASON = Reason.MAX_DELIVERIES
+# Messages per persist call, whatever --batch is: a call's keys and arguments grow by three
+# per message, and the script hands its acknowledgements to Lua's unpack(), which fails near
+# 8,000 values (a batch of 8,000+ entries of one region failed after writing, every retry,
+# until the stored snapshots were dead-lettered as max-deliveries). Calls of one batch still
+# go out in one pipelined round trip.
+MAX_MESSAGES_PER_CALL = 1000
 _STATUS = {"p": PERSISTED, "d": DUPLICATE, "r": REDELIVERED}
+# Refusals that say "the server, not this entry": retried without spending a delivery.
+NOT_THE_ENTRYS_FAULT = frozenset({ErrorKind.TRANSIENT, ErrorKind.OOM})
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,10 +49,11 @@ class Outcome:
     # A failure no retry of this entry can fix: a missing permission, or the stream or the
     # dead-letter stream holding another type. The worker stops on it (entries stay pending).
     fatal: bool = False
-    # A refusal for now (a slot migrating or moved, a failover, BUSY): no fault of the entry,
-    # so it spends none of its deliveries. Judged from the error itself: redis-py's ASK and
-    # MOVED errors lose their code in their text.
+    # A refusal for now (a slot migrating or moved, a failover, BUSY, Redis full): no fault of
+    # the entry, so it spends none of its deliveries. Judged from the error itself: redis-py's
+    # ASK and MOVED errors lose their code in their text.
     transient: bool = False
+    kind: ErrorKind | None = None  # a failure's class (ErrorKind.OOM: Redis is full)
 
     @property
     def invalid(self) -> bool:
@@ -116,17 +125,19 @@ def _dead_letter_call(keys: Keys, consumer: str, p: Poison) -> _Call:
         b"dlq_at_ms": str(int(time.time() * 1000)).encode(),
     }
     args: list[Any] = [keys.group, p.entry_id, *stored_fields(p.fields, provenance)]
-    return _Call(scripts.dead_letter(), [keys.stream, keys.dlq], args, [p])
+    return _Call(scripts.dead_letter(), [keys.stream, keys.dlq, keys.dlq_ids], args, [p])
 
 
 def plan(keys: Keys, s: Settings, consumer: str,
          valid: Sequence[Valid], poison: Sequence[Poison], ack: bool = True) -> list[_Call]:
     """One persist call per region present in the batch (one region's keys share a cluster
-    slot), one dead-letter call per poison entry."""
+    slot) and per ``MAX_MESSAGES_PER_CALL`` of its messages, one dead-letter call per poison
+    entry."""
     by_region: dict[str, list[Valid]] = defaultdict(list)
     for v in valid:
         by_region[v.region].append(v)
-    calls = [_persist_call(keys, s, r, b, ack) for r, b in by_region.items()]
+    calls = [_persist_call(keys, s, r, b[i:i + MAX_MESSAGES_PER_CALL], ack)
+             for r, b in by_region.items() for i in range(0, len(b), MAX_MESSAGES_PER_CALL)]
     calls += [_dead_letter_call(keys, consumer, p) for p in poison]
     return calls
 
@@ -186,11 +197,13 @@ def _interpret(calls: Sequence[_Call], results: Sequence[Any]) -> Settled:
                 settled.outcomes.append(Outcome(
                     p.entry_id, p.region, FAILED, str(result),
                     fatal=kind in (ErrorKind.PERMANENT, ErrorKind.WRONGTYPE),
-                    transient=kind is ErrorKind.TRANSIENT))
-            elif result:
+                    transient=kind in NOT_THE_ENTRYS_FAULT, kind=kind))
+            elif int(result) > 0:
                 settled.outcomes.append(Outcome(p.entry_id, p.region, DEAD_LETTERED, p.reason,
                                                 int(result), p.detail))
-            else:  # no longer pending: another consumer settled it; nothing to count twice
+            else:  # no longer pending: another consumer settled it (0); or dead-lettered
+                # before, read again after its group was recreated, now acknowledged (-1):
+                # nothing to count twice
                 settled.outcomes.append(Outcome(p.entry_id, p.region, SETTLED_ELSEWHERE))
             continue
         if isinstance(result, RedisError):
@@ -198,7 +211,8 @@ def _interpret(calls: Sequence[_Call], results: Sequence[Any]) -> Settled:
             for v in call.members:
                 settled.outcomes.append(Outcome(
                     v.entry_id, v.region, FAILED, _describe(result),
-                    fatal=kind is ErrorKind.PERMANENT, transient=kind is ErrorKind.TRANSIENT))
+                    fatal=kind is ErrorKind.PERMANENT, transient=kind in NOT_THE_ENTRYS_FAULT,
+                    kind=kind))
             continue
         statuses = [x.decode() if isinstance(x, bytes) else str(x) for x in result]
         for v, status in zip(call.members, statuses, strict=False):
@@ -207,7 +221,8 @@ def _interpret(calls: Sequence[_Call], results: Sequence[Any]) -> Settled:
                 kind = classify(status[1:])
                 settled.outcomes.append(Outcome(
                     v.entry_id, v.region, FAILED, status[1:],
-                    fatal=kind is ErrorKind.PERMANENT, transient=kind is ErrorKind.TRANSIENT))
+                    fatal=kind is ErrorKind.PERMANENT, transient=kind in NOT_THE_ENTRYS_FAULT,
+                    kind=kind))
             else:
                 settled.outcomes.append(Outcome(v.entry_id, v.region, _STATUS[status]))
         settled.ack_errors += [x[1:] for x in statuses[len(call.members):]]

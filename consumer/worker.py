@@ -26,6 +26,9 @@ from shared.settings import Settings
 from shared.shards import note_error
 
 log = logging.getLogger("regionstream.consumer")
+# Redis's clock (entry ids) and this host's may differ by this much before an entry id is
+# taken as "ahead of the clock" rather than skew.
+CLOCK_SKEW_S = 60.0
 
 
 JITTER = 0.5  # back-offs vary by +-50%
@@ -64,6 +67,8 @@ class Worker:
         # a minute is retried every second or so, not hammered.
         self.backoff = backoff()
         self.errors_in_a_row = 0
+        self.full_since: float | None = None  # when Redis began refusing writes (OOM)
+        self.said_ahead = False  # an entry id ahead of the clock was reported
 
     async def _read(self) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
         replay = self.cursor != NEW
@@ -146,6 +151,9 @@ class Worker:
         # the slot map is read again.
         later = [o for o in failed if o.transient]
         failed = [o for o in failed if not o.transient]
+        full = [o for o in later if o.kind is ErrorKind.OOM]
+        later = [o for o in later if o.kind is not ErrorKind.OOM]
+        self._note_full(full, len(entries))
         if later:
             self.failure["transient"].inc(len(later))
             log.warning("%s: Redis refused to persist %d entries for now (%s); they stay "
@@ -165,6 +173,39 @@ class Worker:
         if still_failed:
             self.cursor = ONLY_OWN  # retry what failed, after a pause
         return StepResult(len(entries), still_failed, replay, outcomes)
+
+    def _note_ahead(self, ids: list[bytes], now: float) -> None:
+        """Entries whose id is ahead of the clock (an outside ``XADD`` with an explicit id, and
+        every auto-id after it, which Redis keeps increasing from there): their latency would
+        read as 0 and drag the latency figures down, so they are left out of them, counted
+        (``regionstream_ids_ahead_of_clock_total``) and said once per worker."""
+        if not ids:
+            return
+        self.metrics.ids_ahead.inc(len(ids))
+        if not self.said_ahead:
+            self.said_ahead = True
+            log.error("%s: entry %s has an id %.0f s ahead of this clock: an outside XADD with "
+                      "an explicit id? Every later entry of the stream inherits it (latency "
+                      "figures leave them out; time-based trimming cannot reach them: see "
+                      "README Operations)", self.name, ids[0].decode("ascii", "replace"),
+                      id_seconds(ids[0]) - now)
+
+    def _note_full(self, full: list[store.Outcome], read: int) -> None:
+        """Redis at maxmemory (noeviction) refuses writes: the entries stay pending, spending
+        none of their deliveries (they were dead-lettered as max-deliveries, with an ERROR line
+        per entry and retry), and are retried after the usual back-off. Said once when it
+        starts and once when it ends; counted as failures{kind="oom"} (RegionstreamRedisFull)."""
+        if full:
+            self.failure["oom"].inc(len(full))
+            if self.full_since is None:
+                self.full_since = time.monotonic()
+                log.error("%s: Redis is out of memory (maxmemory, policy noeviction): it "
+                          "refuses to store; %d entries stay pending and are retried until "
+                          "memory is freed (%s)", self.name, len(full), full[0].error)
+        elif read and self.full_since is not None:
+            log.warning("%s: Redis accepts writes again after %.1f s out of memory", self.name,
+                        time.monotonic() - self.full_since)
+            self.full_since = None
 
     async def _spend_budget(self, failed: list[store.Outcome],
                             fields: dict[bytes, dict[bytes, bytes]]) -> list[store.Outcome]:
@@ -233,6 +274,7 @@ class Worker:
         tally: dict[str, int] = {}
         by_label: dict[tuple[str, str], int] = {}
         latencies: list[float] = []
+        ahead: list[bytes] = []
         for o in settled.outcomes:
             tally[o.outcome] = tally.get(o.outcome, 0) + 1
             if o.outcome == store.SETTLED_ELSEWHERE:
@@ -251,8 +293,13 @@ class Worker:
                 log.warning("%s: entry %s (%s) dead-lettered after %d deliveries: %s: %s",
                             self.name, o.entry_id.decode(), o.region, o.deliveries, o.error,
                             o.detail)
-            latencies.append(max(0.0, now - id_seconds(o.entry_id)))
+            latency = now - id_seconds(o.entry_id)
+            if latency >= -CLOCK_SKEW_S:
+                latencies.append(max(0.0, latency))
+            else:
+                ahead.append(o.entry_id)
         observe_many(self.metrics.e2e_latency, latencies)
+        self._note_ahead(ahead, now)
         for label, n in by_label.items():
             self.metrics.outcome[label].inc(n)
             self.metrics.totals[label[1]] += n
@@ -309,7 +356,8 @@ class Worker:
                       self.keys.group, self.keys.stream)
             self.cursor = ONLY_OWN
             return
-        self.failure["transient" if kind is ErrorKind.TRANSIENT else "other"].inc()
+        self.failure[{ErrorKind.TRANSIENT: "transient", ErrorKind.OOM: "oom"}.get(
+            kind, "other")].inc()
         log.error("%s: Redis refused a command: %s", self.name, exc)
         if kind is ErrorKind.TRANSIENT:  # MOVED, ASK, TRYAGAIN, CLUSTERDOWN, UNBLOCKED...
             await note_error(self.redis, exc)

@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 from shared import failpoints, wire
 from shared.aio import pause
 from shared.connection import ErrorKind, backoff, classify
-from shared.group import ensure_group, min_id, safe_trim_id
+from shared.group import ensure_group, id_key, id_seconds, min_id, safe_trim_id
 from shared.keys import Keys
 from shared.metrics import ProducerMetrics
 from shared.schema import Snapshot, encode
@@ -23,6 +23,8 @@ from shared.settings import Settings
 from shared.shards import Deployment, single_server
 
 log = logging.getLogger("regionstream.producer")
+# Stream ids more than this ahead of the producer's clock are an anomaly, not clock skew.
+IDS_AHEAD_TOLERANCE_S = 60.0
 
 
 class Unconfirmed(Exception):
@@ -59,6 +61,7 @@ class Publisher:
         d = self.deployment
         self.targets = [(shard, d.client_for(shard)) for shard in d.shards]
         self._by_region = {t[0].region: i for i, t in enumerate(self.targets)}
+        self.said_ids_ahead = False
 
     def describe(self) -> str:
         if len(self.targets) == 1:
@@ -113,7 +116,24 @@ class Publisher:
         if self.metrics is not None:
             self.metrics.rtt["publish"].observe(time.perf_counter() - started)
         self._count(snaps)
+        self._note_ids_ahead(cast(list[bytes], ids))
         return cast(list[bytes], ids)  # every one set: no node failed
+
+    def _note_ids_ahead(self, ids: Sequence[bytes]) -> None:
+        """Redis keeps a stream's ids increasing: after one outside ``XADD`` with an explicit
+        id far in the future, every id it gives carries that future time. Latency figures
+        and time-based trimming (MINID) cannot work on such a stream: said once, as an error
+        naming the remedy (README Operations), and exported as a gauge
+        (``regionstream_stream_ids_ahead_seconds``, RegionstreamStreamIdsAhead)."""
+        ahead_s = max(id_seconds(i) for i in ids) - time.time() if ids else 0.0
+        if self.metrics is not None:
+            self.metrics.ids_ahead.set(max(0.0, ahead_s))
+        if ahead_s > IDS_AHEAD_TOLERANCE_S and not self.said_ids_ahead:
+            self.said_ids_ahead = True
+            log.error("the stream gives ids %.0f s ahead of this clock (entry %s): an outside "
+                      "XADD with an explicit id; latencies and retention trimming cannot work "
+                      "on it (see README Operations: move to a new stream)", ahead_s,
+                      max(ids, key=id_key).decode("ascii", "replace"))
 
     def _count(self, published: Sequence[Snapshot]) -> None:
         if self.metrics is not None:
@@ -237,6 +257,8 @@ class Publisher:
 
 
 def _retryable(exc: BaseException) -> bool:
-    """Publishing again may succeed: replicas did not confirm, or Redis is unavailable for
-    now (a failover, a moved slot, a restart)."""
-    return isinstance(exc, Unconfirmed) or classify(exc) is ErrorKind.TRANSIENT
+    """Publishing again may succeed: replicas did not confirm, Redis is unavailable for now (a
+    failover, a moved slot, a restart), or full (OOM under noeviction: once memory is freed the
+    cycle goes out; giving up would lose it)."""
+    return isinstance(exc, Unconfirmed) or classify(exc) in (ErrorKind.TRANSIENT,
+                                                              ErrorKind.OOM)

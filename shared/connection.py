@@ -21,12 +21,15 @@ from redis.exceptions import (
     ConnectionError,
     NoPermissionError,
     NoScriptError,
+    OutOfMemoryError,
     ReadOnlyError,
     RedisClusterException,
     ResponseError,
     TimeoutError,
     TryAgainError,
 )
+
+from shared.wire import ENTRY_PARSERS
 
 try:
     from hiredis import pack_command as _hiredis_pack_c
@@ -47,6 +50,10 @@ SOCKET_TIMEOUT_S = 10.0
 HEALTH_CHECK_INTERVAL_S = 30
 
 
+# Redis's refusal at maxmemory (noeviction), after its "OOM" code.
+OOM_TEXT = "command not allowed when used memory"
+
+
 class ErrorKind(enum.Enum):
     TRANSIENT = "transient"  # connection reset, timeout, LOADING, BUSY, READONLY after failover
     NOGROUP = "nogroup"  # the stream or group is gone: recreate it
@@ -56,6 +63,10 @@ class ErrorKind(enum.Enum):
     # No retry can fix it: a missing ACL permission, a wrong password, a command the server
     # does not know. The process says once what is missing and exits (EXIT_PERMANENT).
     PERMANENT = "permanent"
+    # Redis is full (maxmemory reached under noeviction, "OOM command not allowed"): no fault
+    # of the entry being written, so, like TRANSIENT, it spends none of its deliveries; it is
+    # told apart to be said once per episode, counted and alerted on (RegionstreamRedisFull).
+    OOM = "oom"
     OTHER = "other"
 
 
@@ -77,6 +88,9 @@ def classify(exc: BaseException | str) -> ErrorKind:
         return ErrorKind.PERMANENT
     if isinstance(exc, ConnectionError | TimeoutError | BusyLoadingError | ReadOnlyError):
         return ErrorKind.TRANSIENT
+    # redis-py drops the OOM code from the text of the exception it makes of the reply.
+    if isinstance(exc, OutOfMemoryError):
+        return ErrorKind.OOM
     # A Redis Cluster moving a slot or failing over: re-read the slot map and retry (MOVED's
     # text is only "slot host:port": recognize the class, not the words).
     if isinstance(exc, AskError | TryAgainError | ClusterDownError | ClusterError):
@@ -89,6 +103,8 @@ def classify(exc: BaseException | str) -> ErrorKind:
     words = text.split(" ", 2)
     # Some servers (fakeredis, proxies) put a generic "ERR" before the specific code.
     head = (words[1] if words[0] == "ERR" and len(words) > 1 else words[0]).upper()
+    if text.startswith(OOM_TEXT):  # as redis-py words an OutOfMemoryError: without its code
+        return ErrorKind.OOM
     if text.lower().startswith(("err unknown command", "unknown command")):
         return ErrorKind.PERMANENT
     # An ACL refusal inside a script comes without the NOPERM code (Redis 7.0).
@@ -109,6 +125,7 @@ def classify(exc: BaseException | str) -> ErrorKind:
         "ASK": ErrorKind.TRANSIENT,
         "CLUSTERDOWN": ErrorKind.TRANSIENT,
         "UNBLOCKED": ErrorKind.TRANSIENT,  # a blocked read's stream moved to another node
+        "OOM": ErrorKind.OOM,
         "NOPERM": ErrorKind.PERMANENT,
         "NOAUTH": ErrorKind.PERMANENT,
         "WRONGPASS": ErrorKind.PERMANENT,
@@ -325,6 +342,8 @@ def connect(url: str, *, retries: int = CONNECT_RETRIES,
         client = aioredis.Redis.from_url(url, **options)
     pool = client.connection_pool
     pool.connection_class = _fast_packing(pool.connection_class)
+    for command, parser in ENTRY_PARSERS.items():  # every field of an entry kept (wire)
+        client.set_response_callback(command, parser)
     return client
 
 

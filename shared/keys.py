@@ -10,7 +10,9 @@ Layout (``{prefix}`` defaults to ``intelligence``)::
 
 Streams: ``<stream>`` and ``<stream>:dlq`` with ``--shard-by none``; with ``--shard-by region``
 one shard per region, ``<stream>:{<region>}`` and ``<stream>:{<region>}:dlq``, in the slot of
-that region's data keys (``Keys.shard``), each with the same group name.
+that region's data keys (``Keys.shard``), each with the same group name. Beside each dead-letter
+stream, ``<stream>:dlq-ids`` (``<stream>:{<region>}:dlq-ids``): a ZSET of the ids of the
+entries dead-lettered, pruned as the stream is trimmed, so an entry is dead-lettered once.
 
 An ``incoming`` key holds a payload between the MSET and the persist script of one
 transaction (see consumer/persist.lua); it never outlives the EXEC.
@@ -30,6 +32,9 @@ from functools import cache
 from shared.schema import REGIONS, TRIGGER_REASONS
 
 DLQ_SUFFIX = ":dlq"
+# The ids of the stream's entries dead-lettered so far (a ZSET, score: the id's milliseconds):
+# an entry read again (its group recreated from 0) is not dead-lettered a second time.
+DLQ_IDS_SUFFIX = ":dlq-ids"
 
 
 # The shard label of the one stream of --shard-by none (a region shard's label is its region):
@@ -59,6 +64,11 @@ class Keys:
     def dlq(self) -> str:
         """The dead-letter stream beside the main stream."""
         return self.stream + DLQ_SUFFIX
+
+    @property
+    def dlq_ids(self) -> str:
+        """Ids of the stream's entries already dead-lettered (``consumer/dead_letter.lua``)."""
+        return self.stream + DLQ_IDS_SUFFIX
 
     def shard(self, region: str) -> Keys:
         """The keys of ``region``'s shard: its own stream (and DLQ) in the slot of its data."""
@@ -100,9 +110,12 @@ class Keys:
             return "stream"
         if text == self.dlq:
             return "dlq"
+        if text == self.dlq_ids:
+            return "dlq-ids"
         shard = _shard_layout(self.stream).fullmatch(text)
         if shard:
-            return "dlq" if shard.group(1) else "stream"
+            return {DLQ_SUFFIX: "dlq", DLQ_IDS_SUFFIX: "dlq-ids"}.get(shard.group(1) or "",
+                                                                       "stream")
         for kind, pattern in _layout(self.prefix).items():
             if pattern.fullmatch(text):
                 return kind
@@ -112,7 +125,8 @@ class Keys:
 @cache
 def _shard_layout(stream: str) -> re.Pattern[str]:
     tag = "\\{(?:" + "|".join(map(re.escape, REGIONS)) + ")\\}"
-    return re.compile(f"{re.escape(stream)}:{tag}({re.escape(DLQ_SUFFIX)})?")
+    return re.compile(f"{re.escape(stream)}:{tag}"
+                      f"({re.escape(DLQ_SUFFIX)}|{re.escape(DLQ_IDS_SUFFIX)})?")
 
 
 @cache  # compiled once per prefix, not once per key checked

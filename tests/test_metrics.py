@@ -282,10 +282,10 @@ async def test_a_shard_that_cannot_be_read_shows_as_stale(
     broken = deployment.shards[0]
     real = gm.read_group_stats
 
-    async def failing(redis: aioredis.Redis, k: Keys) -> group.GroupStats:
+    async def failing(redis: aioredis.Redis, k: Keys, **options: bool) -> group.GroupStats:
         if k == broken.keys:
             raise ConnectionError("node unreachable")
-        return await real(redis, k)
+        return await real(redis, k, **options)
 
     monkeypatch.setattr(gm, "read_group_stats", failing)
     assert not await refresh(deployment, keys, metrics)
