@@ -29,9 +29,12 @@ local function ms_of(id)
   return tonumber(string.match(id, '^(%d+)')) or 0
 end
 
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if type(p) == 'table' and p.err then return failed_at('XPENDING ' .. KEYS[1], p) end
 if #p == 0 then return 0 end
-if redis.call('ZSCORE', KEYS[3], ARGV[2]) then
+local seen = redis.pcall('ZSCORE', KEYS[3], ARGV[2])
+if type(seen) == 'table' and seen.err then return failed_at('ZSCORE ' .. KEYS[3], seen) end
+if seen then
   local acked = redis.pcall('XACK', KEYS[1], ARGV[1], ARGV[2])
   if type(acked) == 'table' and acked.err then return failed_at('XACK ' .. KEYS[1], acked) end
   return -1
@@ -46,8 +49,8 @@ if type(acked) == 'table' and acked.err then
 end
 redis.pcall('ZADD', KEYS[3], ms_of(ARGV[2]), ARGV[2])
 -- Ids older than the stream's oldest entry can never be read again (trimmed): drop them.
-local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
-if oldest[1] then
+local oldest = redis.pcall('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+if type(oldest) == 'table' and not oldest.err and oldest[1] then
   redis.pcall('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ms_of(oldest[1][1]))
 end
 return deliveries

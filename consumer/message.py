@@ -61,7 +61,7 @@ MAX_ENTRY_FIELDS = 64
 # Details are free text from decoders and validators: bounded, and without control characters,
 # so a hostile payload cannot forge log lines or bloat the dead-letter stream.
 MAX_DETAIL_CHARS = 1024
-_CONTROL = dict.fromkeys([*range(0x20), 0x7F], "?")
+_CONTROL = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0)], "?")  # C0, DEL and C1 (8-bit CSI)
 
 
 def clean_detail(text: str) -> str:

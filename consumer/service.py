@@ -19,7 +19,7 @@ from consumer.reclaim import Reclaimer
 from consumer.worker import Worker
 from shared.aio import pause
 from shared.connection import SOCKET_TIMEOUT_S, ErrorKind, classify
-from shared.group import ensure_group, read_shard_stats
+from shared.group import ensure_group_when_writable, read_shard_stats
 from shared.layout import layout_mismatch
 from shared.metrics import CONSUMER_OUTCOMES, ConsumerMetrics
 from shared.settings import Settings
@@ -72,7 +72,7 @@ class Consumer:
         deployment = self._deployment(target)
         for shard in deployment.shards:
             client = deployment.client_for(shard)
-            await ensure_group(client, shard.keys)
+            await ensure_group_when_writable(client, shard.keys, self.stop, "consumer")
         for client in deployment.node_clients():
             for name in scripts.ALL:  # load once per node; calls then go out as EVALSHA
                 await client.script_load(scripts.script(name).body)

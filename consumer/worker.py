@@ -349,7 +349,20 @@ class Worker:
         if kind is ErrorKind.NOGROUP:
             # Redis lost the group (restart without persistence, someone ran XGROUP DESTROY):
             # recreate it rather than failing every read.
-            await ensure_group(self.redis, self.keys)
+            try:
+                await ensure_group(self.redis, self.keys)
+            except (RedisError, OSError) as again:
+                if classify(again) not in (ErrorKind.OOM, ErrorKind.TRANSIENT):
+                    raise
+                # Redis full (XGROUP CREATE is a write) or away: the next read finds the
+                # group missing again and tries again, after a back-off; never fatal.
+                self.failure["oom" if classify(again) is ErrorKind.OOM else "transient"].inc()
+                log.warning("%s: consumer group %s is missing on %s and Redis cannot "
+                            "recreate it yet (%s); retrying", self.name, self.keys.group,
+                            self.keys.stream, again)
+                self.cursor = ONLY_OWN
+                await self._pause(self.settings.retry_backoff_ms / 1000)
+                return
             self.metrics.nogroup.inc()
             self.failure["nogroup"].inc()
             log.error("%s: consumer group %s was missing on %s; recreated it", self.name,

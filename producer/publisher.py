@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 from shared import failpoints, wire
 from shared.aio import pause
 from shared.connection import ErrorKind, backoff, classify
-from shared.group import ensure_group, id_key, id_seconds, min_id, safe_trim_id
+from shared.group import ensure_group_when_writable, id_key, id_seconds, min_id, safe_trim_id
 from shared.keys import Keys
 from shared.metrics import ProducerMetrics
 from shared.schema import Snapshot, encode
@@ -73,12 +73,13 @@ class Publisher:
             return 0
         return self._by_region[snap.region_id]
 
-    async def prepare(self) -> None:
+    async def prepare(self, stop: asyncio.Event | None = None) -> None:
         """Create the consumer group of every shard if missing, so that entries published
         before any consumer started are kept for it (trimming respects every group it can
-        see)."""
+        see); while Redis is full, wait for memory until ``stop``."""
         for shard, client in self.targets:
-            await ensure_group(client, shard.keys)
+            await ensure_group_when_writable(client, shard.keys, stop or asyncio.Event(),
+                                             "producer")
 
     async def publish(self, snaps: Sequence[Snapshot],
                       payloads: Sequence[bytes] | None = None) -> list[bytes]:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from shared.connection import ErrorKind, classify
+from shared.aio import pause
+from shared.connection import ErrorKind, backoff, classify
 from shared.keys import Keys
 from shared.memory import Memory, memory_of
 from shared.shards import Deployment, read_each
+
+log = logging.getLogger("regionstream")
 
 
 async def ensure_group(redis: aioredis.Redis, keys: Keys) -> bool:
@@ -30,6 +35,26 @@ async def ensure_group(redis: aioredis.Redis, keys: Keys) -> bool:
             return False
         raise
     return True
+
+
+async def ensure_group_when_writable(redis: aioredis.Redis, keys: Keys, stop: asyncio.Event,
+                                     who: str) -> bool:
+    """``ensure_group``, waiting (with back-off, until ``stop``) while Redis is full: a
+    consumer or producer starting on a Redis at maxmemory (noeviction) whose stream or group
+    does not exist yet waits for memory like a running one, instead of exiting 1."""
+    attempt = 0
+    while True:
+        try:
+            return await ensure_group(redis, keys)
+        except ResponseError as exc:
+            if classify(exc) is not ErrorKind.OOM or stop.is_set():
+                raise
+            attempt += 1
+            if attempt == 1:
+                log.error("%s: Redis is out of memory: cannot create group %s on %s yet; "
+                          "waiting for memory (%s)", who, keys.group, keys.stream, exc)
+            if await pause(stop, backoff().compute(attempt)):
+                raise
 
 
 async def _group_exists(redis: aioredis.Redis, keys: Keys) -> bool:

@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import shlex
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions as redis_errors
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
@@ -112,7 +117,7 @@ async def test_redis_full_spends_no_deliveries_and_is_said_once_per_episode(
         client = connect(server.url)
         try:
             snaps = await publish_cycle(client, s, now_ms())
-            await client.config_set("maxmemory", str(await _used_memory(client)))
+            await client.config_set("maxmemory", "1")  # every write refused
             consumer = Consumer(s, registry=CollectorRegistry())
             task = asyncio.create_task(consumer.run(drain=True, redis=client))
             # Many refusals: far more attempts than max_deliveries would have allowed.
@@ -179,14 +184,15 @@ def test_writers_refuse_a_redis_that_may_evict_unless_told(policy: str) -> None:
     (exit 3), unless --allow-eviction says the loss is accepted."""
     with start_redis_server(extra=("--maxmemory-policy", policy)) as server:
         flags = ["--redis-url", server.url, "--stream", f"ev-{policy}", "--prefix", "ev"]
-        for command in (["produce", "--once"], ["consume", "--drain"],
-                        ["replay", "--dlq", "--dry-run"]):
+        for command in (["produce", "--once"], ["consume", "--drain"], ["replay", "--dlq"]):
             line = one_line(run_cli([*command, *flags]), 3)
             assert line == (
                 f"regionstream: Redis at {server.url} has maxmemory-policy {policy}: when full "
                 "it deletes keys (stored snapshots, or the stream with its group and pending "
                 "entries); set maxmemory-policy noeviction, or pass --allow-eviction "
                 "(REGIONSTREAM_ALLOW_EVICTION=1) to accept losing data"), command
+        dry = run_cli(["replay", "--dlq", "--dry-run", *flags])  # writes nothing: allowed
+        assert dry.returncode == 0, dry.stderr.decode()[-2000:]
         produced = run_cli(["produce", "--once", "--allow-eviction", *flags])
         assert produced.returncode == 0, produced.stderr.decode()[-2000:]
         assert f"maxmemory-policy {policy}" in produced.stderr.decode()  # said, not silent
@@ -328,7 +334,7 @@ async def test_a_producer_waits_out_a_full_redis_and_then_publishes(tmp_path: Pa
         try:
             flags = ["--redis-url", server.url, "--stream", "full", "--prefix", "full"]
             await client.xgroup_create("full", "persisters", id="0", mkstream=True)
-            await client.config_set("maxmemory", str(await _used_memory(client)))
+            await client.config_set("maxmemory", "1")  # every write refused
             producer = Proc(["produce", "--once", *flags], tmp_path / "produce.log")
             try:
                 await wait_until(lambda: _async("retry" in producer.output()), 30,
@@ -358,3 +364,139 @@ async def test_a_producer_says_when_the_stream_s_ids_run_ahead_of_the_clock(
     assert ahead > 9_000_000_000 - time.time()
     said = [r for r in caplog.records if "ahead of this clock" in r.getMessage()]
     assert len(said) == 1 and said[0].levelname == "ERROR"
+
+
+async def test_a_group_lost_while_redis_is_full_is_recreated_once_memory_is_back(
+        settings: Settings) -> None:
+    """XGROUP CREATE is a write: a Redis at maxmemory refuses it. A running consumer whose
+    group vanished then died (exit 1) on the refusal; one starting on a full Redis without its
+    group did too. Both now wait for memory, and drain once it is back."""
+    with start_redis_server(extra=("--maxmemory-policy", "noeviction")) as server:
+        s = dataclasses.replace(settings, redis_url=server.url, retry_backoff_ms=20)
+        client = connect(server.url)
+        try:
+            consumer = Consumer(s, registry=CollectorRegistry())
+            task = asyncio.create_task(consumer.run(redis=client))
+            await wait_until(lambda: _has_consumers(client, s), what="workers reading")
+            await client.config_set("maxmemory", "1")  # every write refused
+            await client.xgroup_destroy(s.stream, s.group)
+            await wait_until(lambda: _async(failures(consumer.registry, "oom") >= 3),
+                             what="the lost group's re-creation refused for memory")
+            assert not task.done()
+            await client.config_set("maxmemory", "0")
+            await publish_cycle(client, s, now_ms())
+            await wait_until(lambda: _async(outcomes(consumer)["persisted"] == 8),
+                             what="the cycle persisted after memory came back")
+            consumer.stop.set()
+            await asyncio.wait_for(task, 30)  # ends cleanly, no exception
+
+            # Starting on a full Redis whose group does not exist: waits, then drains.
+            await client.xgroup_destroy(s.stream, s.group)
+            await client.config_set("maxmemory", "1")  # every write refused
+            starting = Consumer(s, registry=CollectorRegistry())
+            start = asyncio.create_task(starting.run(drain=True, redis=client))
+            await asyncio.wait([start], timeout=1.0)
+            assert not start.done()  # waiting for memory, not exited
+            await client.config_set("maxmemory", "0")
+            await asyncio.wait_for(start, 60)
+            assert outcomes(starting)["redelivered"] == 8
+        finally:
+            await client.aclose()
+
+
+async def _has_consumers(client: aioredis.Redis, s: Settings) -> bool:
+    try:
+        return bool(await client.xinfo_consumers(s.stream, s.group))
+    except redis_errors.ResponseError:
+        return False
+
+
+def _run_with_stdout(args: list[str], redirect: str) -> subprocess.CompletedProcess[bytes]:
+    """``regionstream ARGS`` with its stdout redirected by the shell (``>/dev/full``, ``>&-``)."""
+    command = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "regionstream", *args])
+    return subprocess.run(["sh", "-c", f"{command} {redirect}"], capture_output=True,
+                          timeout=60, env=cli_env(), check=False)
+
+
+async def test_a_replay_whose_stdout_fails_reports_what_it_moved_on_stderr(
+        client: aioredis.Redis, settings: Settings) -> None:
+    """``replay --dlq > /dev/full`` moved every dead letter and ended in an ENOSPC traceback:
+    nothing said what it had changed."""
+    await publish_cycle(client, settings, now_ms())
+    for i in range(3):
+        await _xadd_pairs(client, settings.stream, [(b"payload", b"{broken %d" % i)])
+    await drain(client, settings)
+    assert await client.xlen(settings.keys.dlq) == 3
+    flags = ["--redis-url", settings.redis_url, "--stream", settings.stream, "--group",
+             settings.group, "--prefix", settings.prefix]
+    done = _run_with_stdout(["replay", "--dlq", *flags], ">/dev/full")
+    err = done.stderr.decode()
+    assert done.returncode == 1, err
+    assert "Traceback" not in err
+    assert await client.xlen(settings.keys.dlq) == 0  # it did move them...
+    report = json.loads(err[err.index("{"):err.rindex("}") + 1])  # ...and says which
+    assert len(report["entries"]) == 3
+    assert err.strip().splitlines()[-1] == ("regionstream: cannot write to standard output: "
+                                            "No space left on device")
+
+
+@pytest.mark.parametrize("redirect", [">/dev/full", ">&-"])
+@pytest.mark.parametrize("command", [["pending"], ["pending", "--json"], ["top", "--once"],
+                                     ["acl"], ["show", "mena"]])
+async def test_stdout_full_or_closed_is_one_line_for_every_command(
+        client: aioredis.Redis, settings: Settings, redirect: str, command: list[str]) -> None:
+    await publish_cycle(client, settings, now_ms())
+    await drain(client, settings)
+    flags = ["--redis-url", settings.redis_url, "--stream", settings.stream, "--group",
+             settings.group, "--prefix", settings.prefix]
+    if command == ["acl"]:
+        flags = ["--stream", settings.stream, "--prefix", settings.prefix]
+    done = _run_with_stdout([*command, *flags], redirect)
+    err = done.stderr.decode()
+    assert done.returncode == 1, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("regionstream: cannot write to standard "
+                                                   "output: "), err
+
+
+async def test_replay_pending_says_which_entries_were_deleted_not_replayed(
+        client: aioredis.Redis, settings: Settings) -> None:
+    """``replay --pending`` said "replayed 2" when XCLAIM had silently dropped one of them
+    (deleted from the stream while pending): it reported work it did not do."""
+    await publish_cycle(client, settings, now_ms())
+    await Consumer(settings, registry=CollectorRegistry()).prepare(client)
+    read = await client.xreadgroup(settings.group, "dead", {settings.stream: ">"}, count=2)
+    ids = [i for i, _ in read[0][1]]
+    await client.xdel(settings.stream, ids[0])
+    flags = ["--redis-url", settings.redis_url, "--stream", settings.stream, "--group",
+             settings.group, "--prefix", settings.prefix]
+    done = run_cli(["replay", "--pending", "--consumer", "dead", "--min-idle-ms", "0",
+                    "--json", *flags])
+    assert done.returncode == 0, done.stderr.decode()
+    report = json.loads(done.stdout)
+    assert report["outcomes"] == {"deleted_from_stream": 1, "persisted": 1}
+    assert (await client.xpending(settings.stream, settings.group))["pending"] == 0
+    human = run_cli(["replay", "--pending", "--min-idle-ms", "0", *flags])
+    assert human.returncode == 0
+
+
+@pytest.mark.parametrize("value", ["-5", "99999999999999999999", "1e3"])
+def test_replay_min_idle_ms_out_of_range_is_a_usage_error(value: str) -> None:
+    """A value Redis refuses was an exit 1 from inside the replay (after it began)."""
+    line = one_line(run_cli(["replay", "--pending", "--min-idle-ms", value]), 2)
+    assert line.startswith("regionstream replay: argument --min-idle-ms: ")
+
+
+async def test_a_dlq_ids_key_of_another_type_names_itself(
+        client: aioredis.Redis, settings: Settings) -> None:
+    """Exit 3 was right, but the line named neither the key nor the command."""
+    await client.set(settings.keys.dlq_ids, b"not a zset")
+    await _xadd_pairs(client, settings.stream, [(b"payload", b"{broken")])
+    flags = ["--redis-url", settings.redis_url, "--stream", settings.stream, "--group",
+             settings.group, "--prefix", settings.prefix]
+    done = run_cli(["consume", "--drain", "--block-ms", "100", *flags])
+    assert done.returncode == 3, done.stderr.decode()[-2000:]
+    last = done.stderr.decode().strip().splitlines()[-1]
+    assert f"ZSCORE {settings.keys.dlq_ids}" in last and "WRONGTYPE" in last, last
+    assert (await client.xpending(settings.stream, settings.group))["pending"] == 1
+    await client.delete(settings.keys.dlq_ids)
