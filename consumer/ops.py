@@ -218,6 +218,10 @@ def _replayable(fields: dict[bytes, bytes]) -> tuple[list[bytes], str | None]:
     return original, None
 
 
+# A pending entry found deleted from the stream when claimed: dropped from the pending list.
+DELETED = "deleted_from_stream"
+
+
 @dataclass
 class Replayed:
     entries: int = 0
@@ -263,6 +267,12 @@ async def _replay_shard_pending(redis: Any, shard: Shard, settings: Settings, re
         if ids and not dry_run:
             claimed: Any = await redis.xclaim(keys.stream, keys.group, as_name, min_idle_ms, ids)
             result.entries += len(claimed)
+            # Redis 7 drops an entry deleted from the stream (XDEL, a trim) from the pending
+            # list instead of returning it: nothing of it is left to settle. Said, not hidden
+            # in the count (the report said "replayed 2" of which one was gone).
+            returned = {c[0] for c in claimed}
+            if gone := [i for i in ids if i not in returned]:
+                result.outcomes[DELETED] = result.outcomes.get(DELETED, 0) + len(gone)
             failpoint("replay.pending-claimed")
             step = await worker.process(claimed)
             for k, v in step.outcomes.items():

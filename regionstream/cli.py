@@ -25,6 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from regionstream import __version__
+from regionstream.output import OutputLost, guard_stdout, unguard_stdout
 from shared import failpoints
 from shared.connection import (
     ErrorKind,
@@ -253,28 +254,39 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command and return its exit code (see the module docstring).
 
-    Whatever the command, a reader that goes away (``regionstream pending --json | head -1``,
-    ``regionstream acl | true``) ends it quietly, without a traceback: this is the one place
-    that handles it."""
+    Whatever the command, standard output that cannot be written (a reader that went away:
+    ``regionstream pending --json | head -1``; a full disk; stdout closed) ends it with at
+    most one line, exit 1, never a traceback: this is the one place that handles it
+    (``regionstream.output``)."""
+    guard_stdout()
     try:
         try:
             code = _main(argv)
-        except SystemExit:  # --help, --version: argparse itself ignores a failed write
+        except SystemExit:  # --help, --version
             sys.stdout.flush()
             raise
         sys.stdout.flush()  # a block-buffered pipe's closed reader shows here, not at print
-    except BrokenPipeError:
-        import os
-
-        # Python's recipe (docs of the signal module, "Note on SIGPIPE"): stdout to devnull,
-        # so the flush at interpreter exit does not fail again ("Exception ignored ...").
-        with contextlib.suppress(OSError, ValueError):  # a stdout without a descriptor
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OutputLost, BrokenPipeError) as exc:
+        lost = exc if isinstance(exc, OutputLost) else OutputLost(exc)
+        _stdout_to_devnull()
+        if not lost.reader_left:  # a reader that left needs no word; anything else does
+            print(f"{PROG}: cannot write to standard output: {lost.reason()}",
+                  file=sys.stderr)
         # Exit 1, a runtime failure: the output was not all delivered (0 would tell a
-        # `set -o pipefail` script it was). Python's recipe exits 1 too, and so does rich's
-        # Console when a table it prints meets the closed pipe first.
+        # `set -o pipefail` script it was). Python's recipe exits 1 too.
         return EXIT_FAILURE
+    finally:
+        unguard_stdout()
     return code
+
+
+def _stdout_to_devnull() -> None:
+    """Python's recipe (docs of the signal module, "Note on SIGPIPE"): stdout to devnull, so
+    the flush at interpreter exit does not fail again ("Exception ignored ...")."""
+    import os
+
+    with contextlib.suppress(OSError, ValueError, AttributeError, OutputLost):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -545,7 +557,7 @@ async def cmd_acl(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from regionstream import opscli
 
-    async with _deployed(settings, writes=True) as deployment:
+    async with _deployed(settings, writes=not args.dry_run) as deployment:
         return await opscli.cmd_replay(args, settings, deployment)
 
 

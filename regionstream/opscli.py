@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from consumer.ops import (
+    DELETED,
     Moved,
     PendingReport,
     Replayed,
@@ -25,6 +26,7 @@ from consumer.ops import (
     replay_range,
     untrusted,
 )
+from regionstream.output import OutputLost
 from regionstream.view import age_text, plain
 from shared.keys import Keys, is_sharded
 from shared.settings import Settings
@@ -56,6 +58,21 @@ class _RangeAction(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+def _idle_ms(text: str) -> int:
+    """``replay --pending --min-idle-ms``: the consumer setting's range, and 0 (a consumer known
+    to be dead). A value Redis refuses was an exit 1 after the replay had begun."""
+    from shared.settings import MAX_MIN_IDLE_MS
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= MAX_MIN_IDLE_MS:
+        raise argparse.ArgumentTypeError(
+            f"must be 0..{MAX_MIN_IDLE_MS} ms (a week) (got {text})")
+    return value
+
+
 def add_parsers(sub: Any, common: Any, sharded: Any, integer: Any, positive_int: Any) -> None:
     p = sub.add_parser("pending", help="who holds what: per-consumer pending, lag, DLQ")
     p.add_argument("--json", action="store_true")
@@ -73,7 +90,7 @@ def add_parsers(sub: Any, common: Any, sharded: Any, integer: Any, positive_int:
     r.add_argument("--reason", help="--dlq: only dead letters whose reason contains TEXT")
     r.add_argument("--limit", type=positive_int, help="--dlq: at most N entries (N > 0)")
     r.add_argument("--consumer", help="--pending: only this consumer's entries")
-    r.add_argument("--min-idle-ms", type=integer, default=None, dest="replay_min_idle_ms",
+    r.add_argument("--min-idle-ms", type=_idle_ms, default=None, dest="replay_min_idle_ms",
                    help="--pending: only entries idle at least this long (default: the "
                    "consumer's --min-idle-ms, 60000; 0 for a consumer known to be dead)")
     r.add_argument("--dry-run", action="store_true", help="list what would be done, do nothing")
@@ -155,6 +172,17 @@ class _Report:
     summary: str
 
     def show(self, as_json: bool) -> None:
+        """The report on stdout; when stdout cannot take it (closed, full, its reader gone),
+        on stderr as JSON instead, then the failure goes up: a replay that moved entries
+        must say what it moved somewhere."""
+        try:
+            self._show(as_json)
+        except OutputLost:
+            print(f"regionstream: standard output failed; the report follows here:\n"
+                  f"{json.dumps(self.out, indent=2)}", file=sys.stderr)
+            raise
+
+    def _show(self, as_json: bool) -> None:
         if as_json:
             print(json.dumps(self.out, indent=2))
             return
@@ -182,6 +210,12 @@ def _dlq_report(moved: list[Moved], keys: Keys, redis: Deployment, dry_run: bool
                     for m in moved], summary)
 
 
+def _deleted_note(done: Replayed) -> str:
+    gone = done.outcomes.get(DELETED, 0)
+    return (f" ({gone} of them deleted from the stream: dropped from the pending list, "
+            "nothing to settle)") if gone else ""
+
+
 def _replayed_report(done: Replayed, what: str, dry_run: bool, stopped: bool = False
                      ) -> _Report:
     header: tuple[str, ...] = ("entry",) if dry_run else ("outcome", "entries")
@@ -189,7 +223,7 @@ def _replayed_report(done: Replayed, what: str, dry_run: bool, stopped: bool = F
                                    [(k, str(v)) for k, v in sorted(done.outcomes.items())])
     settled = sum(done.outcomes.values())
     summary = (f"would replay {len(done.ids)} {what}" if dry_run
-               else f"replayed {len(done.ids)} {what}" if not stopped
+               else f"replayed {len(done.ids)} {what}" + _deleted_note(done) if not stopped
                else f"settled {settled} {what}, then the replay stopped on the error below")
     return _Report({"dry_run": dry_run, "complete": not stopped, "ids": done.ids,
                     "outcomes": done.outcomes}, header, rows, summary)
