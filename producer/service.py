@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
 from producer.publisher import Publisher
-from producer.sources import Chunk, Limits, bounded_lines, read_lines, read_stream, stdin_bytes
+from producer.sources import Chunk, Limits, bounded_lines, read_lines, read_stream
 from producer.synthetic import SyntheticSource
 from shared.aio import abandon, pause
 from shared.metrics import ProducerMetrics
@@ -141,7 +141,7 @@ class Producer:
         if source != "synthetic" and (count is not None or once):
             raise ValueError(f"source {source!r}: --count and --once are synthetic modes")
         pub = Publisher(redis, self.keys, self.settings, self.metrics, deployment)
-        await pub.prepare()
+        await pub.prepare(self.stop)
         if count is not None:
             await self.run_count(pub, count, progress)
         elif source == "synthetic":
@@ -156,8 +156,10 @@ class Producer:
         s = self.settings
         limits = Limits(max_bytes=s.max_bytes, regions=s.regions)
         if source == "-":
-            await self.run_source(pub, read_stream(stdin_bytes(), size=s.chunk, now=now_ms,
-                                                   limits=limits, stop=self.stop))
+            # Read from the descriptor, never through sys.stdin: its buffer would take bytes
+            # past the lines published, gone from the pipe when the process stops.
+            await self.run_source(pub, read_stream(sys.stdin.fileno(), size=s.chunk,
+                                                   now=now_ms, limits=limits, stop=self.stop))
             return
         with open(source, "rb") as fh:  # noqa: ASYNC230 - a local file, read in chunks
             await self.run_source(pub, read_lines(bounded_lines(fh, s.max_bytes), size=s.chunk,

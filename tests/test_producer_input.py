@@ -5,11 +5,22 @@ dead-letter for size, and stdin read with back-pressure while Redis is slow (iss
 from __future__ import annotations
 
 import asyncio
+import bisect
+import fcntl
+import functools
 import io
+import itertools
+import json
+import logging
 import os
 import signal
+import struct
+import subprocess
+import sys
+import termios
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -22,11 +33,15 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from consumer.message import Poison, Reason, Valid, check_entry
+from producer import sources
 from producer.sources import (
     LINE_SLACK_BYTES,
+    READ_BYTES,
     SKIP_PIECE_BYTES,
     Chunk,
+    FdLines,
     Limits,
+    Line,
     Overlong,
     bounded_lines,
     read_lines,
@@ -35,11 +50,11 @@ from producer.sources import (
 from regionstream.cli import main
 from shared import wire
 from shared.connection import connect
-from shared.schema import decode
+from shared.schema import decode, parse
 from shared.settings import Settings
 from tests.conftest import wait_until
 from tests.helpers import drain, load_payloads
-from tests.proc import Proc, common_flags, one_line, run_cli
+from tests.proc import Proc, cli_env, common_flags, one_line, run_cli
 
 
 def now_ms() -> int:
@@ -210,55 +225,75 @@ def test_a_flood_of_bad_lines_is_reported_a_chunk_at_a_time() -> None:
 
 # -- item 11: stdin is read with back-pressure --------------------------------------------------
 
-class Endless:
-    """A pipe that always has another line (up to ``limit``), counting the lines taken."""
+def _pipe_holds(fd: int) -> int:
+    """The bytes waiting in the pipe ``fd`` (either end), not yet read by anyone."""
+    return int(struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0])
 
-    def __init__(self, line: bytes, limit: int) -> None:
-        self.line, self.limit, self.taken = line, limit, 0
 
-    def readline(self, size: int | None = -1, /) -> bytes:
-        if self.taken >= self.limit:
-            return b""
-        self.taken += 1
-        return self.line
-
-    def __iter__(self) -> Iterator[bytes]:
-        while line := self.readline():
-            yield line
+async def _readers_ended() -> None:
+    """The stdin reader threads end by themselves once their source is stopped or closed."""
+    for thread in threading.enumerate():
+        if thread.name == "stdin-reader":
+            await asyncio.to_thread(thread.join, 10)
+            assert not thread.is_alive(), "a stdin reader thread did not end"
 
 
 async def test_reading_stays_at_most_a_chunk_ahead_of_what_is_taken() -> None:
-    """The reader reads at most a chunk (``size`` lines) ahead of the lines taken: while the
-    publisher takes no chunk, reading stops, however much is waiting in the pipe."""
-    size = 5
-    stream = Endless(_ONE + b"\n", limit=100_000)
-    chunks = read_stream(stream, size=size, now=now_ms)  # type: ignore[arg-type]
+    """The reader reads at most a chunk (``size`` lines, and then at most READ_BYTES) ahead of
+    the lines taken: while the publisher takes no chunk, reading stops and the pipe stays full,
+    however much is waiting to be written."""
+    size, line = 5, _ONE + b"\n"
+    data, written = line * 1_000, 0  # ~9 MB offered
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+
+    def full() -> bool:
+        """Write what the pipe takes; True when it took all it could."""
+        nonlocal written
+        try:
+            while written < len(data):
+                written += os.write(write_fd, data[written:written + 65536])
+        except BlockingIOError:
+            return True
+        return False
+
+    def consumed() -> int:  # what the reader took out of the pipe
+        return written - _pipe_holds(read_fd)
+
+    async def read(upto: int) -> bool:
+        return full() and consumed() >= upto
+
+    chunks = read_stream(read_fd, size=size, now=now_ms)
     checked = 0
-
-    async def read_ahead() -> bool:
-        return stream.taken >= checked + size
-
-    for _ in range(4):
-        chunk: Chunk = await asyncio.wait_for(anext(chunks), 10)
-        checked += len(chunk.snapshots)  # 5, or fewer when STDIN_FLUSH_S ran out first
-        await wait_until(read_ahead, 10, "a chunk read ahead")
-        assert stream.taken == checked + size  # and not one line more
-    await chunks.aclose()
+    try:
+        full()
+        for _ in range(4):
+            chunk: Chunk = await asyncio.wait_for(anext(chunks), 10)
+            checked += len(chunk.snapshots)  # 5, or fewer when STDIN_FLUSH_S ran out first
+            ahead = (checked + size) * len(line)
+            await wait_until(functools.partial(read, ahead), 10, "a chunk read ahead")
+            assert consumed() < ahead + READ_BYTES  # and not a line more
+        await chunks.aclose()
+        await _readers_ended()
+    finally:
+        os.close(write_fd)
+        os.close(read_fd)
 
 
 @pytest.fixture
-def pipe() -> Iterator[tuple[BinaryIO, BinaryIO]]:
+def pipe() -> Iterator[tuple[int, BinaryIO]]:
     read_fd, write_fd = os.pipe()
-    with open(read_fd, "rb") as stream, open(write_fd, "wb") as writer:
-        yield stream, writer
+    with open(write_fd, "wb") as writer:
+        yield read_fd, writer
+    os.close(read_fd)
 
 
-async def test_stop_ends_reading_a_silent_pipe(pipe: tuple[BinaryIO, BinaryIO]) -> None:
+async def test_stop_ends_reading_a_silent_pipe(pipe: tuple[int, BinaryIO]) -> None:
     """SIGTERM (the stop event) ends `--source -` while nothing comes down the pipe; it used
-    to wait for the next line for ever."""
-    stream, writer = pipe
+    to wait for the next line for ever. The reader thread ends too, with the pipe still open."""
+    read_fd, writer = pipe
     stop = asyncio.Event()
-    chunks = read_stream(stream, size=10, now=now_ms, stop=stop)
+    chunks = read_stream(read_fd, size=10, now=now_ms, stop=stop)
     waiting = asyncio.ensure_future(anext(chunks, None))
     writer.write(_ONE + b"\n")
     writer.flush()
@@ -266,10 +301,102 @@ async def test_stop_ends_reading_a_silent_pipe(pipe: tuple[BinaryIO, BinaryIO]) 
     waiting = asyncio.ensure_future(anext(chunks, None))
     stop.set()
     assert await asyncio.wait_for(waiting, 10) is None
-    writer.close()  # ends the reader thread's blocked read, then the thread
-    for thread in threading.enumerate():
-        if thread.name == "stdin-reader":
-            await asyncio.to_thread(thread.join, 10)
+    await _readers_ended()
+
+
+def _lines_of_pipe(data: bytes, limit: int) -> list[Line]:
+    """FdLines over a pipe holding ``data`` (at most a pipe's capacity), then its end."""
+    read_fd, write_fd = os.pipe()
+    try:
+        os.write(write_fd, data)
+        os.close(write_fd)
+        return list(FdLines(read_fd, limit))
+    finally:
+        os.close(read_fd)
+
+
+LENGTHS = st.sampled_from([0, 1, 2, LINE_SLACK_BYTES - 1, LINE_SLACK_BYTES,
+                           LINE_SLACK_BYTES + 1, LINE_SLACK_BYTES + 2, READ_BYTES,
+                           READ_BYTES + 1, 3 * LINE_SLACK_BYTES])
+
+
+@hsettings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines=st.lists(st.tuples(LENGTHS, st.sampled_from([b"\n", b"\r\n"])), max_size=4),
+       last=st.sampled_from([0, 1, LINE_SLACK_BYTES, LINE_SLACK_BYTES + 1]))
+def test_stdin_is_split_into_lines_as_a_file_is(lines: list[tuple[int, bytes]],
+                                                 last: int) -> None:
+    """Stdin, read through the producer's own buffer, gives the lines a file gives: CRLF kept
+    for _check to strip, an overlong line an Overlong with its size, a last line without a
+    newline still a line."""
+    data = b"".join(b"a" * n + end for n, end in lines) + b"z" * last
+    assert len(data) < 64 * 1024  # fits in the pipe: written before it is read
+    assert _lines_of_pipe(data, 0) == list(bounded_lines(io.BytesIO(data), 0))
+
+
+def test_an_overlong_line_from_stdin_is_never_held_whole() -> None:
+    limit, huge = 10_000, b"y" * (8 << 20)
+    data = _ONE + b"\n" + huge + b"\n" + _ONE
+    read_fd, write_fd = os.pipe()
+
+    def feed() -> None:
+        os.write(write_fd, data)
+        os.close(write_fd)
+
+    writer = threading.Thread(target=feed)
+    tracemalloc.start()
+    try:
+        writer.start()
+        got = list(FdLines(read_fd, limit))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        writer.join(30)
+        os.close(read_fd)
+    assert got == [_ONE + b"\n", Overlong(len(huge)), _ONE]
+    assert peak < 1 << 20, peak  # not 8 MB
+
+
+@pytest.mark.parametrize("begun", [b"{", b"z" * (LINE_SLACK_BYTES + 100)],
+                         ids=["a-line", "an-overlong-line"])
+def test_stopped_with_a_line_begun_it_is_read_on_to_its_end_and_no_further(begun: bytes
+                                                                          ) -> None:
+    """After finish(), the line begun in the buffer is read up to its newline, and not a byte
+    past it: the next line stays in the pipe, whole."""
+    read_fd, write_fd = os.pipe()
+    try:
+        os.write(write_fd, b"first\n" + begun)
+        lines = FdLines(read_fd, 0)  # lines whole up to LINE_SLACK_BYTES
+        assert next(lines) == b"first\n"
+        assert _pipe_holds(read_fd) == 0  # ``begun`` is in the buffer
+        lines.finish()
+        os.write(write_fd, b"rest\n" + _ONE + b"\n")
+        expected = (begun + b"rest\n" if len(begun) < LINE_SLACK_BYTES
+                    else Overlong(len(begun) + 4))
+        assert list(lines) == [expected]
+        os.close(write_fd)
+        assert os.read(read_fd, 1 << 20) == _ONE + b"\n"
+    finally:
+        os.close(read_fd)
+
+
+def test_stopped_with_a_line_a_silent_writer_never_ends_it_is_dropped_and_said(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(sources, "FINISH_S", 0.3)
+    read_fd, write_fd = os.pipe()
+    try:
+        os.write(write_fd, _ONE + b"\n" + _ONE[:100])
+        lines = FdLines(read_fd, len(_ONE))
+        assert next(lines) == _ONE + b"\n"
+        lines.finish()
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, "regionstream.producer"):
+            assert list(lines) == []
+        assert time.monotonic() - started < 5
+        assert [r.levelno for r in caplog.records] == [logging.WARNING]
+        assert "100 byte(s) read are dropped" in caplog.text
+    finally:
+        os.close(write_fd)
+        os.close(read_fd)
 
 
 LINE_BYTES = 64 * 1024
@@ -350,3 +477,153 @@ async def test_sigterm_stops_produce_from_a_silent_stdin(
         assert "published 1 snapshot(s)" in producer.output()
     finally:
         producer.kill()
+
+
+# -- SIGTERM leaves stdin at a line boundary, every line read published -------------------------
+
+BALANCE = ["coercive_pressure", "domestic_fragility", "capital_stress", "energy_vulnerability",
+           "alliance_cohesion", "maritime_access", "energy_leverage", "net_balance"]
+NARRATIVE = ["situation", "balance_assessment", "outlook_24h", "outlook_7d", "outlook_30d"]
+
+
+def _short_lines(settings: Settings, n: int) -> list[bytes]:
+    """``n`` distinct valid snapshots of ~560 bytes (only the fields without a default): a
+    dozen or more to a read buffer of 8 KiB."""
+    now = now_ms()
+    lines = [json.dumps({
+        "region_id": settings.regions[0], "generated_at": now,
+        "meta": {"snapshot_id": f"{i:012x}-{i:012x}", "model_version": "m",
+                 "scoring_version": "s", "geography_version": "g", "snapshot_confidence": 0.5,
+                 "valid_until": now + 3_600_000, "trigger_reason": "scheduled_6h",
+                 "narrative_provider": "p", "narrative_model": "n"},
+        "regime": {"label": "coercive_stalemate"},
+        "balance": dict.fromkeys(BALANCE, 0.5),
+        "narrative": dict.fromkeys(NARRATIVE, ""),
+    }, separators=(",", ":")).encode() for i in range(n)]
+    parse(lines[0], now_ms=now, regions=settings.regions)  # valid: published, not rejected
+    return lines
+
+
+class _Feeder:
+    """A writer that keeps the pipe full, from the event loop: ``data`` written as the pipe
+    takes it, ``written`` bytes so far."""
+
+    def __init__(self, fd: int, data: bytes) -> None:
+        self.fd, self.data, self.written = fd, memoryview(data), 0
+        os.set_blocking(fd, False)
+        self.loop = asyncio.get_running_loop()
+        self.loop.add_writer(fd, self._write)
+
+    def _write(self) -> None:
+        try:
+            while self.written < len(self.data):
+                self.written += os.write(self.fd, self.data[self.written:self.written + 65536])
+        except BlockingIOError:
+            return
+        self.stop()
+
+    def stop(self) -> None:
+        self.loop.remove_writer(self.fd)
+
+
+def _produce_from(read_fd: int, settings: Settings, log: Path, *flags: str
+                  ) -> subprocess.Popen[bytes]:
+    """`regionstream produce --source -` with the pipe ``read_fd`` as its stdin (a copy: the
+    test keeps its own handle on the pipe, to read what the producer left in it)."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "regionstream", "produce", "--source", "-", *flags,
+             *common_flags(settings)], stdin=read_fd, stdout=out, stderr=subprocess.STDOUT,
+            env=cli_env())
+
+
+def _read_all(fd: int) -> bytes:
+    """What is left in a pipe whose every writer is closed."""
+    pieces = []
+    while piece := os.read(fd, 1 << 16):
+        pieces.append(piece)
+    return b"".join(pieces)
+
+
+def _end(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(30)
+
+
+@pytest.mark.parametrize("kind", ["snapshots", "short-lines"])
+async def test_sigterm_publishes_every_line_read_and_leaves_the_rest_whole_in_the_pipe(
+        kind: str, client: aioredis.Redis, settings: Settings, tmp_path: Path) -> None:
+    """The report: `produce --source - --chunk 1` SIGTERMed while lines kept coming published
+    2,126 lines and left 1,073 whole in the pipe, of 3,200 written: the one between had gone
+    into Python's read buffer, neither published nor left whole (with short lines, dozens).
+    Now the bytes the producer took from the pipe are the lines it published, each once, and
+    what it left starts with the next line, whole."""
+    lines = (load_payloads(settings, 3_000, seed=8) if kind == "snapshots"
+             else _short_lines(settings, 20_000))
+    data = b"".join(line + b"\n" for line in lines)
+    bounds = list(itertools.accumulate((len(line) + 1 for line in lines), initial=0))
+    read_fd, write_fd = os.pipe()
+    feeder = _Feeder(write_fd, data)
+    log = tmp_path / "producer.log"
+    producer = _produce_from(read_fd, settings, log, "--chunk", "1")
+
+    async def some_published() -> bool:
+        return bool(await client.xlen(settings.stream) >= 100)
+
+    try:
+        await wait_until(some_published, what="some lines published")
+        producer.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(producer.wait, 30)
+    finally:
+        feeder.stop()
+        _end(producer)
+        os.close(write_fd)
+        left = _read_all(read_fd)  # the test's own handle on the same pipe
+        os.close(read_fd)
+    out = log.read_text(errors="replace")
+    assert code == 0, out
+    assert feeder.written < len(data), "all was read: nothing left to check"
+    taken = feeder.written - len(left)  # the bytes the producer took out of the pipe
+    at = bisect.bisect_right(bounds, taken) - 1
+    assert taken == bounds[at], (f"the pipe was left {taken - bounds[at]} bytes into line "
+                                 f"{at + 1} ({len(lines[at]) + 1} bytes)")
+    published = [fields[wire.F_PAYLOAD] for _, fields in await client.xrange(settings.stream)]
+    assert published == lines[:at], (len(published), at)  # every line taken, once, in order
+    rest = left + data[feeder.written:]  # left in the pipe, or not yet written to it
+    assert rest.split(b"\n") == [*lines[at:], b""]  # whole lines, none published
+    assert len(published) + len(rest.split(b"\n")) - 1 == len(lines)
+    assert parse(left.split(b"\n", 1)[0], now_ms=now_ms(), regions=settings.regions)
+    assert f"published {at} snapshot(s)" in out, out
+
+
+async def test_sigterm_with_a_line_a_silent_writer_never_ends_says_what_it_dropped(
+        client: aioredis.Redis, settings: Settings, tmp_path: Path) -> None:
+    """The one loss left: stopped in the middle of a line whose writer then says nothing, the
+    producer waits FINISH_S for its end, then exits 0 saying how many bytes it dropped."""
+    lines = load_payloads(settings, 3, seed=12)
+    half = lines[2][:len(lines[2]) // 2]
+    read_fd, write_fd = os.pipe()
+    log = tmp_path / "producer.log"
+    producer = _produce_from(read_fd, settings, log)
+
+    async def read_in() -> bool:  # two lines published, the half line taken from the pipe
+        return bool(await client.xlen(settings.stream) == 2) and _pipe_holds(read_fd) == 0
+
+    try:
+        os.write(write_fd, lines[0] + b"\n" + lines[1] + b"\n" + half)  # fits in the pipe
+        await wait_until(read_in, what="two lines published and the half line read")
+        producer.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = await asyncio.to_thread(producer.wait, 30)
+        took = time.monotonic() - started
+    finally:
+        _end(producer)
+        os.close(write_fd)
+        os.close(read_fd)
+    out = log.read_text(errors="replace")
+    assert code == 0, out
+    assert took < sources.FINISH_S + 10, took
+    warnings = [row for row in out.splitlines() if "WARNING" in row]
+    assert len(warnings) == 1 and f"its {len(half)} byte(s) read are dropped" in warnings[0], out
+    assert "published 2 snapshot(s)" in out, out
