@@ -19,7 +19,12 @@ BENCH_ARGS ?=
 #   demo:  runtime + the embedded fallback (fakeredis)
 #   dev:   every set (lint, types, the suite, which also runs the benchmark smoke)
 #   bench: runtime + matplotlib, pyinstrument
-LOCKED_INSTALL = $(PIP) install --require-hashes --only-binary :all: -r $(1) \
+# The lock holds wheels for the Pythons pyproject.toml allows: a venv of another Python (made
+# before, or by another PYTHON) is said in one line, not as pip's "hashes do not match".
+NEEDS_PYTHON = import sys; sys.exit(0 if sys.version_info >= (3, 11) else \
+	"regionstream needs Python >= 3.11, this is %d.%d: set PYTHON=python3.11 (or newer), then make clean" % sys.version_info[:2])
+LOCKED_INSTALL = $(PY) -c '$(NEEDS_PYTHON)' \
+	&& $(PIP) install --require-hashes --only-binary :all: -r $(1) \
 	&& $(PIP) install --no-deps --no-build-isolation --no-index -e . \
 	&& touch $@
 
@@ -40,6 +45,7 @@ help:
 	@echo "make cluster-chaos - Redis Cluster failover, kill and reshard mid-drain (CLUSTER_CHAOS_SNAPSHOTS)"
 
 $(PY):
+	@$(PYTHON) -c '$(NEEDS_PYTHON)'
 	if $(PYTHON) -c 'import sys, pip; sys.exit(tuple(map(int, pip.__version__.split(".")[:2])) < (22, 3))' \
 	  2>/dev/null; then $(PYTHON) -m venv --without-pip $(VENV); else $(PYTHON) -m venv $(VENV); fi
 
@@ -110,10 +116,11 @@ test-latest: system-deps
 # every set at once, so runtime, dev and bench never disagree, and exports each for pip.
 UV_VENV ?= .venv-uv
 UV := $(UV_VENV)/bin/uv
-EXPORT = $(UV) export --quiet --frozen --no-emit-project --no-dev --group build --no-header
+EXPORT = $(UV) export --quiet --locked --no-emit-project --no-dev --group build --no-header
 $(UV): requirements/uv.txt
 	$(PYTHON) -m venv $(UV_VENV)
-	$(UV_VENV)/bin/python -m pip install --quiet --require-hashes -r requirements/uv.txt
+	$(UV_VENV)/bin/python -m pip install --quiet --require-hashes --only-binary :all: \
+	  -r requirements/uv.txt
 	touch $@
 
 lock: $(UV)

@@ -178,8 +178,8 @@ def _start_profiler() -> Any:
     try:
         from pyinstrument import Profiler
     except ImportError:
-        raise SystemExit("--profile needs pyinstrument: .venv/bin/pip install pyinstrument"
-                         ) from None
+        raise SystemExit("--profile needs pyinstrument, of the locked bench set: run it "
+                         "through `make bench` (requirements/bench.txt)") from None
     profiler = Profiler(interval=PROFILE_INTERVAL_S, async_mode="disabled")
     profiler.start()
     return profiler

@@ -101,7 +101,8 @@ def start_fake_server() -> Server:
     except ImportError:
         raise FileNotFoundError(
             errno.ENOENT, "redis-server is not installed, nor the demo's embedded fallback "
-            "(install redis-server, or pip install 'regionstream[demo]')", "redis-server",
+            "(install redis-server, or the locked demo set: make demo, or pip install "
+            "--require-hashes -r requirements/demo.txt)", "redis-server",
         ) from None
 
     port = free_port()

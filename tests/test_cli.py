@@ -308,7 +308,8 @@ def test_demo_without_redis_server_or_fakeredis_says_what_to_install(
                        "PYTHONPATH": f"{tmp_path}:{cli_env().get('PYTHONPATH', '')}"}
     line = one_line(run_cli(["demo", "--duration", "1", "--plain"], env=env), 1)
     assert line == ("regionstream: redis-server is not installed, nor the demo's embedded "
-                    "fallback (install redis-server, or pip install 'regionstream[demo]'): "
+                    "fallback (install redis-server, or the locked demo set: make demo, or pip "
+                    "install --require-hashes -r requirements/demo.txt): "
                     "redis-server")
 
 

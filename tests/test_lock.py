@@ -34,10 +34,12 @@ class Pin:
         return self.marker is None or Marker(self.marker).evaluate()
 
 
-def pins(path: Path) -> dict[str, Pin]:
-    """A hashed requirements file, one ``name==version [; marker]`` block each."""
+def pins(path: Path) -> dict[tuple[str, str | None], Pin]:
+    """A hashed requirements file, one ``name==version [; marker]`` block each, by (name,
+    marker): a universal lock pins one package twice under opposite markers (numpy for
+    Python < 3.12 and >= 3.12), and a dict by name kept only the last of them."""
     text = re.sub(r"\\\n\s*", " ", path.read_text())
-    found: dict[str, Pin] = {}
+    found: dict[tuple[str, str | None], Pin] = {}
     for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
@@ -45,10 +47,22 @@ def pins(path: Path) -> dict[str, Pin]:
         spec, *hashes = [part.strip() for part in line.split("--hash=")]
         req = Requirement(spec)
         (version,) = [s.version for s in req.specifier if s.operator == "=="]
-        found[canonicalize_name(req.name)] = Pin(
-            canonicalize_name(req.name), version, str(req.marker) if req.marker else None,
-            frozenset(hashes))
+        pin = Pin(canonicalize_name(req.name), version, str(req.marker) if req.marker else None,
+                  frozenset(hashes))
+        assert (pin.name, pin.marker) not in found, f"{path.name} pins {pin.name} twice"
+        found[pin.name, pin.marker] = pin
     return found
+
+
+def applying(pinned: dict[tuple[str, str | None], Pin]) -> dict[str, str]:
+    """name -> version of the pins whose marker holds here (one per name, or the file is
+    wrong)."""
+    out: dict[str, str] = {}
+    for pin in pinned.values():
+        if pin.applies():
+            assert pin.name not in out, f"two pins of {pin.name} apply here"
+            out[pin.name] = pin.version
+    return out
 
 
 def locked_packages() -> dict[str, list[dict[str, object]]]:
@@ -81,6 +95,8 @@ def test_uv_lock_was_made_from_this_pyproject() -> None:
     locked_groups = {g: {d["name"] + d.get("specifier", "") for d in reqs}
                      for g, reqs in meta["requires-dev"].items()}
     assert groups == locked_groups, "pyproject.toml's dependency groups changed: run `make lock`"
+    assert LOCK["requires-python"] == project["requires-python"], (
+        "pyproject.toml's requires-python changed: run `make lock`")
 
 
 @pytest.mark.parametrize("name", SETS)
@@ -107,18 +123,23 @@ def test_the_sets_nest() -> None:
     for small, big in [("runtime", "demo"), ("runtime", "bench"), ("demo", "dev"),
                        ("bench", "dev")]:
         assert sets[small].items() <= sets[big].items(), f"{small} is not within {big}"
-    assert "setuptools" in sets["runtime"], "the build backend must be locked too"
-    assert "fakeredis" not in sets["runtime"], "the embedded fallback is the demo's extra"
+    names = {name: {pin.name for pin in pinned.values()} for name, pinned in sets.items()}
+    assert "setuptools" in names["runtime"], "the build backend must be locked too"
+    assert "fakeredis" not in names["runtime"], "the embedded fallback is the demo's extra"
 
 
 def test_this_environment_is_the_lock() -> None:
-    """What `make test` runs on is exactly requirements/dev.txt (pip freeze against the lock)."""
-    wanted = {p.name: p.version for p in pins(ROOT / "requirements" / "dev.txt").values()
-              if p.applies()}
+    """What `make test` runs on is exactly requirements/dev.txt (pip freeze against the lock),
+    both ways: every locked package at its version, and nothing else (a package dropped from
+    the lock, or one installed by hand, would stay in a virtualenv that stamps only add to:
+    `make clean` then `make setup` rebuilds it)."""
+    wanted = applying(pins(ROOT / "requirements" / "dev.txt"))
     installed = {canonicalize_name(d.metadata["Name"]): d.version
                  for d in metadata.distributions()}
-    drift = {name: (version, installed.get(name)) for name, version in wanted.items()
-             if installed.get(name) != version}
+    ours = {"regionstream", "pip"}  # the project itself; pip where the venv has its own
+    drift = {name: (wanted.get(name), installed.get(name))
+             for name in (set(wanted) | set(installed)) - ours
+             if installed.get(name) != wanted.get(name)}
     if os.environ.get("REGIONSTREAM_UNLOCKED") == "1":  # `make test-latest`: drift on purpose
         pytest.skip(f"unlocked run (make test-latest); differs from the lock: {drift}")
     assert not drift, f"installed differs from requirements/dev.txt (locked, installed): {drift}"
