@@ -18,7 +18,7 @@ from consumer import scripts
 from consumer.reclaim import Reclaimer
 from consumer.worker import Worker
 from shared.aio import pause
-from shared.connection import SOCKET_TIMEOUT_S, ErrorKind, classify
+from shared.connection import SOCKET_TIMEOUT_S, ErrorKind, PermanentError, classify
 from shared.group import ensure_group_when_writable, read_shard_stats
 from shared.layout import layout_mismatch
 from shared.metrics import CONSUMER_OUTCOMES, ConsumerMetrics
@@ -172,11 +172,15 @@ class Consumer:
         """Stop once every shard's group has no undelivered and no pending entries."""
         while not self.stop.is_set():
             try:
-                drained = all(s.drained for s in await read_shard_stats(deployment))
+                stats = await read_shard_stats(deployment)
             except (RedisError, OSError) as exc:  # a failover or a moved slot: ask again
                 if classify(exc) is not ErrorKind.TRANSIENT:
                     raise
-                drained = False  # read_shard_stats re-read the slot map already
+                stats = []  # read_shard_stats re-read the slot map already
+            for s in stats:  # never drained, never said so: stop, saying what to fix
+                if s.cursor_ahead is not None:
+                    raise PermanentError("draining", s.cursor_ahead)
+            drained = bool(stats) and all(s.drained for s in stats)
             if drained:
                 log.info("group %s drained", self.keys.group)
                 self.stop.set()

@@ -46,8 +46,12 @@ READ_BYTES = 8 * 1024
 # The stdin reader waits at most this long for input before it looks whether it was stopped.
 POLL_S = 0.05
 # Once stopped, a line whose start was read is read on (a byte at a time: nothing past its
-# newline) for at most this long; a writer silent that long loses that line.
+# newline) while bytes keep coming: a writer silent this long in the middle of it loses that
+# line. A deadline of silence, not of reading: a byte at a time runs at ~1.4 MB/s here, and a
+# long line from a steady writer outlasted a fixed 2 s.
 FINISH_S = 2.0
+# ... and at most this long in all, however steadily a (very long) line keeps coming.
+FINISH_MAX_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +173,7 @@ class FdLines(Iterator[Line]):
         self._eof = False
         self._finishing = False
         self._finish_by: float | None = None
+        self._give_up_at = 0.0
         self._closed = False
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN)
@@ -248,17 +253,20 @@ class FdLines(Iterator[Line]):
         newline is taken, until FINISH_S after the first try."""
         now = time.monotonic()
         if self._finish_by is None:
-            self._finish_by = now + FINISH_S
+            self._finish_by, self._give_up_at = now + FINISH_S, now + FINISH_MAX_S
         if now >= self._finish_by:
             size = len(self._buf) + (self._skipped or 0)
-            log.warning("stopping: the last line read from stdin had no end after %.1f s; its "
-                        "%d byte(s) read are dropped (the rest of it stays in the pipe)",
-                        FINISH_S, size)
+            log.warning("stopping: the last line read from stdin had no end (%s); its %d "
+                        "byte(s) read are dropped (the rest of it stays in the pipe)",
+                        f"{FINISH_MAX_S:.0f} s in all" if now >= self._give_up_at
+                        else f"no byte for {FINISH_S:.1f} s", size)
             self._buf.clear()
             self._skipped, self._seen = None, 0
             return
         if not self._readable(min(POLL_S, self._finish_by - now)):
             return
+        # Bytes are coming: the writer is not silent.
+        self._finish_by = min(time.monotonic() + FINISH_S, self._give_up_at)
         for _ in range(self._waiting()):
             byte = os.read(self._fd, 1)
             if not byte:

@@ -15,6 +15,7 @@ import dataclasses
 import errno
 import logging
 import math
+import os
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -258,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``regionstream pending --json | head -1``; a full disk; stdout closed) ends it with at
     most one line, exit 1, never a traceback: this is the one place that handles it
     (``regionstream.output``)."""
+    if sys.stderr is None:  # started with stderr closed: messages go nowhere, not to stdout
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
     guard_stdout()
     try:
         try:
@@ -362,7 +365,15 @@ def _check_source(args: argparse.Namespace) -> None:
         raise UsageError(f"{PROG} produce: --max-bytes does nothing with {mode}: it limits "
                          f"--source FILE|- lines (synthetic snapshots are at most "
                          f"{MAX_ENCODED_BYTES} bytes)")
-    if source in ("synthetic", "-"):
+    if source == "-":
+        # fd 0 itself, not sys.stdin (None when closed): once Redis is connected, a closed
+        # fd 0 could be a reused socket.
+        try:
+            os.fstat(0)
+        except OSError:
+            raise UsageError(f"{PROG} produce: --source -: standard input is closed") from None
+        return
+    if source == "synthetic":
         return
     try:
         with open(source, "rb"):

@@ -95,11 +95,16 @@ class GroupStats:
     dlq_length: int = 0
     dlq_added: int | None = None
     memory: Memory | None = None  # the node's eviction policy and evictions, when asked
+    # The group's cursor (last-delivered id) is past the stream's last id: someone ran XGROUP
+    # SETID into the future, and every entry added since is behind the cursor, never to be
+    # delivered. Not drained, whatever else holds (``cursor_ahead_message`` says it).
+    cursor_ahead: str | None = None
 
     @property
     def drained(self) -> bool:
         """Nothing undelivered and nothing pending: what ``consume --drain`` waits for."""
-        return self.exists and self.pending == 0 and self.lag == 0
+        return (self.exists and self.pending == 0 and self.lag == 0
+                and self.cursor_ahead is None)
 
     @property
     def active_consumers(self) -> int:
@@ -135,11 +140,27 @@ def exact_lag(group: dict[str, Any], stream: dict[str, Any]) -> int | None:
     entry (``consume --drain`` never exited), and wrong outright after failovers (20-990 for
     groups drained long before, on a cluster and after a Sentinel fail-back). When entries are
     past the cursor, Redis's figure is the hint (at least 1), None if it cannot tell."""
+    if cursor_ahead(group, stream):
+        return None  # what is behind the cursor is unknown, and will not be delivered
     newest = stream.get("last-entry")
     if not newest or id_key(newest[0]) <= id_key(group["last-delivered-id"]):
         return 0
     hint = _optional_int(group.get("lag"))
     return None if hint is None else max(1, hint)
+
+
+def cursor_ahead(group: dict[str, Any], stream: dict[str, Any]) -> bool:
+    """The group's last-delivered id is past every id the stream ever gave (XGROUP SETID to a
+    future id): entries added since sit behind the cursor and are never delivered."""
+    return id_key(group["last-delivered-id"]) > id_key(stream["last-generated-id"])
+
+
+def cursor_ahead_message(keys: Keys, group: dict[str, Any], stream: dict[str, Any]) -> str:
+    return (f"group {keys.group} on {keys.stream}: its cursor "
+            f"{text(group['last-delivered-id'])} is past the stream's last id "
+            f"{text(stream['last-generated-id'])} (an XGROUP SETID?): entries added since are "
+            f"never delivered; set it back (XGROUP SETID {keys.stream} {keys.group} <the last "
+            f"id it processed>) and restart")
 
 
 def _group_of(groups: Any, name: str) -> dict[str, Any] | None:
@@ -195,8 +216,9 @@ async def read_group_stats(redis: aioredis.Redis, keys: Keys, *, memory: bool = 
     oldest = now - id_seconds(pending["min"]) if pending["pending"] else None
     stats = tuple(ConsumerStat(text(c["name"]), int(c["pending"]), int(c["idle"]) / 1000)
                   for c in consumers)
+    ahead = cursor_ahead_message(keys, group, stream) if cursor_ahead(group, stream) else None
     return GroupStats(now, True, length, added, lag, _optional_int(group.get("entries-read")),
-                      int(group["pending"]), oldest, stats, dlq_length, dlq_added, node)
+                      int(group["pending"]), oldest, stats, dlq_length, dlq_added, node, ahead)
 
 
 
@@ -208,9 +230,15 @@ async def read_shard_stats(deployment: Deployment) -> list[GroupStats]:
                                                                               shard.keys))
 
 
+MAX_SEQ = 2**64 - 1
+
+
 def next_id(entry_id: bytes) -> bytes:
-    """The smallest stream id after ``entry_id``."""
+    """The smallest stream id after ``entry_id`` (a sequence at its maximum rolls over to the
+    next millisecond: ``<ms>-18446744073709551616`` is no id, and every trim failed on it)."""
     ms, _, seq = entry_id.partition(b"-")
+    if int(seq or 0) >= MAX_SEQ:
+        return b"%d-0" % (int(ms) + 1)
     return b"%d-%d" % (int(ms), int(seq or 0) + 1)
 
 
@@ -225,9 +253,15 @@ async def safe_trim_id(redis: aioredis.Redis, keys: Keys) -> bytes | None:
     has no ACKED trim option, so this is computed here)."""
     try:
         groups = await redis.xinfo_groups(keys.stream)
+        stream = await redis.xinfo_stream(keys.stream)
     except ResponseError:
         return None
     if not groups:
+        return None
+    if ahead := [g for g in groups if cursor_ahead(g, stream)]:
+        # Its cursor says nothing of what it processed: trim nothing rather than entries it
+        # was never given.
+        log.warning("not trimming: %s", cursor_ahead_message(keys, ahead[0], stream))
         return None
     pipe = redis.pipeline(transaction=False)
     for g in groups:

@@ -28,7 +28,7 @@ from producer.publisher import Publisher
 from producer.synthetic import SyntheticSource
 from shared import wire
 from shared.connection import connect
-from shared.group import read_group_stats
+from shared.group import next_id, read_group_stats
 from shared.group_metrics import refresh
 from shared.metrics import GroupMetrics, ProducerMetrics
 from shared.schema import REGIONS, encode
@@ -500,3 +500,58 @@ async def test_a_dlq_ids_key_of_another_type_names_itself(
     assert f"ZSCORE {settings.keys.dlq_ids}" in last and "WRONGTYPE" in last, last
     assert (await client.xpending(settings.stream, settings.group))["pending"] == 1
     await client.delete(settings.keys.dlq_ids)
+
+
+def test_produce_from_a_closed_stdin_is_one_line() -> None:
+    """``produce --source - <&-`` ended in AttributeError ('NoneType' has no 'fileno')."""
+    done = subprocess.run(
+        ["sh", "-c", f"{shlex.quote(sys.executable)} -m regionstream produce --source - <&-"],
+        capture_output=True, timeout=60, env=cli_env(), check=False)
+    assert one_line(done, 2) == "regionstream produce: --source -: standard input is closed"
+
+
+async def test_a_closed_stderr_neither_breaks_a_command_nor_fills_its_stdout(
+        client: aioredis.Redis, settings: Settings) -> None:
+    """With stderr closed, produce died (sys.stderr.isatty() on None: nothing published, exit
+    1), and every message printed to stderr went to stdout instead."""
+    line = encode(SyntheticSource(settings.regions, seed=21).cycle(now_ms())[0])
+    flags = ["--redis-url", settings.redis_url, "--stream", settings.stream, "--group",
+             settings.group, "--prefix", settings.prefix]
+    command = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "regionstream",
+                                                "produce", "--source", "-", *flags])
+    done = await asyncio.to_thread(
+        subprocess.run, ["sh", "-c", f"{command} 2>&-"], input=line + b"\n{bad\n",
+        capture_output=True, timeout=60, env=cli_env(), check=False)
+    assert done.returncode == 4  # one line rejected, the other published
+    assert done.stdout == b""
+    assert await client.xlen(settings.stream) == 1
+    shown = _run_with_stdout(["show", "atlantis", "--json", *flags], "2>&-")
+    assert shown.returncode == 2 and shown.stdout == b""
+
+
+async def test_a_group_cursor_set_past_the_stream_is_not_drained_and_not_trimmed_under(
+        client: aioredis.Redis, settings: Settings) -> None:
+    """XGROUP SETID into the future: every entry added since sits behind the cursor, never to
+    be delivered. ``top`` said lag 0, ``consume --drain`` exited 0 "drained" with nothing
+    persisted, and the producer's trim removed the undelivered entries."""
+    await publish_cycle(client, settings, now_ms())
+    await drain(client, settings)
+    await client.execute_command("XGROUP", "SETID", settings.stream, settings.group,
+                                 "9999999999999-0")
+    await publish_cycle(client, settings, now_ms() + 1)
+    stats = await read_group_stats(client, settings.keys)
+    assert stats.lag is None and not stats.drained and stats.cursor_ahead
+    flags = ["--redis-url", settings.redis_url, "--stream", settings.stream, "--group",
+             settings.group, "--prefix", settings.prefix]
+    done = run_cli(["consume", "--drain", "--block-ms", "100", *flags])
+    last = done.stderr.decode().strip().splitlines()[-1]
+    assert done.returncode == 3, done.stderr.decode()[-2000:]
+    assert "is past the stream's last id" in last and "XGROUP SETID" in last, last
+    pub = Publisher(client, settings.keys, dataclasses.replace(settings, stream_retention_s=0))
+    assert await pub.trim() == 0  # the 16 entries stay: 8 of them were never delivered
+    assert await client.xlen(settings.stream) == 16
+
+
+def test_next_id_rolls_over_a_full_sequence() -> None:
+    assert next_id(b"1000-18446744073709551615") == b"1001-0"
+    assert next_id(b"1000-7") == b"1000-8"

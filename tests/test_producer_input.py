@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import fcntl
 import functools
 import io
@@ -376,6 +377,38 @@ def test_stopped_with_a_line_begun_it_is_read_on_to_its_end_and_no_further(begun
         os.close(write_fd)
         assert os.read(read_fd, 1 << 20) == _ONE + b"\n"
     finally:
+        os.close(read_fd)
+
+
+def test_a_line_a_steady_writer_is_still_writing_at_stop_is_read_to_its_end(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deadline is one of silence: a line whose rest keeps coming for longer than FINISH_S
+    in all is read on to its end (a fixed 2 s dropped a long line from a steady writer)."""
+    monkeypatch.setattr(sources, "FINISH_S", 0.3)
+    read_fd, write_fd = os.pipe()
+    pieces = [_ONE[i:i + len(_ONE) // 10] for i in range(0, len(_ONE), len(_ONE) // 10)]
+
+    def steady() -> None:  # the rest of the line over ~1 s: longer than FINISH_S in all
+        for piece in pieces[1:]:
+            time.sleep(0.1)  # wait-ok: the pace of a slow writer is what is tested
+            os.write(write_fd, piece)
+        os.write(write_fd, b"\n" + b"next\n")
+
+    try:
+        os.write(write_fd, b"first\n" + pieces[0])
+        lines = FdLines(read_fd, len(_ONE))
+        assert next(lines) == b"first\n"  # the begun line is in the buffer
+        lines.finish()
+        writer = threading.Thread(target=steady)
+        writer.start()
+        got = list(lines)
+        writer.join(10)
+        assert got == [_ONE + b"\n"]
+        os.close(write_fd)
+        assert os.read(read_fd, 1 << 20) == b"next\n"  # nothing past the line was taken
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(write_fd)
         os.close(read_fd)
 
 
