@@ -186,8 +186,7 @@ class Worker:
             self.said_ahead = True
             log.error("%s: entry %s has an id %.0f s ahead of this clock: an outside XADD with "
                       "an explicit id? Every later entry of the stream inherits it (latency "
-                      "figures leave them out; time-based trimming cannot reach them: see "
-                      "README Operations)", self.name, ids[0].decode("ascii", "replace"),
+                      "figures leave them out; see README Operations)", self.name, ids[0].decode("ascii", "replace"),
                       id_seconds(ids[0]) - now)
 
     def _note_full(self, full: list[store.Outcome], read: int) -> None:

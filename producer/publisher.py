@@ -132,8 +132,9 @@ class Publisher:
         if ahead_s > IDS_AHEAD_TOLERANCE_S and not self.said_ids_ahead:
             self.said_ids_ahead = True
             log.error("the stream gives ids %.0f s ahead of this clock (entry %s): an outside "
-                      "XADD with an explicit id; latencies and retention trimming cannot work "
-                      "on it (see README Operations: move to a new stream)", ahead_s,
+                      "XADD with an explicit id; latencies cannot work on it, and it is trimmed "
+                      "to what the groups still need, keeping no acknowledged history (see "
+                      "README Operations: start the stream anew)", ahead_s,
                       max(ids, key=id_key).decode("ascii", "replace"))
 
     def _count(self, published: Sequence[Snapshot]) -> None:
@@ -245,8 +246,13 @@ class Publisher:
         if bound is None:
             return 0
         retention_ms = self.settings.stream_retention_s * 1000
-        if retention_ms:
-            cutoff = b"%d-0" % max(0, int(time.time() * 1000) - retention_ms)
+        now_ms = int(time.time() * 1000)
+        # A stream whose ids run ahead of the clock (an outside XADD with a future id: every
+        # later id inherits it) cannot be trimmed by age: no id would ever be old enough, and
+        # it grew for good. It keeps only what some group still needs; said when publishing.
+        ahead = id_seconds(bound) * 1000 > now_ms + IDS_AHEAD_TOLERANCE_S * 1000
+        if retention_ms and not ahead:
+            cutoff = b"%d-0" % max(0, now_ms - retention_ms)
             bound = min_id(bound, cutoff)
         # Exact (not "~") trimming: with "~" Redis may keep more, never less, but exact makes
         # the retention promise checkable.

@@ -90,7 +90,8 @@ class GroupStats:
     lag: int | None = None  # undelivered entries (exact_lag); None when Redis cannot tell
     entries_read: int | None = None  # ever delivered to the group (Redis >= 7.0)
     pending: int = 0
-    oldest_pending_age_s: float | None = None  # None when nothing is pending
+    # None when nothing is pending, or when the oldest pending id is ahead of the clock
+    oldest_pending_age_s: float | None = None
     consumers: tuple[ConsumerStat, ...] = ()
     dlq_length: int = 0
     dlq_added: int | None = None
@@ -214,6 +215,8 @@ async def read_group_stats(redis: aioredis.Redis, keys: Keys, *, memory: bool = 
                           memory=node)
     lag = exact_lag(group, stream)
     oldest = now - id_seconds(pending["min"]) if pending["pending"] else None
+    if oldest is not None and oldest < -CLOCK_AHEAD_S:
+        oldest = None  # an id ahead of Redis's clock says nothing of its age: unknown, not 0
     stats = tuple(ConsumerStat(text(c["name"]), int(c["pending"]), int(c["idle"]) / 1000)
                   for c in consumers)
     ahead = cursor_ahead_message(keys, group, stream) if cursor_ahead(group, stream) else None
@@ -231,6 +234,9 @@ async def read_shard_stats(deployment: Deployment) -> list[GroupStats]:
 
 
 MAX_SEQ = 2**64 - 1
+# An entry id more than this ahead of Redis's clock is an anomaly, not skew (see
+# README Operations, "Stream ids ahead of the clock").
+CLOCK_AHEAD_S = 60.0
 
 
 def next_id(entry_id: bytes) -> bytes:

@@ -41,7 +41,10 @@ def publish(gauges: ShardGauges, stats: GroupStats) -> None:
     gauges.dlq_length.set(stats.dlq_length)
     gauges.lag.set(UNKNOWN if stats.lag is None else stats.lag)
     gauges.pending.set(stats.pending)
-    gauges.oldest_pending_age.set(max(0.0, stats.oldest_pending_age_s or 0.0))
+    if stats.pending and stats.oldest_pending_age_s is None:  # an id ahead of the clock
+        gauges.oldest_pending_age.set(UNKNOWN)
+    else:
+        gauges.oldest_pending_age.set(max(0.0, stats.oldest_pending_age_s or 0.0))
     gauges.consumers.set(len(stats.consumers))
     gauges.active_consumers.set(stats.active_consumers)
     if stats.memory is not None:

@@ -16,6 +16,18 @@ from pathlib import Path
 from typing import Any
 
 START_TIMEOUT_S = 10.0
+START_ATTEMPTS = 5
+
+
+def _pid_at(port: int) -> int | None:
+    """The process id the server on ``port`` reports (INFO server), None if it cannot say."""
+    import redis
+
+    try:
+        with redis.Redis(port=port, socket_timeout=5, socket_connect_timeout=5) as client:
+            return int(client.info("server")["process_id"])
+    except (redis.RedisError, OSError, KeyError, ValueError):
+        return None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -63,22 +75,37 @@ def redis_server_binary() -> str | None:
 
 def start_redis_server(binary: str | None = None, *, port: int | None = None,
                        extra: tuple[str, ...] = ()) -> Server:
-    """A throwaway redis-server: no persistence, loopback only, its own temp directory."""
+    """A throwaway redis-server: no persistence, loopback only, its own temp directory.
+
+    A free port found here can be taken by another process before redis-server binds it (two
+    test workers start servers at once): then this one exits, or, worse, the port answers for
+    the other one. So the server answering must report this process's pid, else another
+    port is tried (a given ``port`` is not)."""
     binary = binary or redis_server_binary()
     if binary is None:
         raise FileNotFoundError("redis-server is not installed")
     tmp = tempfile.mkdtemp(prefix="regionstream-redis-")
-    port = port or free_port()
     log = Path(tmp, "redis.log")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", tmp, "--logfile", str(log), "--daemonize", "no", *extra],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_port("127.0.0.1", port, START_TIMEOUT_S, proc)
-    except Exception:
-        proc.kill()
-        raise
+    for attempt in range(1, START_ATTEMPTS + 1):
+        chosen = port or free_port()
+        proc = subprocess.Popen(
+            [binary, "--port", str(chosen), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+             "no", "--dir", tmp, "--logfile", str(log), "--daemonize", "no", *extra],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _wait_port("127.0.0.1", chosen, START_TIMEOUT_S, proc)
+            # A server that will not say (a password, TLS on this port) is taken as ours if
+            # our process still runs: one that lost the port exits at once.
+            if _pid_at(chosen) in (proc.pid, None) and proc.poll() is None:
+                break
+            raise RuntimeError(f"port {chosen} answers for another server")
+        except Exception:
+            proc.kill()
+            proc.wait()
+            if port or attempt == START_ATTEMPTS:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+    port = chosen
 
     def stop() -> None:
         proc.terminate()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 import shlex
 import subprocess
 import sys
@@ -555,3 +556,39 @@ async def test_a_group_cursor_set_past_the_stream_is_not_drained_and_not_trimmed
 def test_next_id_rolls_over_a_full_sequence() -> None:
     assert next_id(b"1000-18446744073709551615") == b"1001-0"
     assert next_id(b"1000-7") == b"1000-8"
+
+
+async def test_a_stream_whose_ids_run_ahead_is_still_trimmed_to_what_groups_need(
+        client: aioredis.Redis, settings: Settings) -> None:
+    """After an outside XADD with a future id no entry is ever older than the retention:
+    trimming stopped for good and the stream grew. It keeps what some group still needs."""
+    snaps = SyntheticSource(settings.regions, seed=14).cycle(now_ms())
+    await client.xadd(settings.stream, wire.entry_fields(snaps[0], encode(snaps[0])),
+                      id="9999999999999-0")
+    await publish(client, settings, snaps[1:])
+    await drain(client, settings)
+    await publish(client, settings, SyntheticSource(settings.regions, seed=15).cycle(now_ms()))
+    pub = Publisher(client, settings.keys, settings)  # the default retention: a day
+    assert await pub.trim() == 8  # the acknowledged ones; the 8 undelivered stay
+    assert await client.xlen(settings.stream) == 8
+    done = outcomes(await drain(client, settings))
+    assert done["persisted"] + done["duplicate"] == 8  # the undelivered ones, all settled
+
+
+async def test_a_pending_entry_ahead_of_the_clock_has_an_unknown_age_not_0(
+        client: aioredis.Redis, settings: Settings) -> None:
+    snaps = SyntheticSource(settings.regions, seed=16).cycle(now_ms())
+    await client.xgroup_create(settings.stream, settings.group, id="0", mkstream=True)
+    await client.xadd(settings.stream, wire.entry_fields(snaps[0], encode(snaps[0])),
+                      id="9999999999999-0")
+    await client.xreadgroup(settings.group, "dead", {settings.stream: ">"})
+    stats = await read_group_stats(client, settings.keys)
+    assert stats.pending == 1 and stats.oldest_pending_age_s is None
+    registry = CollectorRegistry()
+    metrics = GroupMetrics(registry, settings.stream, settings.group)
+    assert await refresh(single_server(client, settings.keys, settings.regions, "none"),
+                         settings.keys, metrics)
+    age = registry.get_sample_value("regionstream_group_oldest_pending_age_seconds",
+                                    {"stream": settings.stream, "group": settings.group,
+                                     "shard": "all"})
+    assert age is not None and math.isnan(age)  # unknown, where it read 0 (healthy)
