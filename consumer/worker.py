@@ -19,16 +19,13 @@ from consumer.message import Poison, Valid, check_entry
 from shared.aio import abandon, pause
 from shared.connection import ErrorKind, PermanentError, backoff, classify
 from shared.failpoints import failpoint
-from shared.group import ensure_group, id_seconds
+from shared.group import CLOCK_AHEAD_S, ensure_group, id_seconds
 from shared.keys import ALL_SHARD, Keys
 from shared.metrics import ConsumerMetrics, observe_many
 from shared.settings import Settings
 from shared.shards import note_error
 
 log = logging.getLogger("regionstream.consumer")
-# Redis's clock (entry ids) and this host's may differ by this much before an entry id is
-# taken as "ahead of the clock" rather than skew.
-CLOCK_SKEW_S = 60.0
 
 
 JITTER = 0.5  # back-offs vary by +-50%
@@ -186,8 +183,8 @@ class Worker:
             self.said_ahead = True
             log.error("%s: entry %s has an id %.0f s ahead of this clock: an outside XADD with "
                       "an explicit id? Every later entry of the stream inherits it (latency "
-                      "figures leave them out; see README Operations)", self.name, ids[0].decode("ascii", "replace"),
-                      id_seconds(ids[0]) - now)
+                      "figures leave them out; see README Operations)", self.name,
+                      ids[0].decode("ascii", "replace"), id_seconds(ids[0]) - now)
 
     def _note_full(self, full: list[store.Outcome], read: int) -> None:
         """Redis at maxmemory (noeviction) refuses writes: the entries stay pending, spending
@@ -293,7 +290,7 @@ class Worker:
                             self.name, o.entry_id.decode(), o.region, o.deliveries, o.error,
                             o.detail)
             latency = now - id_seconds(o.entry_id)
-            if latency >= -CLOCK_SKEW_S:
+            if latency >= -CLOCK_AHEAD_S:
                 latencies.append(max(0.0, latency))
             else:
                 ahead.append(o.entry_id)

@@ -15,7 +15,14 @@ from redis.exceptions import RedisError
 from shared import failpoints, wire
 from shared.aio import pause
 from shared.connection import ErrorKind, backoff, classify
-from shared.group import ensure_group_when_writable, id_key, id_seconds, min_id, safe_trim_id
+from shared.group import (
+    CLOCK_AHEAD_S,
+    ensure_group_when_writable,
+    id_key,
+    id_seconds,
+    min_id,
+    safe_trim_id,
+)
 from shared.keys import Keys
 from shared.metrics import ProducerMetrics
 from shared.schema import Snapshot, encode
@@ -23,8 +30,6 @@ from shared.settings import Settings
 from shared.shards import Deployment, single_server
 
 log = logging.getLogger("regionstream.producer")
-# Stream ids more than this ahead of the producer's clock are an anomaly, not clock skew.
-IDS_AHEAD_TOLERANCE_S = 60.0
 
 
 class Unconfirmed(Exception):
@@ -129,7 +134,7 @@ class Publisher:
         ahead_s = max(id_seconds(i) for i in ids) - time.time() if ids else 0.0
         if self.metrics is not None:
             self.metrics.ids_ahead.set(max(0.0, ahead_s))
-        if ahead_s > IDS_AHEAD_TOLERANCE_S and not self.said_ids_ahead:
+        if ahead_s > CLOCK_AHEAD_S and not self.said_ids_ahead:
             self.said_ids_ahead = True
             log.error("the stream gives ids %.0f s ahead of this clock (entry %s): an outside "
                       "XADD with an explicit id; latencies cannot work on it, and it is trimmed "
@@ -250,7 +255,7 @@ class Publisher:
         # A stream whose ids run ahead of the clock (an outside XADD with a future id: every
         # later id inherits it) cannot be trimmed by age: no id would ever be old enough, and
         # it grew for good. It keeps only what some group still needs; said when publishing.
-        ahead = id_seconds(bound) * 1000 > now_ms + IDS_AHEAD_TOLERANCE_S * 1000
+        ahead = id_seconds(bound) * 1000 > now_ms + CLOCK_AHEAD_S * 1000
         if retention_ms and not ahead:
             cutoff = b"%d-0" % max(0, now_ms - retention_ms)
             bound = min_id(bound, cutoff)

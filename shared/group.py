@@ -18,6 +18,11 @@ from shared.shards import Deployment, read_each
 
 log = logging.getLogger("regionstream")
 
+# An entry id more than this ahead of a clock (Redis's, a consumer's, the producer's) is an
+# anomaly, not skew (README Operations, "Stream ids ahead of the clock"): the one bound the
+# group stats, the consumer's latencies and the producer's report and trim all use.
+CLOCK_AHEAD_S = 60.0
+
 
 async def ensure_group(redis: aioredis.Redis, keys: Keys) -> bool:
     """Create the group (and the stream) if missing; True if it was created.
@@ -234,9 +239,6 @@ async def read_shard_stats(deployment: Deployment) -> list[GroupStats]:
 
 
 MAX_SEQ = 2**64 - 1
-# An entry id more than this ahead of Redis's clock is an anomaly, not skew (see
-# README Operations, "Stream ids ahead of the clock").
-CLOCK_AHEAD_S = 60.0
 
 
 def next_id(entry_id: bytes) -> bytes:
@@ -257,11 +259,12 @@ async def safe_trim_id(redis: aioredis.Redis, keys: Keys) -> bytes | None:
     """The newest MINID that drops no entry some group still needs: the oldest pending or
     undelivered entry over every group of the stream. None: no group, trim nothing (Redis 7
     has no ACKED trim option, so this is computed here)."""
-    try:
-        groups = await redis.xinfo_groups(keys.stream)
-        stream = await redis.xinfo_stream(keys.stream)
-    except ResponseError:
-        return None
+    pipe = redis.pipeline(transaction=False)  # one round trip: the groups and the stream
+    pipe.xinfo_groups(keys.stream)
+    pipe.xinfo_stream(keys.stream)
+    groups, stream = await pipe.execute(raise_on_error=False)
+    if isinstance(groups, ResponseError) or isinstance(stream, ResponseError):
+        return None  # no stream (or a refusal): trim nothing
     if not groups:
         return None
     if ahead := [g for g in groups if cursor_ahead(g, stream)]:
