@@ -11,9 +11,10 @@ import pytest
 from shared.aio import abandon
 
 
-async def _closed_under_it() -> None:
+async def _closed_under_it(waiting: asyncio.Event) -> None:
     """A read whose cancellation arrives as the error of a connection closed under it."""
     try:
+        waiting.set()
         await asyncio.Event().wait()
     except asyncio.CancelledError:
         raise ConnectionError("Connection closed by server.") from None
@@ -29,8 +30,9 @@ async def test_an_abandoned_read_ending_in_an_error_is_never_reported(how: str) 
     previous = loop.get_exception_handler()
     loop.set_exception_handler(lambda _loop, context: reported.append(context))
     try:
-        task = asyncio.ensure_future(_closed_under_it())
-        await asyncio.sleep(0)  # it is waiting
+        waiting = asyncio.Event()
+        task = asyncio.ensure_future(_closed_under_it(waiting))
+        await waiting.wait()
         if how == "abandon":
             abandon(task)
         else:
