@@ -104,10 +104,9 @@ def _check(
     """Validate one entry: version, size, payload against the schema, the routing fields
     against the payload (a mismatch would file the snapshot under the wrong keys) and, given
     ``retention_ms``, its age (a snapshot older than the retention would expire on arrival)."""
-    if len(wire.pairs_of(fields)) > MAX_ENTRY_FIELDS:
+    if (count := wire.field_count(fields)) > MAX_ENTRY_FIELDS:
         return Poison(entry_id, fields, Reason.TOO_MANY_FIELDS,
-                      f"entry has {len(wire.pairs_of(fields))} fields, at most "
-                      f"{MAX_ENTRY_FIELDS} allowed")
+                      f"entry has {count} fields, at most {MAX_ENTRY_FIELDS} allowed")
     if isinstance(fields, wire.RepeatedFields):
         names = ", ".join(n.decode("utf-8", "replace") for n in fields.repeated())
         return Poison(entry_id, fields, Reason.REPEATED_FIELD,

@@ -7,6 +7,7 @@ consumer checks them against the decoded payload.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Final
 
 from shared.schema import SCHEMA_VERSION, Snapshot
@@ -54,8 +55,8 @@ class RepeatedFields(dict[bytes, bytes]):
         self.pairs = pairs
 
     def repeated(self) -> list[bytes]:
-        seen: set[bytes] = set()
-        return [n for n, _ in self.pairs if n in seen or seen.add(n)]  # type: ignore[func-returns-value]
+        """The names that appear more than once, in order of first appearance."""
+        return [n for n, k in Counter(n for n, _ in self.pairs).items() if k > 1]
 
 
 def fields_of(flat: list[bytes] | None) -> dict[bytes, bytes] | None:
@@ -67,6 +68,12 @@ def fields_of(flat: list[bytes] | None) -> dict[bytes, bytes] | None:
         return fields
     it = iter(flat)
     return RepeatedFields(list(zip(it, it, strict=False)))
+
+
+def field_count(fields: dict[bytes, bytes]) -> int:
+    """How many fields the entry has, a repeated name counted each time (no copy: the
+    consumer asks it of every entry)."""
+    return len(fields.pairs) if isinstance(fields, RepeatedFields) else len(fields)
 
 
 def pairs_of(fields: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:
