@@ -1,4 +1,4 @@
-"""What the Redis Cluster scenarios share: a local cluster (``shared.cluster_servers``) that is
+"""What the Redis Cluster scenarios share: a local cluster (``harness.cluster``) that is
 always stopped, optionally announcing a delay proxy per master; direct (never proxied)
 clients of every master to watch it; which master holds which region shard; the consumer
 process (``bench.cluster_runner``); tidying up a prefix without crossing slots.
@@ -22,7 +22,7 @@ from bench import observe
 from bench.config import Context
 from bench.procs import Spec
 from bench.proxy import DelayProxy
-from shared.cluster_servers import HOST, Cluster, ClusterNode, start_cluster
+from harness.cluster import HOST, Cluster, ClusterNode, start_cluster
 from shared.connection import connect
 from shared.keys import Keys
 from shared.shards import Deployment, Shard

@@ -49,7 +49,7 @@ async def _prefill(deployment: Deployment, settings: Settings, count: int, ctx: 
                    ) -> tuple[list[int], float]:
     """``count`` snapshots over every shard, in chunks (round-robin over regions); returns the
     count per shard (in ``deployment.shards`` order) and the mean payload size."""
-    publisher = Publisher(deployment.base, settings.keys, settings, deployment=deployment)
+    publisher = Publisher(deployment, settings)
     await publisher.prepare()  # the groups, from id 0
     load = Load(settings)
     per_region: dict[str, int] = {}

@@ -1,5 +1,5 @@
 """The real consumer in its own process, the way ``regionstream consume`` runs it: the
-deployment found out from the server (``Consumer.run`` without a client), so on a Redis Cluster
+deployment found out from the server (``Consumer.run`` opens it), so on a Redis Cluster
 every shard's commands go to the node that owns it (``shared.shards.NodeRouter``), through
 whatever address CLUSTER SLOTS announces (a delay proxy in ``cluster_seed_cycle``).
 
@@ -28,13 +28,13 @@ from bench.contenders import Tracker
 from bench.runner import (
     MS_PER_S,
     contender_parser,
+    count_acks,
     cpu_s,
     emit,
     read_command,
     rss_kib,
     run_until_stopped,
     stdin_lines,
-    track_consumer_acks,
 )
 from consumer.service import Consumer
 from shared.settings import Settings
@@ -78,8 +78,7 @@ async def run(args: argparse.Namespace) -> None:
     layout, shards, nodes = (await prepare(settings) if args.prepare
                              else (settings.shard_by, 0, 0))
     tracker = CpuTracker()
-    track_consumer_acks(tracker)
-    consumer = Consumer(settings, registry=CollectorRegistry())
+    consumer = Consumer(settings, registry=CollectorRegistry(), on_settled=count_acks(tracker))
     stdin = await stdin_lines()
     emit("ready", pid=os.getpid(), layout=layout, shards=shards, nodes=nodes)
     if await read_command(stdin) != "go":

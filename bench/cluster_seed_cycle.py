@@ -79,7 +79,7 @@ async def _measure(ctx: Context, tag: str, url: str, nodes: cc.Nodes, rtt_ms: fl
     try:
         for client in deployment.node_clients():
             await client.ping()  # connected first: the cycle's round trip is the publish alone
-        publisher = Publisher(deployment.base, keys, settings, deployment=deployment)
+        publisher = Publisher(deployment, settings)
         source = SyntheticSource(settings.regions, seed=len(tag))
         blocked = len(deployment.shards) * CONSUMER_WORKERS
         await runners[0].go()

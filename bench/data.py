@@ -21,6 +21,7 @@ from shared.keys import Keys
 from shared.schema import Snapshot, encode
 from shared.servers import start_redis_server
 from shared.settings import Settings
+from shared.shards import single_server
 
 SEED = 5  # the issue's number: every run publishes the same snapshots
 CHUNK = 500  # entries per pipelined XADD round trip (the producer's own --count chunk)
@@ -69,7 +70,7 @@ async def prefill(redis: aioredis.Redis, settings: Settings, stream: str, count:
     """``count`` snapshots on ``stream``, published in chunks (no group: each contender makes
     its own, from id 0, so they all see the same entries)."""
     keys = Keys("bench-prefill", stream, "bench-prefill")
-    pub = Publisher(redis, keys, settings)
+    pub = Publisher(single_server(settings.redis_url, redis, keys, settings.regions), settings)
     load = Load(settings)
     done = 0
     while done < count:
@@ -101,7 +102,7 @@ async def produce_at_rate(redis: aioredis.Redis, settings: Settings, keys: Keys,
                           duration_s: float) -> int:
     """Publish ``rate`` messages a second for ``duration_s``: every tick, what is due since
     the start (so a late tick catches up rather than drifting). Returns how many were sent."""
-    pub = Publisher(redis, keys, settings)
+    pub = Publisher(single_server(settings.redis_url, redis, keys, settings.regions), settings)
     load = Load(settings)
     total = int(rate * duration_s)
     sent = 0

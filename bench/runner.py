@@ -27,8 +27,10 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from bench.contenders import Baseline, Ceiling, Tracker, unchecked_entry
-from consumer import scripts, store, worker
+from consumer import scripts
+from consumer.message import check_entry
 from consumer.service import Consumer
+from consumer.settle import Fate, Settled
 from shared.connection import connect
 from shared.group import ensure_group
 from shared.keys import Keys
@@ -57,19 +59,16 @@ def emit(event: str, **data: Any) -> None:
     print(json.dumps({"event": event, **data}), flush=True)
 
 
-def track_consumer_acks(tracker: Tracker) -> None:
-    """Count the real consumer's acks where they are confirmed: ``consumer.store.settle``
-    returns after the batch's persist+ack pipeline came back. (A hook here instead of in the
-    metrics keeps the measurement independent of how the consumer reports.)"""
-    original = store.settle
-    not_acked_here = {store.FAILED, getattr(store, "SETTLED_ELSEWHERE", store.FAILED)}
+def count_acks(tracker: Tracker) -> Callable[[Settled], None]:
+    """The consumer's seam (``Consumer.on_settled``): count its acks where they are confirmed,
+    after a batch's persist+ack pipeline came back. (Counted here instead of from the metrics,
+    so the measurement does not depend on how the consumer reports.)"""
+    not_acked_here = {Fate.FAILED, Fate.SETTLED_ELSEWHERE, Fate.INVALID}
 
-    async def settle(*args: Any, **kwargs: Any) -> store.Settled:
-        settled = await original(*args, **kwargs)
-        tracker.acked(o.entry_id for o in settled.outcomes if o.outcome not in not_acked_here)
-        return settled
+    def on_settled(settled: Settled) -> None:
+        tracker.acked(o.entry_id for o in settled.outcomes if o.fate not in not_acked_here)
 
-    store.settle = settle
+    return on_settled
 
 
 async def prepare(role: str, redis: aioredis.Redis, keys: Keys) -> None:
@@ -83,11 +82,11 @@ def make_work(role: str, redis: aioredis.Redis, keys: Keys, settings: Settings,
               tracker: Tracker) -> tuple[Callable[[], Coroutine[Any, Any, None]], asyncio.Event]:
     """The contender's main coroutine, and the event that stops it gracefully."""
     if role in ("consumer", "unchecked"):
-        if role == "unchecked":  # the diagnostic: no payload decode + validation
-            worker.check_entry = unchecked_entry  # type: ignore[attr-defined]
-        track_consumer_acks(tracker)
-        consumer = Consumer(settings, registry=CollectorRegistry())
-        return (lambda: consumer.run(redis=redis)), consumer.stop
+        # The diagnostic "unchecked": no payload decode + validation.
+        consumer = Consumer(settings, registry=CollectorRegistry(),
+                            check=unchecked_entry if role == "unchecked" else check_entry,
+                            on_settled=count_acks(tracker))
+        return consumer.run, consumer.stop
     cls = Baseline if role == "baseline" else Ceiling
     contender = cls(redis, keys, settings, settings.name, tracker)
     return contender.run, contender.stop

@@ -27,6 +27,7 @@ from producer.publisher import Publisher
 from shared.connection import connect
 from shared.keys import Keys
 from shared.servers import start_redis_server
+from shared.shards import single_server
 
 NAME = "scaling"
 DRAIN_TIMEOUT_S = 300.0
@@ -106,7 +107,7 @@ class _Feeder:
 
     def __init__(self, direct: aioredis.Redis, keys: Keys, ctx: Context, url: str) -> None:
         settings = ctx.settings(url, stream_retention_s=0)  # trim = everything acked
-        self.publisher = Publisher(direct, keys, settings)
+        self.publisher = Publisher(single_server(url, direct, keys, settings.regions), settings)
         self.load = Load(settings)
         self.direct, self.keys = direct, keys
         self.chunks = 0

@@ -24,6 +24,7 @@ from producer.synthetic import SyntheticSource
 from shared.connection import connect
 from shared.keys import Keys
 from shared.servers import start_redis_server
+from shared.shards import single_server
 
 NAME = "seed_cycle"
 # Readers stay blocked for the whole scenario (no re-issued read through the proxy while the
@@ -98,7 +99,8 @@ async def _contender(ctx: Context, runner: Runner, direct: aioredis.Redis, proxy
     through_proxy = connect(proxy.url)
     try:
         await through_proxy.ping()  # connect first: the cycle's round trip is the XADDs alone
-        publisher = Publisher(through_proxy, runner.spec.keys, settings)
+        publisher = Publisher(single_server(proxy.url, through_proxy, runner.spec.keys,
+                                            settings.regions), settings)
         source = SyntheticSource(settings.regions, seed=len(runner.spec.role))
         await runner.go()
         cycles = [await _one_cycle(ctx, runner, direct, publisher, source)

@@ -2,11 +2,12 @@
 -- in both places and never in neither, and it is dead-lettered once.
 --
 -- KEYS[1] stream, KEYS[2] dead-letter stream, KEYS[3] ids already dead-lettered (ZSET)
--- ARGV[1] group, ARGV[2] entry id, ARGV[3..] field/value pairs of the dead-letter entry
+-- ARGV[1] group, ARGV[2] entry id, ARGV[3] the name of the delivery-count field (the format's
+-- owner is consumer/dead_letters.py), ARGV[4..] field/value pairs of the dead-letter entry
 --
 -- Only an entry still pending for the group moves: if another consumer settled it meanwhile
 -- (after a reclaim), it is not dead-lettered a second time. The delivery count is read here,
--- from the pending list itself, and recorded as dlq_deliveries. An entry whose id is in
+-- from the pending list itself, and recorded in the field ARGV[3]. An entry whose id is in
 -- KEYS[3] was dead-lettered before: its group was lost and recreated from id 0, which reads
 -- the whole stream again (stored snapshots come back as redeliveries, harmless); it is only
 -- acknowledged, so the dead-letter stream holds each poisoned entry once.
@@ -40,7 +41,7 @@ if seen then
   return -1
 end
 local deliveries = p[1][4]
-local id = redis.pcall('XADD', KEYS[2], '*', 'dlq_deliveries', deliveries, unpack(ARGV, 3))
+local id = redis.pcall('XADD', KEYS[2], '*', ARGV[3], deliveries, unpack(ARGV, 4))
 if type(id) == 'table' and id.err then return failed_at('XADD ' .. KEYS[2], id) end
 local acked = redis.pcall('XACK', KEYS[1], ARGV[1], ARGV[2])
 if type(acked) == 'table' and acked.err then

@@ -12,11 +12,12 @@ the stream), so nothing of the original may be overwritten or dropped:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 import msgspec
 
-from consumer.message import MAX_ENTRY_FIELDS
+from consumer.message import MAX_ENTRY_FIELDS, Poison
+from shared.keys import Keys
 from shared.wire import pairs_of
 
 PROVENANCE_PREFIX = b"dlq_"
@@ -24,18 +25,33 @@ ESCAPED_PREFIX = b"dlq_raw_"
 PACKED_FIELD = b"dlq_fields"
 REASON_FIELD = b"dlq_reason"
 DETAIL_FIELD = b"dlq_error"
-DELIVERIES_FIELD = b"dlq_deliveries"  # written by dead_letter.lua from the pending list
+DELIVERIES_FIELD = b"dlq_deliveries"  # dead_letter.lua writes it, from the pending list
+ORIGINAL_ID_FIELD = b"dlq_original_id"
+STREAM_FIELD = b"dlq_stream"
+GROUP_FIELD = b"dlq_group"
+CONSUMER_FIELD = b"dlq_consumer"
+AT_FIELD = b"dlq_at_ms"
 MAX_DETAIL_BYTES = 2048
 
 _PACK = msgspec.msgpack.Encoder()
 _UNPACK = msgspec.msgpack.Decoder(list[tuple[bytes, bytes]])
 
 
-def stored_fields(original: dict[bytes, bytes], provenance: Mapping[bytes, bytes]
-                  ) -> list[bytes]:
-    """The flat field/value list of the dead-letter entry for ``original``."""
+def stored_fields(poison: Poison, keys: Keys, consumer: str, at_ms: int) -> list[bytes]:
+    """The flat field/value list of the dead-letter entry for ``poison``: its fields as read
+    (a repeated name included), then the provenance (``dlq_deliveries`` is added by
+    dead_letter.lua)."""
+    provenance = {
+        REASON_FIELD: poison.reason.encode(),
+        DETAIL_FIELD: poison.detail.encode("utf-8", "replace")[:MAX_DETAIL_BYTES],
+        ORIGINAL_ID_FIELD: poison.entry_id,
+        STREAM_FIELD: keys.stream.encode(),
+        GROUP_FIELD: keys.group.encode(),
+        CONSUMER_FIELD: consumer.encode(),
+        AT_FIELD: str(at_ms).encode(),
+    }
     out: list[bytes] = []
-    pairs = pairs_of(original)  # every field as read, a repeated name included
+    pairs = pairs_of(poison.fields)
     if len(pairs) > MAX_ENTRY_FIELDS:
         out += (PACKED_FIELD, _PACK.encode(pairs))
     else:

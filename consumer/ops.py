@@ -4,7 +4,6 @@ a dead consumer, a range of history)."""
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -12,17 +11,18 @@ import msgspec
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from consumer import scripts, store
-from consumer.dead_letters import original_fields
-from consumer.message import MAX_ENTRY_FIELDS, Valid, check_entry
-from consumer.worker import Worker
+from consumer import dead_letters, scripts
+from consumer.message import MAX_ENTRY_FIELDS
+from consumer.settle import Fate, Settled, Settler
+from consumer.shard_group import ShardGroup
+from shared import wire
 from shared.failpoints import failpoint
 from shared.group import id_seconds, read_group_stats, text, total
 from shared.keys import ALL_SHARD, Keys
 from shared.layout import layout_mismatch
 from shared.metrics import ConsumerMetrics
 from shared.settings import Settings
-from shared.shards import Deployment, Shard, deployment_of, read_each
+from shared.shards import Deployment, Shard, read_each
 
 # How many pending entries `pending` inspects per consumer for the max delivery count; beyond
 # that the figure is a lower bound and says so.
@@ -86,14 +86,13 @@ class PendingReport:
         return asdict(self)
 
 
-async def pending_report(target: Deployment | aioredis.Redis, keys: Keys,
+async def pending_report(deployment: Deployment, keys: Keys,
                          regions: tuple[str, ...] = ()) -> PendingReport:
     """Per shard, concurrently: the group's counters (one round trip), then each holding
     consumer's pending list for its oldest entry and highest delivery count. Ages use Redis's
     clock. ``regions``: whose shard streams the layout check looks at (``shared.layout``)."""
-    deployment = deployment_of(target, keys, ())
 
-    async def one(shard: Shard, redis: Any) -> tuple[ShardRow, list[ConsumerRow]]:
+    async def one(shard: Shard, redis: aioredis.Redis) -> tuple[ShardRow, list[ConsumerRow]]:
         k = shard.keys
         state = await read_group_stats(redis, k)
         row = ShardRow(shard.label, k.stream, k.dlq, state.exists, state.stream_length,
@@ -110,7 +109,7 @@ async def pending_report(target: Deployment | aioredis.Redis, keys: Keys,
         [c for _, cs in read for c in cs], rows, mismatch)
 
 
-async def _consumer_rows(redis: Any, shard: Shard, now: float) -> list[ConsumerRow]:
+async def _consumer_rows(redis: aioredis.Redis, shard: Shard, now: float) -> list[ConsumerRow]:
     """A row per consumer of the shard's group. Its name is read again here, as the bytes
     Redis holds (a name another client chose need not be UTF-8): the pending list is asked
     for by those bytes, and only the row shows the name decoded (``untrusted``)."""
@@ -140,7 +139,7 @@ class Moved:
     shard: str = ALL_SHARD
 
 
-async def replay_dlq(target: Deployment | aioredis.Redis, keys: Keys, *,
+async def replay_dlq(deployment: Deployment, keys: Keys, *,
                      region: str | None = None, reason: str | None = None,
                      limit: int | None = None, dry_run: bool = False,
                      moved: list[Moved] | None = None) -> list[Moved]:
@@ -153,7 +152,6 @@ async def replay_dlq(target: Deployment | aioredis.Redis, keys: Keys, *,
     that list knows exactly what was moved when a later step raises (a Redis error, a
     refused XADD). Nothing before a move can raise on what a dead letter holds: its fields
     are only compared as bytes and decoded for the report (``untrusted``)."""
-    deployment = deployment_of(target, keys, ())
     moved = [] if moved is None else moved
     for shard in deployment.shards:
         if region and shard.region not in (None, region):
@@ -162,7 +160,7 @@ async def replay_dlq(target: Deployment | aioredis.Redis, keys: Keys, *,
             break
         # A region's shard: all of its dead letters are that region's, garbage without a
         # region field and strays claiming another region included (they came on its stream).
-        await _replay_shard_dlq(deployment.client_for(shard), shard, moved,
+        await _replay_shard_dlq(ShardGroup(deployment, shard), moved,
                                 region=None if shard.region else region, reason=reason,
                                 limit=limit, dry_run=dry_run)
     return moved
@@ -174,24 +172,25 @@ def _raw(arg: str | None) -> bytes | None:
     return None if arg is None else arg.encode("utf-8", "surrogateescape")
 
 
-async def _replay_shard_dlq(redis: Any, shard: Shard, moved: list[Moved], *,
+async def _replay_shard_dlq(group: ShardGroup, moved: list[Moved], *,
                             region: str | None, reason: str | None, limit: int | None,
                             dry_run: bool) -> None:
-    keys, want_region, want_reason = shard.keys, _raw(region), _raw(reason)
+    keys, want_region, want_reason = group.keys, _raw(region), _raw(reason)
     start = "-"
     while limit is None or len(moved) < limit:
-        page: Any = await redis.xrange(keys.dlq, start, "+", count=DLQ_PAGE)
+        page = await group.dead_letters(start, DLQ_PAGE)
         for dlq_id, fields in page:
             if limit is not None and len(moved) >= limit:
                 break
-            r, why = fields.get(b"region", b"?"), fields.get(b"dlq_reason", b"?")
+            r = fields.get(wire.F_REGION, b"?")
+            why = fields.get(dead_letters.REASON_FIELD, b"?")
             if (want_region and r != want_region) or (want_reason and want_reason not in why):
                 continue
-            m = Moved(text(dlq_id), untrusted(r), untrusted(why), shard=shard.label)
+            m = Moved(text(dlq_id), untrusted(r), untrusted(why), shard=group.label)
             original, m.skipped = _replayable(fields)
             if m.skipped is None and not dry_run:
-                new_id = await scripts.call(redis, scripts.replay_dlq(), [keys.stream, keys.dlq],
-                                            [dlq_id, *original])
+                new_id = await group.call(scripts.replay_dlq(), [keys.stream, keys.dlq],
+                                          [dlq_id, *original])
                 if new_id is None:
                     continue  # replayed by someone else meanwhile
                 m.new_id = text(new_id)
@@ -207,9 +206,9 @@ def _replayable(fields: dict[bytes, bytes]) -> tuple[list[bytes], str | None]:
     be moved). Found before anything moves: the move script is only handed what XADD takes,
     so a dead letter that cannot go back stops nothing half-way."""
     try:
-        original = original_fields(fields)
+        original = dead_letters.original_fields(fields)
     except (msgspec.DecodeError, msgspec.ValidationError):
-        return [], "its packed fields (dlq_fields) do not unpack"
+        return [], f"its packed fields ({dead_letters.PACKED_FIELD.decode()}) do not unpack"
     if not original:
         return [], "no original fields"  # XADD needs at least one
     if len(original) > 2 * MAX_ENTRY_FIELDS:
@@ -228,98 +227,93 @@ class Replayed:
     outcomes: dict[str, int] = field(default_factory=dict)
     ids: list[str] = field(default_factory=list)
 
+    def add(self, fate: str, n: int = 1) -> None:
+        self.outcomes[fate] = self.outcomes.get(fate, 0) + n
 
-def _tally(result: Replayed, settled: store.Settled) -> None:
-    for o in settled.outcomes:
-        result.outcomes[o.outcome] = result.outcomes.get(o.outcome, 0) + 1
+    def count(self, settled: Settled) -> None:
+        for fate, n in settled.tally().items():
+            self.add(fate.value, n)
 
 
-async def replay_pending(target: Deployment | aioredis.Redis, keys: Keys, settings: Settings,
+def _settler(group: ShardGroup, settings: Settings, name: str) -> Settler:
+    """The consumer's settle pipeline for a replay; its counters are not served (a replay
+    reports what it did on stdout)."""
+    return Settler(group, settings, name, ConsumerMetrics(CollectorRegistry(), settings.regions))
+
+
+async def replay_pending(deployment: Deployment, keys: Keys, settings: Settings,
                          *, consumer: str | None, min_idle_ms: int, dry_run: bool,
                          as_name: str, result: Replayed | None = None) -> Replayed:
     """Claim (XCLAIM) what ``consumer`` (or any consumer) holds idle for ``min_idle_ms`` and
-    settle it now under ``as_name``, through the normal persist path; shard after shard.
-    ``consumer`` is matched as the bytes given (a name that is not UTF-8 can be named).
+    settle it now under ``as_name``, through the consumer's settle pipeline; shard after
+    shard. ``consumer`` is matched as the bytes given (a name that is not UTF-8 can be named).
     Outcomes are added to ``result`` (returned) as each page settles: what it holds when a
     later step raises is what was done."""
-    deployment = deployment_of(target, keys, ())
     result = Replayed() if result is None else result
     for shard in deployment.shards:
-        await _replay_shard_pending(deployment.client_for(shard), shard, settings, result,
+        group = ShardGroup(deployment, shard)
+        await _replay_shard_pending(group, _settler(group, settings, as_name), result,
                                     consumer=_raw(consumer), min_idle_ms=min_idle_ms,
-                                    dry_run=dry_run, as_name=as_name)
+                                    dry_run=dry_run)
     return result
 
 
-async def _replay_shard_pending(redis: Any, shard: Shard, settings: Settings, result: Replayed,
-                                *, consumer: bytes | None, min_idle_ms: int, dry_run: bool,
-                                as_name: str) -> None:
-    keys = shard.keys
-    worker = Worker(redis, keys, settings, as_name, ConsumerMetrics(CollectorRegistry()),
-                    asyncio.Event(), regions=(shard.region,) if shard.region else None)
-    start: str = "-"
+async def _replay_shard_pending(group: ShardGroup, settler: Settler, result: Replayed, *,
+                                consumer: bytes | None, min_idle_ms: int, dry_run: bool
+                                ) -> None:
+    start: bytes | str = "-"
     while True:
-        rows: Any = await redis.xpending_range(keys.stream, keys.group, start, "+", REPLAY_PAGE,
-                                               consumer, idle=min_idle_ms)
         # Its own entries too: what an earlier `replay --pending` claimed and then died on.
+        rows = await group.pending(start, REPLAY_PAGE, consumer, min_idle_ms)
         ids = [r["message_id"] for r in rows]
         result.ids += [text(i) for i in ids]
         if ids and not dry_run:
-            claimed: Any = await redis.xclaim(keys.stream, keys.group, as_name, min_idle_ms, ids)
+            claimed = await group.claim(settler.consumer, min_idle_ms, ids)
             result.entries += len(claimed)
             # Redis 7 drops an entry deleted from the stream (XDEL, a trim) from the pending
             # list instead of returning it: nothing of it is left to settle. Said, not hidden
             # in the count (the report said "replayed 2" of which one was gone).
             returned = {c[0] for c in claimed}
             if gone := [i for i in ids if i not in returned]:
-                result.outcomes[DELETED] = result.outcomes.get(DELETED, 0) + len(gone)
+                result.add(DELETED, len(gone))
             failpoint("replay.pending-claimed")
-            step = await worker.process(claimed)
-            for k, v in step.outcomes.items():
-                result.outcomes[k] = result.outcomes.get(k, 0) + v
+            result.count(await settler.settle(claimed))
         if len(rows) < REPLAY_PAGE:
             return
         start = "(" + text(rows[-1]["message_id"])
 
 
-async def replay_range(target: Deployment | aioredis.Redis, keys: Keys, settings: Settings, *,
+async def replay_range(deployment: Deployment, keys: Keys, settings: Settings, *,
                        start: str, end: str, dry_run: bool, result: Replayed | None = None
                        ) -> Replayed:
-    """Re-drive stream history through dedup: each entry goes through the persist script
+    """Re-drive stream history through dedup: each entry goes through the settle pipeline
     without an ack (it belongs to the group's own accounting). Idempotent: what is stored is
     recognized and nothing is written twice. Every shard's stream, START..END each (ids are
     times, so a range means the same span of time on every shard). Outcomes are added to
     ``result`` as each page settles (see ``replay_pending``)."""
-    deployment = deployment_of(target, keys, ())
     result = Replayed() if result is None else result
     for shard in deployment.shards:
-        await _replay_shard_range(deployment.client_for(shard), shard, settings, result,
+        group = ShardGroup(deployment, shard)
+        # An entry of another region on a region's shard cannot be persisted there (its keys
+        # live in another slot): invalid here, as it is for the consumer.
+        await _replay_shard_range(group, _settler(group, settings, "replay-range"), result,
                                   start=start, end=end, dry_run=dry_run)
     return result
 
 
-async def _replay_shard_range(redis: Any, shard: Shard, settings: Settings, result: Replayed,
-                              *, start: str, end: str, dry_run: bool) -> None:
-    keys = shard.keys
-    # An entry of another region on a region's shard cannot be persisted there (its keys live
-    # in another slot): invalid here, as it is for the consumer (which dead-letters it).
-    regions = (shard.region,) if shard.region else settings.regions
+async def _replay_shard_range(group: ShardGroup, settler: Settler, result: Replayed, *,
+                              start: str, end: str, dry_run: bool) -> None:
     cursor = start
     while True:
-        page: Any = await redis.xrange(keys.stream, cursor, end, count=REPLAY_PAGE)
-        now_ms = int(time.time() * 1000)
-        checked = [check_entry(i, f, max_bytes=settings.max_bytes, now_ms=now_ms,
-                               regions=regions,
-                               retention_ms=settings.retention_ms) for i, f in page]
-        valid = [c for c in checked if isinstance(c, Valid)]
+        page = await group.history(cursor, end, REPLAY_PAGE)
         result.entries += len(page)
         result.ids += [text(i) for i, _ in page]
-        invalid = len(page) - len(valid)
-        if invalid:
-            result.outcomes["invalid"] = result.outcomes.get("invalid", 0) + invalid
-        if valid and not dry_run:
-            _tally(result, await store.settle(redis, keys, settings, "replay-range", valid, (),
-                                              ack=False))
+        if dry_run:  # what would be left alone as invalid
+            _, poison, _ = settler.checked(page)
+            if poison:
+                result.add(Fate.INVALID, len(poison))
+        else:
+            result.count(await settler.settle(page, ack=False))
         if len(page) < REPLAY_PAGE:
             return
         cursor = "(" + text(page[-1][0])

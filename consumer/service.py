@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
 from consumer import scripts
+from consumer.message import check_entry
 from consumer.reclaim import Reclaimer
+from consumer.settle import Check, Settled, Settler
+from consumer.shard_group import ShardGroup
 from consumer.worker import Worker
 from shared.aio import pause
 from shared.connection import SOCKET_TIMEOUT_S, ErrorKind, PermanentError, classify
@@ -23,7 +26,7 @@ from shared.group import ensure_group_when_writable, read_shard_stats
 from shared.layout import layout_mismatch
 from shared.metrics import CONSUMER_OUTCOMES, ConsumerMetrics
 from shared.settings import Settings
-from shared.shards import Deployment, open_deployment, single_server
+from shared.shards import Deployment, open_deployment
 
 log = logging.getLogger("regionstream.consumer")
 
@@ -48,94 +51,95 @@ EXIT_SECOND_SIGNAL = 130
 
 @dataclass
 class Consumer:
+    """``--workers`` workers and a reclaimer per shard, in one process. ``check`` and
+    ``on_settled`` are seams (see consumer.settle.Settler): the benchmarks observe through
+    them; production keeps the defaults."""
+
     settings: Settings
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    check: Check = check_entry
+    on_settled: Callable[[Settled], None] | None = None
 
     def __post_init__(self) -> None:
         self.keys = self.settings.keys
         self.metrics = ConsumerMetrics(self.registry, self.settings.regions)
-        self.workers: list[Worker] = []
+        self.workers: list[Worker | Reclaimer] = []
 
     def totals(self) -> dict[str, int]:
         """Entries settled so far by this process, per outcome over all regions."""
         return {k: self.metrics.totals[k] for k in CONSUMER_OUTCOMES}
 
-    def _deployment(self, target: Deployment | aioredis.Redis) -> Deployment:
-        if isinstance(target, Deployment):
-            return target
-        s = self.settings
-        return single_server(target, self.keys, s.regions, s.shard_by, s.shards)
-
-    async def prepare(self, target: Deployment | aioredis.Redis) -> None:
-        """Every shard's group, and the scripts on every node (a client: one server)."""
-        deployment = self._deployment(target)
+    async def prepare(self, deployment: Deployment) -> None:
+        """Every shard's group, and the scripts on every node."""
         for shard in deployment.shards:
-            client = deployment.client_for(shard)
-            await ensure_group_when_writable(client, shard.keys, self.stop, "consumer")
+            await ensure_group_when_writable(deployment.client_for(shard), shard.keys,
+                                             self.stop, "consumer")
         for client in deployment.node_clients():
             for name in scripts.ALL:  # load once per node; calls then go out as EVALSHA
                 await client.script_load(scripts.script(name).body)
 
-    def make_workers(self, target: Deployment | aioredis.Redis) -> list[Worker]:
+    def settler(self, group: ShardGroup, name: str) -> Settler:
+        return Settler(group, self.settings, name, self.metrics, check=self.check,
+                       on_settled=self.on_settled)
+
+    def make_workers(self, deployment: Deployment) -> list[Worker | Reclaimer]:
         """``--workers`` workers and a reclaimer per shard: every process serves every shard,
         so whichever process survives a crash picks up what the dead one held."""
-        deployment = self._deployment(target)
         s = self.settings
         self.workers = []
         for shard in deployment.shards:
-            client = deployment.client_for(shard)
-            regions = (shard.region,) if shard.region else None
+            group = ShardGroup(deployment, shard)
             self.workers += [
-                Worker(client, shard.keys, s, self.keys.consumer_name(s.name, i), self.metrics,
-                       self.stop, regions=regions)
+                Worker(group, self.settler(group, self.keys.consumer_name(s.name, i)), s,
+                       self.metrics, self.stop)
                 for i in range(s.workers)]
-            self.workers.append(Reclaimer(client, shard.keys, s,
-                                          self.keys.reclaimer_name(s.name), self.metrics,
-                                          self.stop, regions=regions))
+            self.workers.append(Reclaimer(group, self.settler(
+                group, self.keys.reclaimer_name(s.name)), s, self.metrics, self.stop))
         return self.workers
 
-    async def run(self, *, drain: bool = False, redis: aioredis.Redis | None = None) -> None:
+    async def run(self, deployment: Deployment | None = None, *, drain: bool = False) -> None:
         """Run the workers (and the reclaimers) until stopped, or drained with ``drain``.
 
-        Without ``redis``, the workers get clients that never re-send a command by themselves
-        (see shared.connection.connect: a silently re-sent XREADGROUP would skip entries) and
-        set-up and the drain watch get ones that do; a Redis Cluster is found out and each
-        shard's commands go to the node that owns it. With ``redis`` (tests), everything goes
-        through that one client, in the --shard-by layout of a single server."""
+        ``deployment`` (the command's, opened once; None: opened here from the settings)
+        serves the set-up and the drain watch; the workers get clients of their own made from
+        it, which never re-send a command by themselves (see shared.connection.connect: a
+        silently re-sent XREADGROUP would skip entries). On a Redis Cluster each shard's
+        commands go to the node that owns it."""
         st = self.settings
-        if redis is not None:
-            control = workers = self._deployment(redis)
-        else:
-            control = await open_deployment(st.redis_url, self.keys, st.regions, st.shard_by,
-                                            only=st.shards, tls=st.tls)
-            workers = await open_deployment(
-                st.redis_url, self.keys, st.regions, st.shard_by, only=st.shards, tls=st.tls,
+        async with contextlib.AsyncExitStack() as stack:
+            if deployment is None:
+                deployment = await open_deployment(st.redis_url, self.keys, st.regions,
+                                                   st.shard_by, only=st.shards, tls=st.tls)
+                stack.push_async_callback(deployment.aclose)
+            workers = deployment.with_options(
                 retries=0, socket_timeout=SOCKET_TIMEOUT_S + st.block_ms / 1000,
                 max_connections=pool_size(st))
-        try:
-            await self.prepare(control)
-            if (mismatch := await layout_mismatch(control, self.keys, st.regions)) is not None:
-                log.warning("%s", mismatch)
-            tasks = [asyncio.create_task(w.run(), name=w.name)
-                     for w in self.make_workers(workers)]
-            shards = ("stream " + st.stream if control.layout == "none" else
-                      f"{len(control.shards)} region shards of {st.stream}"
-                      + (f" ({', '.join(st.shards)})" if st.shards else "")
-                      + (" on a Redis Cluster" if control.cluster else ""))
-            log.info("consuming %s as group %s: %d consumer(s) per shard (%s), batch %d, "
-                     "block %d ms, reclaim after %d ms idle%s", shards, st.group, st.workers,
-                     ", ".join(self.keys.consumer_name(st.name, i) for i in range(st.workers)),
-                     st.batch, st.block_ms, st.min_idle_ms, " (until drained)" if drain else "")
-            if drain:
-                tasks.append(asyncio.create_task(self._drain_watch(control)))
-            await self._supervise(tasks)
-        finally:
-            # One line a supervisor or a test can read: what this process settled.
-            log.info("settled: %s", " ".join(f"{k}={v}" for k, v in self.totals().items()))
-            if redis is None:
-                await control.aclose()
-                await workers.aclose()
+            stack.push_async_callback(workers.aclose)
+            stack.callback(self._say_totals)
+            await self._run(deployment, workers, drain)
+
+    def _say_totals(self) -> None:
+        # One line a supervisor or a test can read: what this process settled.
+        log.info("settled: %s", " ".join(f"{k}={v}" for k, v in self.totals().items()))
+
+    async def _run(self, control: Deployment, workers: Deployment, drain: bool) -> None:
+        st = self.settings
+        await self.prepare(control)
+        if (mismatch := await layout_mismatch(control, self.keys, st.regions)) is not None:
+            log.warning("%s", mismatch)
+        tasks = [asyncio.create_task(w.run(), name=w.name) for w in self.make_workers(workers)]
+        shards = ("stream " + st.stream if control.layout == "none" else
+                  f"{len(control.shards)} region shards of {st.stream}"
+                  + (f" ({', '.join(st.shards)})" if st.shards else "")
+                  + (" on a Redis Cluster" if control.cluster else ""))
+        log.info("consuming %s as group %s: %d consumer(s) per shard (%s), batch %d, "
+                 "block %d ms, reclaim after %d ms idle%s", shards, st.group, st.workers,
+                 ", ".join(self.keys.consumer_name(st.name, i) for i in range(st.workers)),
+                 st.batch, st.block_ms, st.min_idle_ms, " (until drained)" if drain else "")
+        if drain:
+            tasks.append(asyncio.create_task(self._drain_watch(control)))
+        await self._supervise(tasks)
 
     async def _supervise(self, tasks: list[asyncio.Task[None]]) -> None:
         """Wait for the workers until a stop (signal, drained) or a crash; then give them

@@ -27,7 +27,7 @@ from shared.keys import Keys
 from shared.metrics import ProducerMetrics
 from shared.schema import Snapshot, encode
 from shared.settings import Settings
-from shared.shards import Deployment, single_server
+from shared.shards import Deployment
 
 log = logging.getLogger("regionstream.producer")
 
@@ -57,21 +57,18 @@ class Publisher:
     ``MULTI; XADD...; EXEC`` (plus a ``WAIT`` per node with --min-replicas), every shard of a
     node in one pipeline, the nodes in parallel: a cycle costs about one round trip."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, settings: Settings,
-                 metrics: ProducerMetrics | None = None,
-                 deployment: Deployment | None = None) -> None:
-        self.redis, self.keys, self.settings, self.metrics = redis, keys, settings, metrics
-        self.deployment = deployment or single_server(redis, keys, settings.regions,
-                                                      settings.shard_by)
-        d = self.deployment
-        self.targets = [(shard, d.client_for(shard)) for shard in d.shards]
-        self._by_region = {t[0].region: i for i, t in enumerate(self.targets)}
+    def __init__(self, deployment: Deployment, settings: Settings,
+                 metrics: ProducerMetrics | None = None) -> None:
+        self.deployment, self.settings, self.metrics = deployment, settings, metrics
+        self.keys = settings.keys
+        self.shards = deployment.shards
+        self._by_region = {shard.region: i for i, shard in enumerate(self.shards)}
         self.said_ids_ahead = False
 
     def describe(self) -> str:
-        if len(self.targets) == 1:
-            return self.targets[0][0].keys.stream
-        return f"{len(self.targets)} shards of {self.keys.stream}"
+        if len(self.shards) == 1:
+            return self.shards[0].keys.stream
+        return f"{len(self.shards)} shards of {self.keys.stream}"
 
     def _shard_index(self, snap: Snapshot) -> int:
         if self.deployment.layout == "none":
@@ -82,9 +79,9 @@ class Publisher:
         """Create the consumer group of every shard if missing, so that entries published
         before any consumer started are kept for it (trimming respects every group it can
         see); while Redis is full, wait for memory until ``stop``."""
-        for shard, client in self.targets:
-            await ensure_group_when_writable(client, shard.keys, stop or asyncio.Event(),
-                                             "producer")
+        for shard in self.shards:
+            await ensure_group_when_writable(self.deployment.client_for(shard), shard.keys,
+                                             stop or asyncio.Event(), "producer")
 
     async def publish(self, snaps: Sequence[Snapshot],
                       payloads: Sequence[bytes] | None = None) -> list[bytes]:
@@ -148,17 +145,17 @@ class Publisher:
                 self.metrics.region[snap.region_id].inc()
 
     def _node(self, shard_index: int) -> object:
-        return self.deployment.node_of(self.targets[shard_index][0])
+        return self.deployment.node_of(self.shards[shard_index])
 
     async def _publish_node(self, shard_indexes: list[int], per_shard: dict[int, list[int]],
                             snaps: Sequence[Snapshot], payloads: Sequence[bytes],
                             ids: list[bytes | None]) -> None:
-        client = self.targets[shard_indexes[0]][1]
+        client = self.deployment.client_for(self.shards[shard_indexes[0]])
         pipe = client.pipeline(transaction=False)
         commands: list[tuple[object, ...]] = []
         exec_at: list[int] = []
         for shard_index in shard_indexes:
-            stream = self.targets[shard_index][0].keys.stream
+            stream = self.shards[shard_index].keys.stream
             commands.append(("MULTI",))
             for i in per_shard[shard_index]:
                 fields = wire.entry_fields(snaps[i], payloads[i])
@@ -242,8 +239,8 @@ class Publisher:
         """Trim every shard: entries older than the stream retention, but none that any group
         has not acknowledged or not yet read. Returns the number of entries removed."""
         removed = 0
-        for shard, client in self.targets:
-            removed += await self._trim(client, shard.keys)
+        for shard in self.shards:
+            removed += await self._trim(self.deployment.client_for(shard), shard.keys)
         return removed
 
     async def _trim(self, client: aioredis.Redis, keys: Keys) -> int:

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
-import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
@@ -133,14 +132,14 @@ class Producer:
             self.metrics.rejected.inc()
             print(f"regionstream produce: rejected line {r.line}: {r.reason}", file=sys.stderr)
 
-    async def run(self, redis: aioredis.Redis, *, once: bool = False, count: int | None = None,
-                  source: str = "synthetic", progress: bool = False,
-                  deployment: Deployment | None = None) -> Report:
+    async def run(self, deployment: Deployment, *, once: bool = False,
+                  count: int | None = None, source: str = "synthetic", progress: bool = False
+                  ) -> Report:
         """Publish until done or stopped; ``deployment`` routes each snapshot to its shard and
-        node (default: one server through ``redis``, in the --shard-by layout)."""
+        node."""
         if source != "synthetic" and (count is not None or once):
             raise ValueError(f"source {source!r}: --count and --once are synthetic modes")
-        pub = Publisher(redis, self.keys, self.settings, self.metrics, deployment)
+        pub = Publisher(deployment, self.settings, self.metrics)
         await pub.prepare(self.stop)
         if count is not None:
             await self.run_count(pub, count, progress)

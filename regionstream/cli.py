@@ -521,9 +521,8 @@ async def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
         producer = Producer(settings, seed=args.seed)
         _serve_metrics(settings, producer.registry, cadence_s=settings.interval_s)
         _stop_on_signals(asyncio.get_running_loop(), producer.stop)
-        report = await producer.run(deployment.base, once=args.once, count=args.count,
-                                    source=args.source, progress=sys.stderr.isatty(),
-                                    deployment=deployment)
+        report = await producer.run(deployment, once=args.once, count=args.count,
+                                    source=args.source, progress=sys.stderr.isatty())
     print(f"published {report.published} snapshot(s)"
           + (f", rejected {report.rejected} line(s)" if report.rejected else ""),
           file=sys.stderr)

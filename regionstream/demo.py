@@ -134,7 +134,7 @@ async def run_demo(settings: Settings, *, duration: float | None, interval_s: fl
         if duration is not None:
             loop.call_later(duration, stop.set)
         # Cluster or not, found out as every command does: the producer publishes, and the
-        # view reads, through the deployment's routing (the consumer opens its own).
+        # view reads, through the deployment's routing; the consumer makes its workers' own.
         deployment = await open_deployment(url, s.keys, s.regions, s.shard_by, tls=s.tls)
         client = deployment.base
         try:
@@ -150,8 +150,8 @@ async def run_demo(settings: Settings, *, duration: float | None, interval_s: fl
         err.print(f"[bold]demo[/]: {len(s.regions)} regions every {interval_s:g}s -> stream "
                   f"{escape(repr(s.stream))} -> group {escape(repr(s.group))} ({workers} "
                   "workers); Ctrl-C stops")
-        tasks = [asyncio.create_task(producer.run(client, deployment=deployment)),
-                 asyncio.create_task(consumer.run())]
+        tasks = [asyncio.create_task(producer.run(deployment)),
+                 asyncio.create_task(consumer.run(deployment))]
         try:
             await _show(deployment, consumer.keys, s, consumer.totals, stop, plain)
             await asyncio.gather(*tasks)

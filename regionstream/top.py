@@ -11,7 +11,6 @@ import dataclasses
 import logging
 from collections.abc import AsyncIterator
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from rich.console import Console
 from rich.live import Live
@@ -41,7 +40,7 @@ def _console() -> Console:
     return console if console.is_terminal else Console(width=PIPED_WIDTH)
 
 
-async def frames(redis: Deployment | aioredis.Redis, keys: Keys, regions: tuple[str, ...],
+async def frames(redis: Deployment, keys: Keys, regions: tuple[str, ...],
                  stop: asyncio.Event, every: float = REFRESH_S) -> AsyncIterator[Frame]:
     """Frames until ``stop``; every frame after the first carries rates since the previous."""
     prev: Frame | None = None
@@ -69,7 +68,7 @@ def plain_line(frame: Frame) -> Text:
     return Text(summary_line(frame))
 
 
-async def run_top(redis: Deployment | aioredis.Redis, settings: Settings, *, once: bool = False,
+async def run_top(redis: Deployment, settings: Settings, *, once: bool = False,
                   plain: bool = False, every: float = REFRESH_S, console: Console | None = None,
                   stop: asyncio.Event | None = None) -> int:
     """``once``: one frame and exit. ``plain`` (or no terminal): a summary line per frame.

@@ -29,7 +29,7 @@ from shared.group import (
 )
 from shared.keys import Keys, is_sharded
 from shared.layout import layout_mismatch
-from shared.shards import Deployment, deployment_of, retrying
+from shared.shards import Deployment, retrying
 
 
 def decoded(value: bytes | str) -> str:
@@ -121,12 +121,11 @@ class ShardStat:
     stats: GroupStats
 
 
-async def collect(target: Deployment | aioredis.Redis, keys: Keys, regions: tuple[str, ...],
+async def collect(deployment: Deployment, keys: Keys, regions: tuple[str, ...],
                   *, now: float | None = None) -> Frame:
     """One frame: every shard's group state (concurrently, a round trip each), then the
     regions' latest ids and counts and their payloads (two round trips per node)."""
     now = time.time() if now is None else now
-    deployment = deployment_of(target, keys, regions)
     per_shard, mismatch = await asyncio.gather(read_shard_stats(deployment),
                                                layout_mismatch(deployment, keys, regions))
     shard_rows = tuple(ShardStat(sh.label, sh.keys.stream, st)

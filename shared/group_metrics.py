@@ -16,16 +16,14 @@ import contextlib
 import logging
 import time
 
-import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter
 from redis.exceptions import RedisError
 
 from shared.aio import pause
 from shared.group import GroupStats, read_group_stats
-from shared.keys import Keys
 from shared.metrics import UNKNOWN, GroupMetrics, ShardGauges, group_refresh_errors
 from shared.settings import Settings
-from shared.shards import Deployment, LayoutError, Shard, deployment_of, open_deployment
+from shared.shards import Deployment, LayoutError, Shard, open_deployment
 
 log = logging.getLogger("regionstream.metrics")
 
@@ -54,13 +52,11 @@ def publish(gauges: ShardGauges, stats: GroupStats) -> None:
             gauges.set_policy(stats.memory.policy)
 
 
-async def refresh(target: Deployment | aioredis.Redis, keys: Keys, metrics: GroupMetrics
-                  ) -> bool:
-    """One refresh of every shard (a client: the one stream of ``keys``), concurrently. A
+async def refresh(deployment: Deployment, metrics: GroupMetrics) -> bool:
+    """One refresh of every shard of ``deployment``, concurrently. A
     shard whose read fails is counted and logged and keeps its last values
     (``regionstream_group_last_refresh_timestamp_seconds`` shows how old they are); True if
     every shard was read."""
-    deployment = deployment_of(target, keys, ())
 
     async def one(shard: Shard) -> bool:
         started = time.perf_counter()
@@ -81,11 +77,10 @@ async def refresh(target: Deployment | aioredis.Redis, keys: Keys, metrics: Grou
     return all(await asyncio.gather(*(one(s) for s in deployment.shards)))
 
 
-async def refresh_forever(target: Deployment | aioredis.Redis, keys: Keys,
-                          metrics: GroupMetrics, stop: asyncio.Event,
+async def refresh_forever(deployment: Deployment, metrics: GroupMetrics, stop: asyncio.Event,
                           every: float = GROUP_REFRESH_S) -> None:
     while True:
-        await refresh(target, keys, metrics)
+        await refresh(deployment, metrics)
         if await pause(stop, every):
             return
 
@@ -108,7 +103,7 @@ def start_group_gauges(settings: Settings, registry: CollectorRegistry,
         try:
             metrics = GroupMetrics(registry, keys.stream, keys.group,
                                    [s.label for s in deployment.shards])
-            await refresh_forever(deployment, keys, metrics, stop)
+            await refresh_forever(deployment, metrics, stop)
         finally:
             with contextlib.suppress(RedisError, OSError):
                 await deployment.aclose()

@@ -131,7 +131,7 @@ class NodeRouter:
                 return
             raise last if last is not None else RedisError("no cluster node answered")
 
-    async def refresh_after(self, exc: BaseException) -> None:
+    async def refresh_after(self, exc: BaseException | str) -> None:
         """A command failed (``exc``): re-read the slot map (rate-limited) so that the next
         command goes to the slot's owner after a MOVED, a failover or a reshard. A failed
         re-read is logged: the caller's own retry will ask again."""
@@ -140,6 +140,10 @@ class NodeRouter:
             await self.refresh(since=seen)
         except (RedisError, OSError) as err:
             log.warning("re-reading the cluster slot map failed: %s (after: %s)", err, exc)
+
+    def adopt(self, other: NodeRouter) -> None:
+        """Start from ``other``'s slot map (another router of the same cluster)."""
+        self._slots, self._refreshed_at = list(other._slots), other._refreshed_at
 
     def _seed(self) -> aioredis.Redis:
         parts = urlsplit(self.url)
@@ -172,48 +176,37 @@ def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-class RoutedClient:
-    """Looks like the client of the node that owns ``slot`` now: every attribute (commands,
-    ``pipeline``) is that node client's, looked up again on each use."""
-
-    def __init__(self, router: NodeRouter, slot: int) -> None:
-        self._router, self._slot = router, slot
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._router.client_for(self._slot), name)
-
-    async def note_error(self, exc: BaseException) -> None:
-        """A command of this shard failed: see NodeRouter.refresh_after."""
-        await self._router.refresh_after(exc)
-
-    async def aclose(self) -> None:  # the router owns the connections
-        return None
-
-
-async def note_error(client: Any, exc: BaseException) -> None:
-    """Tell a routed client that a command failed (nothing to do for a plain client)."""
-    hook = getattr(type(client), "note_error", None)
-    if hook is not None:
-        await client.note_error(exc)
-
-
 class Deployment:
-    """The clients of one deployment: ``client_for(shard)`` is the connection a shard's
-    commands go through (one shared client on a single server; the owning node's on a
-    cluster)."""
+    """The clients of one deployment, found out once (``open_deployment``): ``client_for(shard)``
+    is the client of the node holding a shard now (the one client on a single server). Ask it
+    per command: on a cluster the answer changes when a slot moves, once ``note_error`` has
+    re-read the slot map."""
 
-    def __init__(self, base: aioredis.Redis, router: NodeRouter | None, layout: str,
-                 shard_list: tuple[Shard, ...]) -> None:
+    def __init__(self, url: str, tls: Tls | None, options: dict[str, Any], base: aioredis.Redis,
+                 router: NodeRouter | None, layout: str, shard_list: tuple[Shard, ...]) -> None:
+        self.url, self.tls, self.options = url, tls, options
         self.base, self.router, self.layout, self.shards = base, router, layout, shard_list
 
     @property
     def cluster(self) -> bool:
         return self.router is not None
 
-    def client_for(self, shard: Shard) -> Any:
+    def with_options(self, **options: Any) -> Deployment:
+        """The same deployment (layout, shards, slot map) through new clients with other
+        connection ``options`` (the consumer's workers: no re-sends, a longer read timeout),
+        without asking the server again what it is."""
+        merged = {**self.options, **options}
+        router = None
+        if self.router is not None:
+            router = NodeRouter(self.url, self.tls, merged)
+            router.adopt(self.router)
+        return Deployment(self.url, self.tls, merged, connect(self.url, tls=self.tls, **merged),
+                          router, self.layout, self.shards)
+
+    def client_for(self, shard: Shard) -> aioredis.Redis:
         if self.router is None:
             return self.base
-        return RoutedClient(self.router, shard.slot)
+        return self.router.client_for(shard.slot)
 
     def node_of(self, shard: Shard) -> tuple[str, int] | None:
         """The node holding ``shard`` now (None: the one server)."""
@@ -226,7 +219,7 @@ class Deployment:
         nodes = sorted({self.router.node_of(s.slot) for s in self.shards})
         return [self.router.client_of(node) for node in nodes]
 
-    async def note_error(self, exc: BaseException) -> None:
+    async def note_error(self, exc: BaseException | str) -> None:
         """A command failed: on a cluster, re-read the slot map (NodeRouter.refresh_after)."""
         if self.router is not None:
             await self.router.refresh_after(exc)
@@ -244,11 +237,11 @@ class Deployment:
             groups.setdefault(node, []).append(r)
         return [(self.router.client_of(node), rs) for node, rs in groups.items()]
 
-    def client_for_region(self, keys: Keys, region: str) -> Any:
+    def client_for_region(self, keys: Keys, region: str) -> aioredis.Redis:
         """The client of the node holding ``region``'s data keys (for ``show``)."""
         if self.router is None:
             return self.base
-        return RoutedClient(self.router, key_slot(keys.latest(region).encode()))
+        return self.router.client_for(key_slot(keys.latest(region).encode()))
 
     async def aclose(self) -> None:
         if self.router is not None:
@@ -256,19 +249,13 @@ class Deployment:
         await self.base.aclose()
 
 
-def single_server(client: aioredis.Redis, keys: Keys, regions: Iterable[str],
-                  shard_by: str, only: Iterable[str] = ()) -> Deployment:
-    """A deployment on one server through ``client`` (not owned: the caller closes it)."""
-    layout = resolve_layout(shard_by, cluster=False)
-    return Deployment(client, None, layout, shards(keys, regions, layout, only))
-
-
-def deployment_of(target: Deployment | aioredis.Redis, keys: Keys, regions: Iterable[str],
+def single_server(url: str, client: aioredis.Redis, keys: Keys, regions: Iterable[str],
                   shard_by: str = "none", only: Iterable[str] = ()) -> Deployment:
-    """``target`` itself, or a one-server deployment through the client ``target``."""
-    if isinstance(target, Deployment):
-        return target
-    return single_server(target, keys, regions, shard_by, only)
+    """The deployment of the one server at ``url``, through ``client`` (a connection of
+    ``url`` the caller made and closes), without asking the server what it is: for tools
+    and tests that know. ``with_options`` connects to ``url`` anew."""
+    layout = resolve_layout(shard_by, cluster=False)
+    return Deployment(url, None, {}, client, None, layout, shards(keys, regions, layout, only))
 
 
 # A read of every shard (``top``, ``pending``) that meets a redirect (a slot moved, a failover)
@@ -276,7 +263,8 @@ def deployment_of(target: Deployment | aioredis.Redis, keys: Keys, regions: Iter
 READ_ATTEMPTS = 3
 
 
-async def read_each(deployment: Deployment, read: Callable[[Shard, Any], Awaitable[T]]
+async def read_each(deployment: Deployment,
+                    read: Callable[[Shard, aioredis.Redis], Awaitable[T]]
                     ) -> list[T]:
     """``read(shard, client)`` for every shard, concurrently, in shard order. Only for reads:
     a transient error (MOVED, ASK, a failover, a dropped connection) runs ``read`` again."""
@@ -316,7 +304,8 @@ async def open_deployment(url: str, keys: Keys, regions: Iterable[str], shard_by
         if cluster:
             router = NodeRouter(url, tls, options)
             await router.refresh()
-        return Deployment(base, router, layout, shards(keys, regions, layout, only))
+        return Deployment(url, tls, options, base, router, layout,
+                          shards(keys, regions, layout, only))
     except BaseException:
         await base.aclose()
         raise

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import pytest
 import redis.asyncio as aioredis
 
-from shared.cluster_servers import Cluster, start_cluster
+from harness.cluster import Cluster, start_cluster
 from shared.connection import connect
 from shared.keys import Keys
 from shared.servers import redis_server_binary, start_redis_server

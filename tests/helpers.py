@@ -16,22 +16,64 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 from redis.crc import key_slot
 
+from consumer.reclaim import Reclaimer
 from consumer.service import Consumer
+from consumer.settle import Settler
+from consumer.shard_group import ShardGroup
+from consumer.worker import Worker
+from harness.cluster import Cluster
 from producer.publisher import Publisher
 from producer.synthetic import SyntheticSource
 from shared import wire
-from shared.cluster_servers import Cluster
 from shared.group import exact_lag
+from shared.metrics import ConsumerMetrics, ProducerMetrics
 from shared.schema import Snapshot, decode, encode
 from shared.settings import Settings
-from shared.shards import Deployment, Shard, open_deployment, shards
+from shared.shards import Deployment, Shard, open_deployment, shards, single_server
 
 DRAIN_TIMEOUT_S = 60.0
 
 
+def deployed(client: aioredis.Redis, s: Settings) -> Deployment:
+    """The deployment of ``s`` on the test's one server, through ``client`` (the test's
+    connection, closed by its fixture): what ``open_deployment`` finds there, without asking."""
+    return single_server(s.redis_url, client, s.keys, s.regions, s.shard_by, s.shards)
+
+
+def publisher(client: aioredis.Redis, s: Settings, metrics: ProducerMetrics | None = None
+              ) -> Publisher:
+    return Publisher(deployed(client, s), s, metrics)
+
+
+def settler(client: aioredis.Redis, s: Settings, name: str = "w",
+            metrics: ConsumerMetrics | None = None, shard: int = 0, **seams: Any) -> Settler:
+    """The consumer's settle pipeline for ``name`` on the ``shard``-th shard of ``s``
+    (``seams``: Settler's ``clock``, ``check``, ``on_settled``)."""
+    d = deployed(client, s)
+    return Settler(ShardGroup(d, d.shards[shard]), s, name,
+                   metrics or ConsumerMetrics(CollectorRegistry(), s.regions), **seams)
+
+
+def worker(client: aioredis.Redis, s: Settings, name: str = "w",
+           metrics: ConsumerMetrics | None = None, stop: asyncio.Event | None = None,
+           **seams: Any) -> Worker:
+    """A worker of the consumer ``name``, as ``Consumer.make_workers`` builds one."""
+    metrics = metrics or ConsumerMetrics(CollectorRegistry(), s.regions)
+    settle = settler(client, s, name, metrics, **seams)
+    return Worker(settle.group, settle, s, metrics, stop or asyncio.Event())
+
+
+def reclaimer(client: aioredis.Redis, s: Settings, name: str,
+              metrics: ConsumerMetrics | None = None, stop: asyncio.Event | None = None
+              ) -> Reclaimer:
+    metrics = metrics or ConsumerMetrics(CollectorRegistry(), s.regions)
+    settle = settler(client, s, name, metrics)
+    return Reclaimer(settle.group, settle, s, metrics, stop or asyncio.Event())
+
+
 async def publish(client: aioredis.Redis, settings: Settings, snaps: list[Snapshot]
                   ) -> list[bytes]:
-    pub = Publisher(client, settings.keys, settings)
+    pub = publisher(client, settings)
     await pub.prepare()
     return await pub.publish(snaps)
 
@@ -49,11 +91,17 @@ def load_payloads(settings: Settings, n: int, seed: int) -> list[bytes]:
     return [encode(src.snapshot_for_count(i, base)) for i in range(n)]
 
 
-async def drain(client: aioredis.Redis, settings: Settings) -> Consumer:
-    """Run a consumer in this process until the group is drained."""
+async def drain(settings: Settings) -> Consumer:
+    """Run a consumer in this process until the group is drained: connected as the command
+    connects (``Consumer.run`` opens the deployment of ``settings``)."""
     consumer = Consumer(settings, registry=CollectorRegistry())
-    await asyncio.wait_for(consumer.run(drain=True, redis=client), DRAIN_TIMEOUT_S)
+    await asyncio.wait_for(consumer.run(drain=True), DRAIN_TIMEOUT_S)
     return consumer
+
+
+async def prepare(client: aioredis.Redis, s: Settings) -> None:
+    """The group of every shard and the scripts, as a consumer's start makes them."""
+    await Consumer(s, registry=CollectorRegistry()).prepare(deployed(client, s))
 
 
 def outcomes(consumer: Consumer) -> dict[str, int]:
@@ -105,10 +153,28 @@ async def assert_exactly_once(client: aioredis.Redis, s: Settings, payloads: lis
     assert not staged
 
 
-def failures(registry: CollectorRegistry, kind: str) -> float:
-    """``regionstream_failures_total{kind=...}`` summed over every shard."""
+def failures(registry: CollectorRegistry, kind: str, shard: str | None = None) -> float:
+    """``regionstream_failures_total{kind=...}`` summed over every shard (or of ``shard``)."""
     return sum(s.value for m in registry.collect() for s in m.samples
-               if s.name == "regionstream_failures_total" and s.labels["kind"] == kind)
+               if s.name == "regionstream_failures_total" and s.labels["kind"] == kind
+               and shard in (None, s.labels["shard"]))
+
+
+def sample(registry: CollectorRegistry, name: str) -> float:
+    """The value of the metric sample ``name`` (summed over its label sets)."""
+    return sum(s.value for m in registry.collect() for s in m.samples if s.name == name)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def stored_ids(client: aioredis.Redis, s: Settings) -> set[str]:
+    """The snapshot ids indexed over every region (on the one server of ``client``)."""
+    pipe = client.pipeline(transaction=False)
+    for r in s.regions:
+        pipe.zrange(s.keys.index(r), 0, -1)
+    return {sid.decode() for ids in await pipe.execute() for sid in ids}
 
 
 def owner(cluster: Cluster | str, key: str) -> sync_redis.Redis:
@@ -198,7 +264,7 @@ async def deployed_publisher(settings: Settings) -> AsyncIterator[tuple[Deployme
     deployment = await open_deployment(settings.redis_url, settings.keys, settings.regions,
                                        settings.shard_by)
     try:
-        pub = Publisher(deployment.base, settings.keys, settings, deployment=deployment)
+        pub = Publisher(deployment, settings)
         await pub.prepare()
         yield deployment, pub
     finally:

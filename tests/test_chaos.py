@@ -10,8 +10,8 @@ import time
 
 import pytest
 
+from harness.cluster import Cluster
 from producer.synthetic import SyntheticSource
-from shared.cluster_servers import Cluster
 from shared.settings import Settings
 from tests.conftest import wait_until
 from tests.helpers import (

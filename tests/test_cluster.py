@@ -1,5 +1,5 @@
 """regionstream on a real local Redis Cluster (3 masters + 3 replicas of Debian's redis-server,
-shared/cluster_servers.py): the cluster is found out from the server, each region gets its
+harness/cluster.py): the cluster is found out from the server, each region gets its
 own stream shard in the slot of its data, and every script call and MULTI/EXEC is judged by the
 server itself (a key in another slot is CROSSSLOT: a regression cannot pass). A failover and a
 moved slot in the middle of a drain lose nothing and apply nothing twice."""
@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from redis.crc import key_slot
 
+from harness.cluster import Cluster, start_cluster
 from shared import wire
-from shared.cluster_servers import Cluster, start_cluster
 from shared.schema import decode
 from shared.settings import Settings
 from tests.conftest import wait_until

@@ -1,4 +1,4 @@
-"""The local Redis Cluster helper (shared/cluster_servers.py) against real redis-server nodes:
+"""The local Redis Cluster helper (harness/cluster.py) against real redis-server nodes:
 routing, slot moves with a consumer group's pending entries, failover, SIGKILL + promotion,
 restart, and the small shapes (1 and 2 masters) that redis-cli cannot create."""
 
@@ -12,7 +12,7 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import MovedError
 
-from shared.cluster_servers import SLOTS, Cluster, start_cluster
+from harness.cluster import SLOTS, Cluster, start_cluster
 from shared.servers import redis_server_binary
 
 

@@ -1,5 +1,5 @@
 """Guarantees that the README states for a Redis Cluster, each proven on real cluster nodes
-(Debian's redis-server, shared/cluster_servers.py):
+(Debian's redis-server, harness/cluster.py):
 
 * the least-privilege ACL users (shared/acl.py) run the whole pipeline through the real command
   when every node of a cluster carries them, and no node refuses them anything;
@@ -30,10 +30,10 @@ import redis as sync_redis
 from prometheus_client import CollectorRegistry
 from redis.crc import key_slot
 
+from harness.cluster import Cluster, ClusterNode, start_cluster
 from producer.publisher import PartlyPublished, Publisher
 from shared import wire
 from shared.acl import CONSUMER, OPERATOR, PRODUCER, acl_rules
-from shared.cluster_servers import Cluster, ClusterNode, start_cluster
 from shared.metrics import ProducerMetrics
 from shared.schema import Snapshot, decode
 from shared.settings import Settings
@@ -160,8 +160,7 @@ async def _publish_with_a_failing_shard(
     deployment = await open_deployment(s.redis_url, s.keys, s.regions, s.shard_by)
     try:
         registry = CollectorRegistry()
-        pub = Publisher(deployment.base, s.keys, s, ProducerMetrics(registry),
-                        deployment=deployment)
+        pub = Publisher(deployment, s, ProducerMetrics(registry))
         await pub.prepare()
         snaps = [decode(p) for p in load_payloads(s, 40, seed=47)]
         by_node: dict[int, list[str]] = {}

@@ -27,9 +27,9 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from harness.ha import SentinelGroup, start_sentinel_group
 from shared.connection import connect
 from shared.group import read_group_stats
-from shared.ha_servers import SentinelGroup, start_sentinel_group
 from shared.schema import decode
 from shared.servers import free_port
 from shared.settings import Settings

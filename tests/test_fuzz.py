@@ -22,17 +22,14 @@ import pytest
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
 
-from consumer import scripts
 from consumer.dead_letters import original_fields
 from consumer.message import Poison, Reason, Valid, check_entry
-from consumer.worker import NEW, Worker
+from consumer.worker import Worker
 from shared.connection import connect
-from shared.group import ensure_group
 from shared.keys import Keys, dedup_bucket
-from shared.metrics import ConsumerMetrics
 from shared.settings import Settings
+from tests.helpers import prepare, worker
 from tests.strategies import Fields, entries
 
 FUZZ_ENTRIES = int(os.environ.get("FUZZ_ENTRIES", "10000"))
@@ -59,21 +56,21 @@ def fuzz_settings(url: str) -> Settings:
 
 async def settle_all(client: aioredis.Redis, s: Settings, batch: list[Fields]
                      ) -> tuple[list[bytes], Worker]:
-    await ensure_group(client, s.keys)
-    for name in scripts.ALL:
-        await client.script_load(scripts.script(name).body)
+    await prepare(client, s)
     pipe = client.pipeline(transaction=False)
     for fields in batch:
         pipe.xadd(s.stream, fields)  # type: ignore[arg-type]
     ids: list[bytes] = await pipe.execute()
-    w = Worker(client, s.keys, s, s.name, ConsumerMetrics(CollectorRegistry()),
-               asyncio.Event())
-    w.cursor = NEW
-    # One read takes the whole batch (--batch 200 > BATCH_MAX); a failed entry switches the
-    # worker to replaying its own pending entries, which needs no blocking read. Bounded.
+    w = worker(client, s, s.name)
+    assert (await w.next_batch()).own  # its own (empty) pending list first
+    # One read takes the whole batch (--batch 200 > BATCH_MAX); a failed entry sends the
+    # worker back to its own pending entries (as its retry loop does), which needs no
+    # blocking read. Bounded.
     for _ in range(MAX_STEPS):
-        result = await w.step()  # an exception here fails the property
-        if w.cursor == NEW and not result.failed:
+        result = await w.next_batch()  # an exception here fails the property
+        if result.failed:
+            w.own.again()
+        elif w.own.done:
             break
     return ids, w
 

@@ -7,20 +7,21 @@ Each test is the regression test of one defect found by trying the pipeline as a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from consumer import store
 from consumer.dead_letters import PACKED_FIELD, original_fields
-from consumer.message import MAX_ENTRY_FIELDS, Poison, Reason, check_entry
+from consumer.message import MAX_ENTRY_FIELDS, Poison, Reason, Valid, check_entry
 from consumer.ops import replay_dlq, replay_range
 from consumer.service import Consumer
-from consumer.worker import NEW, Worker
+from consumer.settle import Fate
 from producer.synthetic import SyntheticSource
 from shared import wire
 from shared.connection import PermanentError, connect
@@ -28,13 +29,9 @@ from shared.keys import dedup_bucket
 from shared.metrics import ConsumerMetrics
 from shared.schema import TRIGGER_REASONS, encode
 from shared.settings import Settings
-from tests.helpers import drain, publish_cycle
+from tests.helpers import deployed, drain, now_ms, prepare, publish_cycle, settler, worker
 
 DEEP = b'{"x":' + b"[" * 1000 + b"]" * 1000 + b"}"  # 2 KB; crash-looped every consumer
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def valid_fields(seed: int = 1, region: str = "mena") -> dict[bytes, bytes]:
@@ -46,10 +43,6 @@ async def pending(client: aioredis.Redis, s: Settings) -> int:
     return int((await client.xpending(s.stream, s.group))["pending"])
 
 
-def worker(client: aioredis.Redis, s: Settings, name: str = "w") -> Worker:
-    return Worker(client, s.keys, s, name, ConsumerMetrics(CollectorRegistry()), asyncio.Event())
-
-
 # -- 1. a payload nested 1,000 deep -------------------------------------------------------------
 
 async def test_deeply_nested_payload_is_dead_lettered_not_a_crash(
@@ -57,14 +50,14 @@ async def test_deeply_nested_payload_is_dead_lettered_not_a_crash(
     await publish_cycle(client, settings, now_ms())
     fields = valid_fields() | {wire.F_PAYLOAD: DEEP}
     bad_id = await client.xadd(settings.stream, fields)
-    consumer = await drain(client, settings)
+    consumer = await drain(settings)
     assert consumer.totals()["persisted"] == 8 and consumer.totals()["dead_lettered"] == 1
     ((_, dead),) = await client.xrange(settings.keys.dlq)
     assert dead[b"dlq_reason"] == b"undecodable" and b"nested too deeply" in dead[b"dlq_error"]
     assert dead[b"dlq_original_id"] == bad_id and dead[wire.F_PAYLOAD] == DEEP
     assert await pending(client, settings) == 0
     # replay --range walks the same entry without dying, and counts it as invalid
-    done = await replay_range(client, settings.keys, settings, start="-", end="+",
+    done = await replay_range(deployed(client, settings), settings.keys, settings, start="-", end="+",
                               dry_run=False)
     assert done.outcomes["invalid"] == 1 and done.entries == 9
 
@@ -96,7 +89,7 @@ async def test_entry_with_thousands_of_fields_is_dead_lettered_whole(
         client: aioredis.Redis, settings: Settings) -> None:
     fields = {f"f{i}".encode(): str(i).encode() for i in range(4000)}
     entry_id = await client.xadd(settings.stream, fields)  # type: ignore[arg-type]
-    await drain(client, settings)
+    await drain(settings)
     ((_, dead),) = await client.xrange(settings.keys.dlq)
     assert dead[b"dlq_reason"] == Reason.TOO_MANY_FIELDS.encode()
     assert dead[b"dlq_original_id"] == entry_id and PACKED_FIELD in dead
@@ -104,7 +97,7 @@ async def test_entry_with_thousands_of_fields_is_dead_lettered_whole(
     assert dict(zip(restored[::2], restored[1::2], strict=True)) == fields
     assert await pending(client, settings) == 0
     # replay leaves it where it is (it would only come back), and says why
-    (moved,) = await replay_dlq(client, settings.keys)
+    (moved,) = await replay_dlq(deployed(client, settings), settings.keys)
     assert moved.skipped and moved.new_id is None
     assert await client.xlen(settings.keys.dlq) == 1
 
@@ -114,10 +107,10 @@ async def test_original_fields_named_like_provenance_survive_a_round_trip(
     forged = {b"schema": b"1", b"payload": b"{nope", b"dlq_reason": b"forged",
               b"dlq_raw_x": b"y"}
     await client.xadd(settings.stream, forged)  # type: ignore[arg-type]
-    await drain(client, settings)
+    await drain(settings)
     ((_, dead),) = await client.xrange(settings.keys.dlq)
     assert dead[b"dlq_reason"] == b"undecodable"  # ours, not the forged one
-    (moved,) = await replay_dlq(client, settings.keys)
+    (moved,) = await replay_dlq(deployed(client, settings), settings.keys)
     assert moved.new_id is not None
     (_, back), = await client.xrange(settings.stream, moved.new_id, moved.new_id)
     assert back == forged
@@ -129,12 +122,12 @@ async def test_dead_letter_stream_of_wrong_type_stops_the_worker_and_keeps_the_e
     entry_id = await client.xadd(settings.stream, {"schema": "1", "payload": "{bad"})
     consumer = Consumer(settings, registry=CollectorRegistry())
     with pytest.raises(PermanentError, match="WRONGTYPE"):
-        await asyncio.wait_for(consumer.run(drain=True, redis=client), 30)
+        await asyncio.wait_for(consumer.run(drain=True), 30)
     rows = await client.xpending_range(settings.stream, settings.group, "-", "+", 10)
     assert [r["message_id"] for r in rows] == [entry_id]  # still pending, not lost
     assert consumer.metrics.totals["dead_lettered"] == 0
     await client.delete(settings.keys.dlq)  # the operator fixes it: the next run moves it
-    again = await drain(client, settings)
+    again = await drain(settings)
     assert again.totals()["dead_lettered"] == 1
     assert await client.xlen(settings.keys.dlq) == 1 and await pending(client, settings) == 0
 
@@ -161,15 +154,13 @@ async def test_failed_xack_after_dead_letter_xadd_removes_the_dead_letter_again(
                                  "~*", "+@all", "-xack")
     restricted = connect(as_user(settings, acl_user))
     try:
-        checked = check_entry(entry_id, {b"schema": b"1", b"payload": b"{bad"},
-                              max_bytes=1 << 20, now_ms=now_ms())
-        assert isinstance(checked, Poison)
-        settled = await store.settle(restricted, settings.keys, settings, "w", (), [checked])
+        poison = [(entry_id, {b"schema": b"1", b"payload": b"{bad"})]
+        assert isinstance(check_entry(*poison[0], max_bytes=1 << 20, now_ms=now_ms()), Poison)
+        # A failure no retry fixes: the settle pipeline stops the worker on it.
+        with pytest.raises(PermanentError, match=r"XACK.*can't run"):
+            await settler(restricted, settings).settle(poison)
     finally:
         await restricted.aclose()
-    (outcome,) = settled.outcomes
-    assert outcome.outcome == store.FAILED and outcome.fatal
-    assert "XACK" in (outcome.error or "") and "can't run" in (outcome.error or "")
     assert await client.xlen(settings.keys.dlq) == 0  # rolled back
     assert await pending(client, settings) == 1  # and still pending: retried later
 
@@ -181,16 +172,13 @@ async def test_missing_permission_stops_the_consumer_with_entries_pending(
     """Without a needed command the workers used to retry forever; now the process stops."""
     await publish_cycle(client, settings, now_ms())
     await client.xadd(settings.stream, {"schema": "1", "payload": "{bad"})
-    consumer = Consumer(settings, registry=CollectorRegistry())
-    await consumer.prepare(client)  # group and scripts exist (an admin set them up)
+    await prepare(client, settings)  # group and scripts exist (an admin set them up)
     await client.execute_command("ACL", "SETUSER", acl_user[0], "on", f">{acl_user[1]}",
                                  "~*", "+@all", f"-{forbidden}")
-    restricted = connect(as_user(settings, acl_user), retries=0)
-    try:
-        with pytest.raises(PermanentError, match=r"no permissions|can't run"):
-            await asyncio.wait_for(consumer.run(drain=True, redis=restricted), 30)
-    finally:
-        await restricted.aclose()
+    consumer = Consumer(dataclasses.replace(settings, redis_url=as_user(settings, acl_user)),
+                        registry=CollectorRegistry())
+    with pytest.raises(PermanentError, match=r"no permissions|can't run"):
+        await asyncio.wait_for(consumer.run(drain=True), 30)
     assert consumer.metrics.totals["dead_lettered"] == 0
     left = await client.xpending(settings.stream, settings.group)
     stored_now = sum([await client.zcard(settings.keys.index(r)) for r in settings.regions])
@@ -214,13 +202,13 @@ async def test_retry_budget_finds_failed_entries_among_many_pending(
         await client.xadd(s.stream, {"filler": str(i)})
     last = await client.xadd(s.stream, valid_fields(2))
     read = await client.xreadgroup(s.group, "w", {s.stream: ">"})
-    fields = dict(read[0][1])
     # Both have used up their deliveries; 20 other entries of the same consumer lie between.
     await client.xclaim(s.stream, s.group, "w", 0, [first, last], retrycount=s.max_deliveries)
-    failed = [store.Outcome(i, "mena", store.FAILED, "E boom") for i in (first, last)]
-    moved = await worker(client, s)._spend_budget(failed, fields)
-    assert {o.entry_id for o in moved} == {first, last}
-    assert all(o.outcome == store.DEAD_LETTERED for o in moved)
+    await client.set(s.keys.index("mena"), "not a zset")  # every persist of mena fails
+    settled = await settler(client, s).settle([e for e in read[0][1] if e[0] in (first, last)])
+    assert {o.entry_id: o.fate for o in settled.outcomes} == {
+        first: Fate.DEAD_LETTERED, last: Fate.DEAD_LETTERED}
+    assert {o.reason for o in settled.outcomes} == {Reason.MAX_DELIVERIES}
     assert await client.xlen(s.keys.dlq) == 2
 
 
@@ -245,31 +233,30 @@ async def test_count_run_is_all_distinct_under_a_large_dedup_window(
 
     s = dataclasses.replace(settings, dedup_window_s=7200)
     producer = Producer(s, registry=CollectorRegistry())
-    report = await producer.run(client, count=200)
+    report = await producer.run(deployed(client, s), count=200)
     assert report.published == 200
-    consumer = await drain(client, s)
+    consumer = await drain(s)
     assert consumer.totals()["persisted"] == 200 and consumer.totals()["duplicate"] == 0
 
 
 # -- 8. a round-trip metric times the round trip ------------------------------------------------
 
-async def test_settle_round_trip_excludes_decoding(client: aioredis.Redis, settings: Settings,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_settle_round_trip_excludes_decoding(client: aioredis.Redis, settings: Settings
+                                                   ) -> None:
     await publish_cycle(client, settings, now_ms())
     registry = CollectorRegistry()
-    w = Worker(client, settings.keys, settings, "w", ConsumerMetrics(registry), asyncio.Event())
-    w.cursor = NEW
-    slow_check = w._handle
+    metrics = ConsumerMetrics(registry)
 
-    def slow(entries):  # type: ignore[no-untyped-def]
-        deadline = time.perf_counter() + 0.2
+    def slow(entry_id: bytes, fields: dict[bytes, bytes], **limits: Any) -> Valid | Poison:
+        deadline = time.perf_counter() + 0.2 / 8
         while time.perf_counter() < deadline:  # CPU, as decoding is
             pass
-        return slow_check(entries)
+        return check_entry(entry_id, fields, **limits)
 
-    monkeypatch.setattr(w, "_handle", slow)
-    result = await w.step()
-    assert result.outcomes == {"persisted": 8}
+    w = worker(client, settings, metrics=metrics, check=slow)
+    assert (await w.next_batch()).own  # its own (empty) pending list first
+    result = await w.next_batch()
+    assert result.settled.tally() == {Fate.PERSISTED: 8}
 
     def total(name: str, **labels: str) -> float:
         value = registry.get_sample_value(name, labels)
@@ -283,7 +270,7 @@ async def test_settle_round_trip_excludes_decoding(client: aioredis.Redis, setti
     persisted = sum(registry.get_sample_value("regionstream_messages_total",
                                               {"region": r, "outcome": "persisted"}) or 0
                     for r in settings.regions)
-    assert w.metrics.totals["persisted"] == persisted == 8
+    assert metrics.totals["persisted"] == persisted == 8
 
 
 async def test_max_entry_fields_is_far_above_a_real_entry() -> None:
@@ -300,7 +287,7 @@ async def test_consume_without_a_permission_exits_3_saying_what_is_missing(
     from tests.proc import common_flags, run_cli
 
     await publish_cycle(client, settings, now_ms())
-    await Consumer(settings, registry=CollectorRegistry()).prepare(client)
+    await prepare(client, settings)
     await client.execute_command("ACL", "SETUSER", acl_user[0], "on", f">{acl_user[1]}",
                                  "~*", "+@all", f"-{forbidden}")
     flags = common_flags(settings)

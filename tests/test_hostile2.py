@@ -25,7 +25,6 @@ from prometheus_client import CollectorRegistry
 
 from consumer.dead_letters import original_fields
 from consumer.service import Consumer
-from producer.publisher import Publisher
 from producer.synthetic import SyntheticSource
 from shared import wire
 from shared.connection import connect
@@ -35,14 +34,19 @@ from shared.metrics import GroupMetrics, ProducerMetrics
 from shared.schema import REGIONS, encode
 from shared.servers import start_redis_server
 from shared.settings import Settings
-from shared.shards import single_server
 from tests.conftest import wait_until
-from tests.helpers import drain, failures, outcomes, publish, publish_cycle
+from tests.helpers import (
+    deployed,
+    drain,
+    failures,
+    now_ms,
+    outcomes,
+    prepare,
+    publish,
+    publish_cycle,
+    publisher,
+)
 from tests.proc import Proc, cli_env, one_line, run_cli
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def counted(registry: CollectorRegistry, region: str, outcome: str) -> float:
@@ -60,7 +64,7 @@ async def test_a_batch_of_9000_entries_of_one_region_is_stored_once_and_acknowle
     snaps = [src.snapshot_for_count(i, base) for i in range(9_000)]
     for at in range(0, len(snaps), 1_000):
         await publish(client, one, snaps[at:at + 1_000])
-    consumer = await drain(client, one)
+    consumer = await drain(one)
     done = outcomes(consumer)
     assert done["persisted"] == 9_000, done
     assert done["dead_lettered"] == 0 and failures(consumer.registry, "persist") == 0
@@ -74,7 +78,7 @@ async def test_entries_of_regions_a_subset_consumer_does_not_serve_never_crash_i
     KeyError('east-asia', 'dead_lettered') on the first other entry, at every restart."""
     await publish_cycle(client, settings, now_ms())
     subset = dataclasses.replace(settings, regions=("mena", "europe"))
-    consumer = await drain(client, subset)
+    consumer = await drain(subset)
     assert outcomes(consumer)["persisted"] == 2
     assert outcomes(consumer)["dead_lettered"] == 6
     for region in REGIONS:
@@ -93,7 +97,7 @@ async def test_a_stray_entry_on_a_region_shard_is_dead_lettered_not_a_crash(
     for snap in (stray, own):
         await client.xadd(shard.stream, wire.entry_fields(snap, encode(snap)))
     consumer = Consumer(sharded, registry=CollectorRegistry())
-    await asyncio.wait_for(consumer.run(drain=True, redis=client), 60)
+    await asyncio.wait_for(consumer.run(drain=True), 60)
     assert outcomes(consumer)["persisted"] == 1
     assert outcomes(consumer)["dead_lettered"] == 1
     assert counted(consumer.registry, "east-asia", "dead_lettered") == 1.0
@@ -120,7 +124,7 @@ async def test_redis_full_spends_no_deliveries_and_is_said_once_per_episode(
             snaps = await publish_cycle(client, s, now_ms())
             await client.config_set("maxmemory", "1")  # every write refused
             consumer = Consumer(s, registry=CollectorRegistry())
-            task = asyncio.create_task(consumer.run(drain=True, redis=client))
+            task = asyncio.create_task(consumer.run(drain=True))
             # Many refusals: far more attempts than max_deliveries would have allowed.
             await wait_until(lambda: _async(failures(consumer.registry, "oom") >= 8 * 6))
             assert outcomes(consumer)["dead_lettered"] == 0
@@ -148,7 +152,7 @@ async def test_drain_ends_and_lag_is_0_after_the_newest_entry_is_deleted(
     await publish_cycle(client, settings, now_ms())
     (newest, _), = await client.xrevrange(settings.stream, count=1)
     assert await client.xdel(settings.stream, newest) == 1
-    consumer = await drain(client, settings)
+    consumer = await drain(settings)
     assert outcomes(consumer)["persisted"] == 7
     (raw,) = await client.xinfo_groups(settings.stream)
     assert raw["lag"] is None  # what Redis says: the case this test is about
@@ -162,7 +166,7 @@ async def test_a_wrong_lag_from_redis_does_not_make_a_drained_group_look_behind(
     and 32 on cluster shards whose cursor was at the last entry, 990 after a Sentinel
     fail-back. ENTRIESREAD makes the same state here: drained, and Redis says lag 8."""
     await publish_cycle(client, settings, now_ms())
-    await drain(client, settings)
+    await drain(settings)
     await client.execute_command("XGROUP", "SETID", settings.stream, settings.group, "$",
                                  "ENTRIESREAD", 0)
     (raw,) = await client.xinfo_groups(settings.stream)
@@ -170,7 +174,7 @@ async def test_a_wrong_lag_from_redis_does_not_make_a_drained_group_look_behind(
     stats = await read_group_stats(client, settings.keys)
     assert stats.lag == 0 and stats.drained
     started = time.monotonic()
-    await drain(client, settings)  # it would wait forever on a lag of 8
+    await drain(settings)  # it would wait forever on a lag of 8
     assert time.monotonic() - started < 10
     await publish_cycle(client, settings, now_ms() + 1)  # past the cursor: lag again
     stats = await read_group_stats(client, settings.keys)
@@ -215,8 +219,7 @@ async def test_the_eviction_policy_and_evicted_keys_are_exported(settings: Setti
             assert evicted > 0
             registry = CollectorRegistry()
             metrics = GroupMetrics(registry, s.stream, s.group)
-            assert await refresh(single_server(client, s.keys, s.regions, "none"), s.keys,
-                                 metrics)
+            assert await refresh(deployed(client, s), metrics)
         finally:
             await client.aclose()
     labels = {"stream": s.stream, "group": s.group, "shard": "all"}
@@ -254,10 +257,10 @@ async def test_a_lost_group_recreated_from_0_dead_letters_each_poison_once(
     old poison was dead-lettered a second time."""
     await publish_cycle(client, settings, now_ms())
     await _xadd_pairs(client, settings.stream, [(b"payload", b"{not json")])
-    first = await drain(client, settings)
+    first = await drain(settings)
     assert outcomes(first)["persisted"] == 8 and outcomes(first)["dead_lettered"] == 1
     assert await client.xgroup_destroy(settings.stream, settings.group) == 1
-    again = await drain(client, settings)  # recreates the group from 0
+    again = await drain(settings)  # recreates the group from 0
     assert outcomes(again)["redelivered"] == 8 and outcomes(again)["dead_lettered"] == 0
     assert await client.xlen(settings.keys.dlq) == 1
     assert (await client.xpending(settings.stream, settings.group))["pending"] == 0
@@ -283,7 +286,7 @@ def test_every_field_of_an_entry_reaches_its_dead_letter(
         client = connect(redis_url)
         try:
             ids = [await _xadd_pairs(client, s.stream, pairs) for pairs in batch]
-            consumer = await drain(client, s)
+            consumer = await drain(s)
             assert outcomes(consumer)["dead_lettered"] == len(batch)
             dead = {d[b"dlq_original_id"]: d for _, d in await client.xrange(s.keys.dlq)}
             assert len(dead) == len(batch) == await client.xlen(s.keys.dlq)
@@ -309,7 +312,7 @@ async def test_an_entry_id_ahead_of_the_clock_is_reported_not_a_zero_latency(
     await client.xadd(settings.stream, wire.entry_fields(snaps[0], encode(snaps[0])),
                       id="9999999999999-0")
     await publish(client, settings, snaps[1:])  # Redis gives them ids after 9999999999999
-    consumer = await drain(client, settings)
+    consumer = await drain(settings)
     registry = consumer.registry
     assert outcomes(consumer)["persisted"] == 8
     assert registry.get_sample_value("regionstream_ids_ahead_of_clock_total") == 8
@@ -357,7 +360,7 @@ async def test_a_producer_says_when_the_stream_s_ids_run_ahead_of_the_clock(
     await client.xadd(settings.stream, wire.entry_fields(snaps[0], encode(snaps[0])),
                       id="9999999999999-0")
     registry = CollectorRegistry()
-    pub = Publisher(client, settings.keys, settings, ProducerMetrics(registry))
+    pub = publisher(client, settings, ProducerMetrics(registry))
     await pub.prepare()
     await pub.publish(snaps[1:4])
     await pub.publish(snaps[4:])
@@ -377,7 +380,7 @@ async def test_a_group_lost_while_redis_is_full_is_recreated_once_memory_is_back
         client = connect(server.url)
         try:
             consumer = Consumer(s, registry=CollectorRegistry())
-            task = asyncio.create_task(consumer.run(redis=client))
+            task = asyncio.create_task(consumer.run())
             await wait_until(lambda: _has_consumers(client, s), what="workers reading")
             await client.config_set("maxmemory", "1")  # every write refused
             await client.xgroup_destroy(s.stream, s.group)
@@ -395,7 +398,7 @@ async def test_a_group_lost_while_redis_is_full_is_recreated_once_memory_is_back
             await client.xgroup_destroy(s.stream, s.group)
             await client.config_set("maxmemory", "1")  # every write refused
             starting = Consumer(s, registry=CollectorRegistry())
-            start = asyncio.create_task(starting.run(drain=True, redis=client))
+            start = asyncio.create_task(starting.run(drain=True))
             await asyncio.wait([start], timeout=1.0)
             assert not start.done()  # waiting for memory, not exited
             await client.config_set("maxmemory", "0")
@@ -426,7 +429,7 @@ async def test_a_replay_whose_stdout_fails_reports_what_it_moved_on_stderr(
     await publish_cycle(client, settings, now_ms())
     for i in range(3):
         await _xadd_pairs(client, settings.stream, [(b"payload", b"{broken %d" % i)])
-    await drain(client, settings)
+    await drain(settings)
     assert await client.xlen(settings.keys.dlq) == 3
     flags = ["--redis-url", settings.redis_url, "--stream", settings.stream, "--group",
              settings.group, "--prefix", settings.prefix]
@@ -447,7 +450,7 @@ async def test_a_replay_whose_stdout_fails_reports_what_it_moved_on_stderr(
 async def test_stdout_full_or_closed_is_one_line_for_every_command(
         client: aioredis.Redis, settings: Settings, redirect: str, command: list[str]) -> None:
     await publish_cycle(client, settings, now_ms())
-    await drain(client, settings)
+    await drain(settings)
     flags = ["--redis-url", settings.redis_url, "--stream", settings.stream, "--group",
              settings.group, "--prefix", settings.prefix]
     if command == ["acl"]:
@@ -465,7 +468,7 @@ async def test_replay_pending_says_which_entries_were_deleted_not_replayed(
     """``replay --pending`` said "replayed 2" when XCLAIM had silently dropped one of them
     (deleted from the stream while pending): it reported work it did not do."""
     await publish_cycle(client, settings, now_ms())
-    await Consumer(settings, registry=CollectorRegistry()).prepare(client)
+    await prepare(client, settings)
     read = await client.xreadgroup(settings.group, "dead", {settings.stream: ">"}, count=2)
     ids = [i for i, _ in read[0][1]]
     await client.xdel(settings.stream, ids[0])
@@ -536,7 +539,7 @@ async def test_a_group_cursor_set_past_the_stream_is_not_drained_and_not_trimmed
     be delivered. ``top`` said lag 0, ``consume --drain`` exited 0 "drained" with nothing
     persisted, and the producer's trim removed the undelivered entries."""
     await publish_cycle(client, settings, now_ms())
-    await drain(client, settings)
+    await drain(settings)
     await client.execute_command("XGROUP", "SETID", settings.stream, settings.group,
                                  "9999999999999-0")
     await publish_cycle(client, settings, now_ms() + 1)
@@ -548,7 +551,7 @@ async def test_a_group_cursor_set_past_the_stream_is_not_drained_and_not_trimmed
     last = done.stderr.decode().strip().splitlines()[-1]
     assert done.returncode == 3, done.stderr.decode()[-2000:]
     assert "is past the stream's last id" in last and "XGROUP SETID" in last, last
-    pub = Publisher(client, settings.keys, dataclasses.replace(settings, stream_retention_s=0))
+    pub = publisher(client, dataclasses.replace(settings, stream_retention_s=0))
     assert await pub.trim() == 0  # the 16 entries stay: 8 of them were never delivered
     assert await client.xlen(settings.stream) == 16
 
@@ -566,12 +569,12 @@ async def test_a_stream_whose_ids_run_ahead_is_still_trimmed_to_what_groups_need
     await client.xadd(settings.stream, wire.entry_fields(snaps[0], encode(snaps[0])),
                       id="9999999999999-0")
     await publish(client, settings, snaps[1:])
-    await drain(client, settings)
+    await drain(settings)
     await publish(client, settings, SyntheticSource(settings.regions, seed=15).cycle(now_ms()))
-    pub = Publisher(client, settings.keys, settings)  # the default retention: a day
+    pub = publisher(client, settings)  # the default retention: a day
     assert await pub.trim() == 8  # the acknowledged ones; the 8 undelivered stay
     assert await client.xlen(settings.stream) == 8
-    done = outcomes(await drain(client, settings))
+    done = outcomes(await drain(settings))
     assert done["persisted"] + done["duplicate"] == 8  # the undelivered ones, all settled
 
 
@@ -586,8 +589,7 @@ async def test_a_pending_entry_ahead_of_the_clock_has_an_unknown_age_not_0(
     assert stats.pending == 1 and stats.oldest_pending_age_s is None
     registry = CollectorRegistry()
     metrics = GroupMetrics(registry, settings.stream, settings.group)
-    assert await refresh(single_server(client, settings.keys, settings.regions, "none"),
-                         settings.keys, metrics)
+    assert await refresh(deployed(client, settings), metrics)
     age = registry.get_sample_value("regionstream_group_oldest_pending_age_seconds",
                                     {"stream": settings.stream, "group": settings.group,
                                      "shard": "all"})

@@ -7,13 +7,14 @@ one WARNING at start (shared.layout.layout_mismatch)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import redis.asyncio as aioredis
 
 from shared.settings import Settings
-from shared.shards import single_server
+from tests.helpers import deployed
 from tests.proc import common_flags, run_cli
 
 N_REGIONS = 8
@@ -68,7 +69,7 @@ async def test_layout_mismatch_counts_only_what_the_group_has_not_consumed(
     from shared.layout import layout_mismatch
 
     keys = settings.keys
-    region = single_server(client, keys, settings.regions, "region")
+    region = deployed(client, dataclasses.replace(settings, shard_by="region"))
     assert await layout_mismatch(region, keys, settings.regions) is None  # nothing anywhere
     await client.xadd(keys.stream, {b"payload": b"{}"})
     await client.xadd(keys.stream, {b"payload": b"{}"})
@@ -82,7 +83,7 @@ async def test_layout_mismatch_counts_only_what_the_group_has_not_consumed(
     await client.xreadgroup(keys.group, "c", {keys.stream: ">"}, count=1)
     await client.xack(keys.stream, keys.group, *[i for i, _ in await client.xrange(keys.stream)])
     assert await layout_mismatch(region, keys, settings.regions) is None
-    one = single_server(client, keys, settings.regions, "none")
+    one = deployed(client, settings)
     await client.xadd(keys.shard("latam").stream, {b"payload": b"{}"})
     found = await layout_mismatch(one, keys, settings.regions) or ""
     assert "1 entry group" in found and keys.shard("latam").stream in found

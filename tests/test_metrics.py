@@ -33,7 +33,7 @@ from shared.servers import free_port
 from shared.settings import Settings
 from shared.shards import single_server
 from tests.conftest import wait_until
-from tests.helpers import publish_cycle
+from tests.helpers import deployed, publish_cycle
 
 GHOST_READ = 3  # entries a never-acking consumer takes, so they stay pending
 
@@ -119,7 +119,7 @@ async def test_gauges_from_a_known_redis_state(client: aioredis.Redis, settings:
     await known_state(client, settings, keys)
     registry = CollectorRegistry()
     metrics = GroupMetrics(registry, keys.stream, keys.group)
-    assert await refresh(client, keys, metrics)
+    assert await refresh(deployed(client, settings), metrics)
 
     def gauge(name: str) -> float:
         return value(registry, f"regionstream_{name}", stream=keys.stream, group=keys.group,
@@ -152,11 +152,11 @@ async def test_stats_per_consumer_and_idle_consumers(client: aioredis.Redis, set
     assert stats.active_consumers == 0
 
 
-async def test_missing_stream_reads_as_no_consumers(client: aioredis.Redis,
+async def test_missing_stream_reads_as_no_consumers(client: aioredis.Redis, settings: Settings,
                                                     keys: Keys) -> None:
     registry = CollectorRegistry()
     metrics = GroupMetrics(registry, keys.stream, keys.group)
-    assert await refresh(client, keys, metrics)
+    assert await refresh(deployed(client, settings), metrics)
     labels = {"stream": keys.stream, "group": keys.group, "shard": "all"}
     assert value(registry, "regionstream_group_consumers", **labels) == 0
     assert value(registry, "regionstream_group_active_consumers", **labels) == 0
@@ -167,9 +167,10 @@ async def test_redis_error_is_counted_and_gauges_keep_their_value(keys: Keys) ->
     registry = CollectorRegistry()
     metrics = GroupMetrics(registry, keys.stream, keys.group)
     metrics.shard["all"].pending.set(7)
-    dead = aioredis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    dead = aioredis.from_url(url, socket_connect_timeout=1)
     try:
-        assert not await refresh(dead, keys, metrics)
+        assert not await refresh(single_server(url, dead, keys, REGIONS), metrics)
     finally:
         await dead.aclose()
     assert value(registry, "regionstream_group_refresh_errors_total") == 1
@@ -177,13 +178,13 @@ async def test_redis_error_is_counted_and_gauges_keep_their_value(keys: Keys) ->
                  group=keys.group, shard="all") == 7
 
 
-async def test_refresher_reads_at_once_and_stops_on_the_event(client: aioredis.Redis,
-                                                              keys: Keys) -> None:
+async def test_refresher_reads_at_once_and_stops_on_the_event(
+        client: aioredis.Redis, settings: Settings, keys: Keys) -> None:
     registry = CollectorRegistry()
     metrics = GroupMetrics(registry, keys.stream, keys.group)
     stop = asyncio.Event()
     stop.set()  # already stopping: exactly one refresh, then return without waiting
-    await asyncio.wait_for(refresh_forever(client, keys, metrics, stop, every=3600), 10)
+    await asyncio.wait_for(refresh_forever(deployed(client, settings), metrics, stop, every=3600), 10)
     assert value(registry, "regionstream_group_last_refresh_timestamp_seconds",
                  shard="all") > 0
 
@@ -212,14 +213,14 @@ async def test_gauges_per_region_shard(client: aioredis.Redis, settings: Setting
     """--shard-by region: one series per shard, each read from that shard's own stream (the
     base stream name as ``stream``, the region as ``shard``); nothing for shard "all"."""
     s = dataclasses.replace(settings, shard_by="region")
-    deployment = single_server(client, keys, s.regions, "region")
-    await Producer(s).run(client, once=True, deployment=deployment)
+    deployment = deployed(client, s)
+    await Producer(s).run(deployment, once=True)
     busy = deployment.shards[0]
     await client.xreadgroup(keys.group, "ghost", {busy.keys.stream: ">"})
     await client.xadd(deployment.shards[1].keys.dlq, {b"reason": b"undecodable"})
     registry = CollectorRegistry()
     metrics = GroupMetrics(registry, keys.stream, keys.group, [x.label for x in deployment.shards])
-    assert await refresh(deployment, keys, metrics)
+    assert await refresh(deployment, metrics)
 
     def gauge(name: str, shard: str) -> float:
         return value(registry, f"regionstream_{name}", stream=keys.stream, group=keys.group,
@@ -273,10 +274,10 @@ async def test_a_shard_that_cannot_be_read_shows_as_stale(
     import shared.group_metrics as gm
 
     s = dataclasses.replace(settings, shard_by="region")
-    deployment = single_server(client, keys, s.regions, "region")
+    deployment = deployed(client, s)
     registry = CollectorRegistry()
     metrics = GroupMetrics(registry, keys.stream, keys.group, [x.label for x in deployment.shards])
-    assert await refresh(deployment, keys, metrics)
+    assert await refresh(deployment, metrics)
     first = {x.label: value(registry, "regionstream_group_last_refresh_timestamp_seconds",
                             shard=x.label) for x in deployment.shards}
     broken = deployment.shards[0]
@@ -288,7 +289,7 @@ async def test_a_shard_that_cannot_be_read_shows_as_stale(
         return await real(redis, k, **options)
 
     monkeypatch.setattr(gm, "read_group_stats", failing)
-    assert not await refresh(deployment, keys, metrics)
+    assert not await refresh(deployment, metrics)
     for x in deployment.shards:
         now = value(registry, "regionstream_group_last_refresh_timestamp_seconds",
                     shard=x.label)

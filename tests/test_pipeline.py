@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import msgspec
 import redis.asyncio as aioredis
 from msgspec.structs import replace
@@ -12,17 +10,13 @@ from producer.synthetic import SyntheticSource
 from shared.keys import Keys
 from shared.schema import REGIONS
 from shared.settings import Settings
-from tests.helpers import drain, dump, failures, outcomes, publish, publish_cycle
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
+from tests.helpers import drain, dump, failures, now_ms, outcomes, publish, publish_cycle
 
 
 async def test_one_cycle_lands_every_region(client: aioredis.Redis, settings: Settings,
                                             keys: Keys) -> None:
     snaps = await publish_cycle(client, settings, now_ms())
-    consumer = await drain(client, settings)
+    consumer = await drain(settings)
     assert outcomes(consumer)["persisted"] == len(REGIONS) == 8
     for snap in snaps:
         r, sid = snap.region_id, snap.meta.snapshot_id
@@ -46,10 +40,10 @@ async def test_one_cycle_lands_every_region(client: aioredis.Redis, settings: Se
 async def test_same_cycle_again_writes_nothing_and_counts_redelivered(
         client: aioredis.Redis, settings: Settings) -> None:
     snaps = await publish_cycle(client, settings, now_ms())
-    await drain(client, settings)
+    await drain(settings)
     before = await dump(client, settings.prefix)
     await publish(client, settings, snaps)  # a producer retry: the same entries again
-    consumer = await drain(client, settings)
+    consumer = await drain(settings)
     assert outcomes(consumer)["redelivered"] == 8
     assert outcomes(consumer)["persisted"] == 0
     assert await dump(client, settings.prefix) == before
@@ -70,7 +64,7 @@ async def test_different_snapshot_in_taken_bucket_is_a_duplicate(
     assert all(s.meta.snapshot_id != f.meta.snapshot_id
                for s, f in zip(second, first, strict=True))
     await publish(client, settings, second)
-    consumer = await drain(client, settings)
+    consumer = await drain(settings)
     assert outcomes(consumer)["persisted"] == 8
     assert outcomes(consumer)["duplicate"] == 8
     for f, s in zip(first, second, strict=True):
@@ -82,9 +76,9 @@ async def test_older_snapshot_never_becomes_latest(client: aioredis.Redis, setti
                                                    keys: Keys) -> None:
     t = now_ms()
     newer = await publish_cycle(client, settings, t, seed=3)
-    await drain(client, settings)
+    await drain(settings)
     older = await publish_cycle(client, settings, t - 3_600_000, seed=4)  # an hour earlier
-    consumer = await drain(client, settings)
+    consumer = await drain(settings)
     assert outcomes(consumer)["persisted"] == 8
     for n, o in zip(newer, older, strict=True):
         assert await client.get(keys.latest(n.region_id)) == n.meta.snapshot_id.encode()
@@ -98,7 +92,7 @@ async def test_older_and_newer_in_one_batch_latest_is_newest(
     t = now_ms()
     newer = await publish_cycle(client, settings, t, seed=5)
     await publish_cycle(client, settings, t - 7_200_000, seed=6)  # published after, older
-    await drain(client, settings)
+    await drain(settings)
     for n in newer:
         assert await client.get(keys.latest(n.region_id)) == n.meta.snapshot_id.encode()
         assert await client.zcard(keys.index(n.region_id)) == 2
@@ -137,7 +131,7 @@ async def _consume_until_failed_once(client: aioredis.Redis, settings: Settings)
     from tests.conftest import wait_until
 
     consumer = Consumer(settings, registry=CollectorRegistry())
-    task = asyncio.create_task(consumer.run(drain=True, redis=client))
+    task = asyncio.create_task(consumer.run(drain=True))
 
     async def failed() -> bool:
         value = failures(consumer.registry, "persist")
@@ -158,7 +152,7 @@ async def test_poison_goes_to_dlq_and_neighbours_persist(
     await client.xadd(settings.stream, {"region": "mena", "schema": "1", "payload": b"{not json"})
     await client.xadd(settings.stream, {"region": "mena", "schema": "1", "payload": b'{"a":1}'})
     await client.xadd(settings.stream, {"region": "mena", "schema": "99", "payload": b"{}"})
-    consumer = await drain(client, settings)
+    consumer = await drain(settings)
     assert outcomes(consumer)["persisted"] == 8
     assert outcomes(consumer)["invalid"] == 3
     dlq = await client.xrange(keys.dlq)

@@ -12,6 +12,7 @@ from shared.connection import connect
 from shared.servers import start_redis_server
 from shared.settings import Settings
 from tests.conftest import wait_until
+from tests.helpers import deployed
 
 
 async def test_producer_rides_out_a_redis_outage(settings: Settings) -> None:
@@ -19,7 +20,7 @@ async def test_producer_rides_out_a_redis_outage(settings: Settings) -> None:
     s = dataclasses.replace(settings, redis_url=first.url, interval_s=0.05)
     producer = Producer(s, registry=CollectorRegistry(), seed=1)
     client = connect(s.redis_url)
-    task = asyncio.create_task(producer.run(client))
+    task = asyncio.create_task(producer.run(deployed(client, s)))
     second = None
     try:
         await wait_until(lambda: _at_least(producer, cycles=2), what="two cycles published")

@@ -54,12 +54,8 @@ from shared.connection import connect
 from shared.schema import decode, parse
 from shared.settings import Settings
 from tests.conftest import wait_until
-from tests.helpers import drain, load_payloads
+from tests.helpers import drain, load_payloads, now_ms
 from tests.proc import Proc, cli_env, common_flags, one_line, run_cli
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def padded(payload: bytes, size: int) -> bytes:
@@ -164,7 +160,7 @@ async def test_line_over_max_bytes_is_rejected_and_the_rest_published(
     entries = await client.xrange(settings.stream)
     assert [fields[wire.F_PAYLOAD] for _, fields in entries] == [lines[0], lines[2], lines[3]]
     # and the consumer, with the same limit, stores every one: nothing is dead-lettered
-    consumer = await drain(client, Settings.load({**_flags(settings), "max_bytes": limit},
+    consumer = await drain(Settings.load({**_flags(settings), "max_bytes": limit},
                                                  env={}))
     assert consumer.totals()["persisted"] == 3
     assert await client.xlen(settings.keys.dlq) == 0

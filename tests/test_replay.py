@@ -13,22 +13,28 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 from redis.exceptions import ResponseError
 
-from consumer.reclaim import Reclaimer
 from consumer.service import Consumer
 from shared.keys import Keys
 from shared.metrics import ConsumerMetrics
 from shared.settings import Settings
 from tests.conftest import wait_until
-from tests.helpers import drain, failures, outcomes, publish_cycle, stored
+from tests.helpers import (
+    drain,
+    failures,
+    now_ms,
+    outcomes,
+    prepare,
+    publish_cycle,
+    reclaimer,
+    sample,
+    stored,
+)
 from tests.proc import common_flags, run_cli, spawn_cli
 from tests.test_chaos import N, finish, kill_while_holding, prefill, settled
 
 MIN_IDLE_MS = 1_000
 CLAIM_INTERVAL_MS = 200
 
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 async def consumer_pending(client: aioredis.Redis, s: Settings, name: str) -> int:
@@ -80,7 +86,7 @@ async def test_failing_message_dead_lettered_after_exactly_max_deliveries_then_r
     snaps = await publish_cycle(client, s, now_ms())
     victim = snaps[0]
     await client.hset(keys.index(victim.region_id), "fault", "not a zset")
-    consumer = await drain(client, s)
+    consumer = await drain(s)
     assert outcomes(consumer)["dead_lettered"] == 1
     assert outcomes(consumer)["persisted"] == 7
     (dlq_id, fields), = await client.xrange(keys.dlq)
@@ -100,7 +106,7 @@ async def test_failing_message_dead_lettered_after_exactly_max_deliveries_then_r
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["entries"][0]["new_id"]
     assert await client.xlen(keys.dlq) == 0
-    consumer = await drain(client, s)
+    consumer = await drain(s)
     assert outcomes(consumer)["persisted"] == 1
     assert await client.get(keys.latest(victim.region_id)) == victim.meta.snapshot_id.encode()
 
@@ -120,7 +126,7 @@ async def test_poison_kinds_get_distinct_reasons(client: aioredis.Redis, setting
     for f in ({b"schema": b"1"}, mismatch, huge, invalid, {**good, b"encoding": b"gzip"},
               {**good, b"payload": b"\xff\xfe"}):
         await client.xadd(s.stream, f)
-    consumer = await drain(client, s)
+    consumer = await drain(s)
     reasons = [f[b"dlq_reason"].decode() for _, f in await client.xrange(keys.dlq)]
     assert reasons == ["missing-payload", "field-mismatch", "too-large", "schema-invalid",
                        "unsupported-encoding", "undecodable"]
@@ -131,8 +137,7 @@ async def test_poison_kinds_get_distinct_reasons(client: aioredis.Redis, setting
 async def test_cleanup_never_deletes_a_consumer_holding_entries(
         client: aioredis.Redis, settings: Settings, keys: Keys) -> None:
     await publish_cycle(client, settings, now_ms())
-    consumer = Consumer(settings, registry=CollectorRegistry())
-    await consumer.prepare(client)
+    await prepare(client, settings)
     await client.xgroup_createconsumer(settings.stream, settings.group, "idle-empty")
     await client.xreadgroup(settings.group, "idle-holding", {settings.stream: ">"}, count=2)
     timeout_s = 0.2
@@ -144,9 +149,7 @@ async def test_cleanup_never_deletes_a_consumer_holding_entries(
 
     await wait_until(both_idle, what="consumers idle past the timeout")
     s = dataclasses.replace(settings, consumer_timeout_s=timeout_s)
-    reclaimer = Reclaimer(client, keys, s, "janitor", ConsumerMetrics(CollectorRegistry()),
-                          asyncio.Event())
-    assert await reclaimer.forget_dead_consumers() == ["idle-empty"]
+    assert await reclaimer(client, s, "janitor").forget_dead_consumers() == ["idle-empty"]
     names = [c["name"] for c in await client.xinfo_consumers(settings.stream, settings.group)]
     assert names == [b"idle-holding"]
     assert (await client.xpending(settings.stream, settings.group))["pending"] == 2
@@ -155,7 +158,7 @@ async def test_cleanup_never_deletes_a_consumer_holding_entries(
 async def test_group_deleted_while_consuming_is_recreated(client: aioredis.Redis,
                                                           settings: Settings, keys: Keys) -> None:
     consumer = Consumer(settings, registry=CollectorRegistry())
-    task = asyncio.create_task(consumer.run(redis=client))
+    task = asyncio.create_task(consumer.run())
     first = await publish_cycle(client, settings, now_ms() - 7_200_000, seed=1)  # own bucket
 
     async def persisted(n: int) -> bool:
@@ -176,7 +179,7 @@ async def test_group_deleted_while_consuming_is_recreated(client: aioredis.Redis
 async def test_pending_and_replay_pending_cli(client: aioredis.Redis, settings: Settings,
                                               keys: Keys) -> None:
     await publish_cycle(client, settings, now_ms())
-    await Consumer(settings, registry=CollectorRegistry()).prepare(client)
+    await prepare(client, settings)
     await client.xreadgroup(settings.group, "dead-host-0", {settings.stream: ">"}, count=5)
     flags = common_flags(settings)
     report = json.loads(run_cli(["pending", "--json", *flags]).stdout)
@@ -200,7 +203,7 @@ async def test_replay_range_is_idempotent(client: aioredis.Redis, settings: Sett
     from tests.helpers import dump
 
     await publish_cycle(client, settings, now_ms())
-    await drain(client, settings)
+    await drain(settings)
     before = await dump(client, settings.prefix)
     done = json.loads(run_cli(["replay", "--range", "-", "+", "--json",
                                *common_flags(settings)]).stdout)
@@ -221,7 +224,7 @@ async def test_replay_range_is_idempotent(client: aioredis.Redis, settings: Sett
 async def test_entries_deleted_while_pending_are_counted_and_dropped(
         client: aioredis.Redis, settings: Settings, keys: Keys) -> None:
     await publish_cycle(client, settings, now_ms())
-    await Consumer(settings, registry=CollectorRegistry()).prepare(client)
+    await prepare(client, settings)
     read = await client.xreadgroup(settings.group, "dead", {settings.stream: ">"}, count=8)
     ids = [i for i, _ in read[0][1]]
     await client.xdel(settings.stream, *ids[:3])  # someone trimmed/deleted them meanwhile
@@ -232,13 +235,11 @@ async def test_entries_deleted_while_pending_are_counted_and_dropped(
 
     await wait_until(idle_enough, what="entries idle past the minimum")
     s = dataclasses.replace(settings, min_idle_ms=5)
-    metrics = ConsumerMetrics(CollectorRegistry())
-    reclaimer = Reclaimer(client, keys, s, "janitor", metrics, asyncio.Event())
-    reclaimer.cursor = b">"
-    handled = await reclaimer.sweep()
-    assert handled == 5
-    assert metrics.lost_trimmed._value.get() == 3
-    assert metrics.reclaimed._value.get() == 5
+    registry = CollectorRegistry()
+    janitor = reclaimer(client, s, "janitor", ConsumerMetrics(registry))
+    assert (await janitor.sweep()).read == 5  # its own (empty) pending list, then a claim
+    assert sample(registry, "regionstream_lost_trimmed_total") == 3
+    assert sample(registry, "regionstream_reclaimed_total") == 5
     assert (await client.xpending(settings.stream, settings.group))["pending"] == 0
 
 

@@ -86,7 +86,7 @@ def var_of(name: str) -> str:
 
 def redis_receives(s: Settings, now_ms: int) -> dict[str, tuple[int, str]]:
     """Every value Redis receives that a numeric setting decides, computed as the code does
-    (consumer/store.py, persist.lua, consumer/reclaim.py, consumer/worker.py,
+    (consumer/settle.py, persist.lua, consumer/reclaim.py, consumer/worker.py,
     producer/publisher.py), each with its kind: "s" an expiry in seconds from now, "ms" a
     duration in ms from now, "at" an absolute ms time, "count" a count."""
     latest_generated_at = now_ms + MAX_CLOCK_SKEW_MS  # the newest a valid snapshot can be
@@ -260,7 +260,7 @@ async def test_pipeline_runs_with_the_largest_bounds(client: aioredis.Redis, set
                             min_idle_ms=MAX_MIN_IDLE_MS, batch=MAX_BATCH)
     Settings.load({f.name: getattr(s, f.name) for f in dataclasses.fields(s)}, env={})  # valid
     snaps = await publish_cycle(client, s, int(time.time() * 1000))
-    consumer = await drain(client, s)
+    consumer = await drain(s)
     assert outcomes(consumer)["persisted"] == len(snaps)
     for snap in snaps:
         by_id = s.keys.by_id(snap.region_id, snap.meta.snapshot_id)

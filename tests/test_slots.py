@@ -26,8 +26,7 @@ from producer.service import Producer
 from shared.keys import Keys
 from shared.schema import decode
 from shared.settings import Settings, SettingsError
-from shared.shards import single_server
-from tests.helpers import drain, load_payloads, publish
+from tests.helpers import deployed, drain, load_payloads, publish
 
 SCRIPTS = {"persist", "dead_letter", "replay_dlq", "forget_consumer"}
 
@@ -116,13 +115,13 @@ async def run_everything(client: aioredis.Redis, s: Settings) -> None:
     """Every path that sends a script or a transaction: publish (MULTI/EXEC per shard), trim,
     consume with poison and a stray region (persist, dead-letter), reclaim and forget a dead
     consumer, replay dead letters, pending entries and a range, and the operator reads."""
-    deployment = single_server(client, s.keys, s.regions, s.shard_by)
+    deployment = deployed(client, s)
     await publish(client, s, [decode(p) for p in load_payloads(s, 24, seed=5)])
     shard = deployment.shards[0]
     await client.xadd(shard.keys.stream, {b"schema": b"1", b"payload": b"{not json"})
     # a consumer that takes entries and dies: reclaimed, then forgotten (consumer_timeout_s)
     await client.xreadgroup(s.group, "ghost", {shard.keys.stream: ">"}, count=2)
-    consumer = await drain(client, s)
+    consumer = await drain(s)
     assert consumer.totals()["persisted"] == 24
     moved = await ops.replay_dlq(deployment, s.keys)
     assert len(moved) == 1
@@ -133,7 +132,7 @@ async def run_everything(client: aioredis.Redis, s: Settings) -> None:
     assert done.outcomes.get("redelivered", 0) == 24
     await ops.pending_report(deployment, s.keys)
     producer = Producer(s)
-    await producer.run(client, once=True, deployment=deployment)  # a cycle, then the trim
+    await producer.run(deployment, once=True)  # a cycle, then the trim
 
 
 async def slots_of_units(client: aioredis.Redis, rec: Recorder, s: Settings

@@ -17,12 +17,11 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
-from producer.publisher import Publisher
 from producer.synthetic import SyntheticSource
 from shared.keys import Keys
 from shared.settings import Settings
 from tests.conftest import wait_until
-from tests.helpers import stored
+from tests.helpers import publisher, stored
 from tests.proc import common_flags, spawn_cli
 from tests.test_chaos import finish
 
@@ -58,7 +57,7 @@ def stop(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
 async def test_soak_with_kills_restarts_and_poison(client: aioredis.Redis, settings: Settings,
                                                    keys: Keys) -> None:
     rng = random.Random(SEED)
-    pub = Publisher(client, keys, settings)
+    pub = publisher(client, settings)
     await pub.prepare()
     src, base = SyntheticSource(settings.regions, seed=SEED), int(time.time() * 1000)
     procs = {f"soak{i}": start(settings, f"soak{i}") for i in range(CONSUMERS)}

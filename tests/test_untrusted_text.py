@@ -27,20 +27,17 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
 from rich.console import Console
 
 from consumer.ops import pending_report
-from consumer.reclaim import Reclaimer
 from producer.synthetic import SyntheticSource
 from regionstream.cli import main
 from regionstream.opscli import print_pending
 from regionstream.view import collect, render, summary_line
 from shared.connection import connect
-from shared.metrics import ConsumerMetrics
 from shared.settings import Settings
 from tests.conftest import wait_until
-from tests.helpers import drain, publish
+from tests.helpers import deployed, drain, publish, reclaimer
 from tests.proc import cli_env, common_flags, one_line, run_cli
 
 # Names and fields an adversary would pick: not UTF-8, rich markup, terminal control
@@ -131,7 +128,7 @@ async def names_shown(url: str, names: list[bytes]) -> None:
     client = connect(url)
     try:
         await hold_one_each(client, s, names)
-        report = await pending_report(client, s.keys)
+        report = await pending_report(deployed(client, s), s.keys)
         expected = sorted(untrusted(n) for n in names)
         assert sorted(c.name for c in report.consumers) == expected
         assert all(c.pending == 1 and c.max_deliveries == 1 for c in report.consumers)
@@ -139,7 +136,7 @@ async def names_shown(url: str, names: list[bytes]) -> None:
         with contextlib.redirect_stdout(out):
             print_pending(report)
             print(json.dumps(report.as_json()))
-        frame = await collect(client, s.keys, s.regions)
+        frame = await collect(deployed(client, s), s.keys, s.regions)
         assert sorted(c.name for c in frame.consumer_rows) == expected
         Console(file=out, width=WIDE, color_system=None).print(render(frame))
         out.write(summary_line(frame) + "\n")
@@ -226,9 +223,8 @@ async def test_reclaimer_forgets_an_idle_consumer_whose_name_is_not_utf8(
         return all(int(c["idle"]) >= 1 for c in await client.xinfo_consumers(s.stream, s.group))
 
     await wait_until(idle, what="the consumer idle past --consumer-timeout")
-    reclaimer = Reclaimer(client, s.keys, s, s.keys.reclaimer_name(s.name),
-                          ConsumerMetrics(CollectorRegistry()), asyncio.Event())
-    assert await reclaimer.forget_dead_consumers() == [untrusted(b"\xff\xfe")]
+    janitor = reclaimer(client, s, s.keys.reclaimer_name(s.name))
+    assert await janitor.forget_dead_consumers() == [untrusted(b"\xff\xfe")]
     assert await client.xinfo_consumers(s.stream, s.group) == []
 
 
@@ -387,7 +383,7 @@ async def test_show_escapes_control_sequences_of_the_payload(client: aioredis.Re
     hostile = msgspec.structs.replace(snap, narrative=msgspec.structs.replace(
         snap.narrative, situation=f"calm {CONTROL} [/] :smile:"))
     await publish(client, settings, [hostile])
-    await drain(client, settings)
+    await drain(settings)
     flags = common_flags(settings)
     human = run_cli(["show", snap.region_id, *flags])
     assert human.returncode == 0, human.stderr.decode()
@@ -454,7 +450,7 @@ async def test_a_closed_stdout_ends_the_command_quietly(client: aioredis.Redis,
                                                         buffered: bool) -> None:
     snap = SyntheticSource(settings.regions, seed=2).cycle(int(time.time() * 1000))
     await publish(client, settings, snap)
-    await drain(client, settings)
+    await drain(settings)
     await client.xadd(settings.keys.dlq, {b"payload": b"{}", b"region": b"mena"})
     env = cli_env()
     if buffered:

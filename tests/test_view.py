@@ -20,7 +20,7 @@ from regionstream.view import Frame, collect, logs_through, rates_between, rende
 from shared.keys import Keys
 from shared.schema import REGIONS
 from shared.settings import Settings
-from tests.helpers import drain, publish_cycle
+from tests.helpers import deployed, drain, publish_cycle
 
 # Whole seconds, so region ages against a frame taken at NOW + 60 s are exact.
 NOW_MS = int(time.time()) * 1000
@@ -32,7 +32,7 @@ async def known_state(client: aioredis.Redis, settings: Settings, keys: Keys) ->
     """One cycle persisted; a second cycle published, 3 of it held by a consumer that never
     acks (5 undelivered); one dead letter."""
     await publish_cycle(client, settings, NOW_MS, seed=1)
-    await drain(client, settings)
+    await drain(settings)
     await publish_cycle(client, settings, NOW_MS + 1000, seed=2)
     await client.xreadgroup(keys.group, "ghost", {keys.stream: ">"}, count=GHOST_READ)
     await client.xadd(keys.dlq, {b"reason": b"undecodable"})
@@ -47,7 +47,7 @@ def text_of(frame: Frame) -> str:
 async def test_frame_from_a_known_state(client: aioredis.Redis, settings: Settings,
                                         keys: Keys) -> None:
     await known_state(client, settings, keys)
-    frame = await collect(client, keys, settings.regions, now=NOW_MS / 1000 + 60)
+    frame = await collect(deployed(client, settings), keys, settings.regions, now=NOW_MS / 1000 + 60)
     assert (frame.stream_length, frame.lag, frame.pending, frame.dlq_length) == (
         16, len(REGIONS) - GHOST_READ, GHOST_READ, 1)
     assert {c.name: c.pending for c in frame.consumer_rows}["ghost"] == GHOST_READ
@@ -71,7 +71,7 @@ async def test_frame_from_a_known_state(client: aioredis.Redis, settings: Settin
 
 async def test_empty_deployment_renders(client: aioredis.Redis, settings: Settings,
                                         keys: Keys) -> None:
-    frame = await collect(client, keys, settings.regions)
+    frame = await collect(deployed(client, settings), keys, settings.regions)
     text = text_of(frame)
     assert "lag ?" in text and "oldest pending -" in text and "consumers 0/0" in text
     assert "regions_with_latest=0/8" in summary_line(frame)
@@ -98,7 +98,7 @@ def test_demo_hooks_still_work() -> None:
 async def test_top_once(client: aioredis.Redis, settings: Settings, keys: Keys) -> None:
     await known_state(client, settings, keys)
     out = io.StringIO()
-    assert await run_top(client, settings, once=True,
+    assert await run_top(deployed(client, settings), settings, once=True,
                          console=Console(file=out, width=WIDE, color_system=None)) == 0
     assert "pending 3" in out.getvalue() and "ghost" in out.getvalue()
 
@@ -108,7 +108,7 @@ async def test_top_frames_carry_rates(client: aioredis.Redis, settings: Settings
     await known_state(client, settings, keys)
     stop = asyncio.Event()
     seen: list[Frame] = []
-    async for frame in frames(client, keys, settings.regions, stop, every=0.0):
+    async for frame in frames(deployed(client, settings), keys, settings.regions, stop, every=0.0):
         seen.append(frame)
         if len(seen) == 2:
             stop.set()
@@ -137,7 +137,7 @@ async def test_top_waits_out_a_failover(client: aioredis.Redis, settings: Settin
     monkeypatch.setattr(top, "collect", flaky)
     seen: list[Frame] = []
     with pytest.raises(ResponseError, match="WRONGTYPE"):
-        async for frame in frames(client, keys, settings.regions, asyncio.Event(), every=0.0):
+        async for frame in frames(deployed(client, settings), keys, settings.regions, asyncio.Event(), every=0.0):
             seen.append(frame)
     assert len(seen) == 1 and calls["n"] == 3
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -11,18 +9,24 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio.connection import Connection
 
 from consumer import scripts
-from consumer.service import Consumer
-from consumer.worker import NEW, Worker
-from producer.publisher import Publisher
+from consumer.settle import Fate, Settled
 from shared.connection import connect
 from shared.keys import Keys
 from shared.metrics import ConsumerMetrics
 from shared.settings import Settings
-from tests.helpers import drain, outcomes, publish, publish_cycle
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
+from tests.helpers import (
+    drain,
+    failures,
+    now_ms,
+    outcomes,
+    prepare,
+    publish,
+    publish_cycle,
+    publisher,
+    settler,
+    stored_ids,
+    worker,
+)
 
 
 class CountingConnection(Connection):
@@ -32,14 +36,8 @@ class CountingConnection(Connection):
     sends = 0
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        type(self).sends += 1
+        CountingConnection.sends += 1  # (connect() subclasses it: not type(self))
         await super().send_packed_command(command, check_health)
-
-
-def worker(client: aioredis.Redis, settings: Settings, name: str = "w") -> Worker:
-    keys = settings.keys
-    return Worker(client, keys, settings, name, ConsumerMetrics(CollectorRegistry()),
-                  asyncio.Event())
 
 
 async def commandstats(client: aioredis.Redis) -> dict[str, int]:
@@ -51,18 +49,15 @@ async def test_a_whole_batch_costs_one_round_trip(client: aioredis.Redis, settin
                                                   keys: Keys) -> None:
     snaps = await publish_cycle(client, settings, now_ms())
     await client.xadd(settings.stream, {"schema": "1", "payload": b"not json"})  # one poison
-    consumer = Consumer(settings, registry=CollectorRegistry())
-    await consumer.prepare(client)
-    counted = aioredis.Redis.from_pool(aioredis.ConnectionPool.from_url(
-        settings.redis_url, connection_class=CountingConnection))
-    w = worker(counted, settings)
-    w.cursor = NEW
+    await prepare(client, settings)
+    counted = connect(settings.redis_url, connection_class=CountingConnection)
+    settle = settler(counted, settings)
     entries = (await counted.xreadgroup(settings.group, "w", {settings.stream: ">"},
                                         count=100))[0][1]
     assert len(entries) == 9
     before_stats = await commandstats(client)
     CountingConnection.sends = 0
-    result = await w.process(entries)
+    result = await settle.settle(entries)
     sends = CountingConnection.sends
     after_stats = await commandstats(client)
     await counted.aclose()
@@ -78,34 +73,37 @@ async def test_a_whole_batch_costs_one_round_trip(client: aioredis.Redis, settin
 async def test_restarted_worker_replays_its_own_pending_before_new(
         client: aioredis.Redis, settings: Settings) -> None:
     old = await publish_cycle(client, settings, now_ms() - 60_000, seed=1)
-    consumer = Consumer(settings, registry=CollectorRegistry())
-    await consumer.prepare(client)
+    await prepare(client, settings)
     # "crash": read a batch and never settle it
     await client.xreadgroup(settings.group, "w", {settings.stream: ">"}, count=100)
     new = await publish_cycle(client, settings, now_ms(), seed=2)
-    restarted = worker(client, settings, "w")  # same name
-    first = await restarted._read()
-    assert [e[1][b"snapshot_id"].decode() for e in first] == [s.meta.snapshot_id for s in old]
-    await restarted.process(first)
-    assert await restarted._read() == []  # own pending list walked to its end...
-    assert restarted.cursor == NEW  # ...then it switches to new entries
-    second = await restarted._read()
-    assert [e[1][b"snapshot_id"].decode() for e in second] == [s.meta.snapshot_id for s in new]
+    seen: list[Settled] = []
+    restarted = worker(client, settings, "w", on_settled=seen.append)  # same name
+    ids = [e[0] for e in await client.xrange(settings.stream)]
+    first = await restarted.next_batch()
+    assert first.own and [o.entry_id for o in seen[0].outcomes] == ids[:8]  # the old cycle
+    assert await stored_ids(client, settings) == {s.meta.snapshot_id for s in old}
+    assert not restarted.own.done
+    empty = await restarted.next_batch()  # own pending list walked to its end...
+    assert empty.own and empty.read == 0 and restarted.own.done
+    second = await restarted.next_batch()  # ...then it switches to new entries
+    assert not second.own and [o.entry_id for o in seen[-1].outcomes] == ids[8:]
+    assert len(new) == 8
 
 
 async def test_script_flush_is_survived(client: aioredis.Redis, settings: Settings) -> None:
     await publish_cycle(client, settings, now_ms())
-    consumer = Consumer(settings, registry=CollectorRegistry())
-    await consumer.prepare(client)
+    await prepare(client, settings)
     await client.script_flush()
     assert await client.script_exists(scripts.persist().sha) == [False]
-    w = worker(client, settings)
-    assert (await w.step()).replay  # a fresh worker first walks its (empty) pending list
-    result = await w.step()
+    registry = CollectorRegistry()
+    w = worker(client, settings, metrics=ConsumerMetrics(registry))
+    assert (await w.next_batch()).own  # a fresh worker first walks its (empty) pending list
+    result = await w.next_batch()
     assert result.read == 8 and result.failed == 0
-    assert result.outcomes == {"persisted": 8}
+    assert result.settled.tally() == {Fate.PERSISTED: 8}
     assert await client.script_exists(scripts.persist().sha) == [True]
-    assert w.failure["noscript"]._value.get() == 1  # this shard's counter
+    assert failures(registry, "noscript", shard="all") == 1  # this shard's counter
 
 
 async def test_trim_never_drops_unacknowledged_entries(client: aioredis.Redis,
@@ -114,11 +112,11 @@ async def test_trim_never_drops_unacknowledged_entries(client: aioredis.Redis,
 
     s = dataclasses.replace(settings, stream_retention_s=0)  # keep no acknowledged history
     await publish_cycle(client, s, now_ms() - 120_000, seed=1)
-    await drain(client, s)  # all 8 acked
+    await drain(s)  # all 8 acked
     second = await publish_cycle(client, s, now_ms() - 60_000, seed=2)
     # another group that has read nothing yet, and a consumer holding entries in ours
     await client.xgroup_create(s.stream, "late-group", id="0")
-    pub = Publisher(client, keys, s)
+    pub = publisher(client, s)
     assert await pub.trim() == 0  # late-group still needs everything
     await client.xgroup_destroy(s.stream, "late-group")
     await client.xreadgroup(s.group, "holder", {s.stream: ">"}, count=3)  # 3 pending
@@ -133,8 +131,8 @@ async def test_trim_never_drops_unacknowledged_entries(client: aioredis.Redis,
 async def test_trim_keeps_retention_window(client: aioredis.Redis, settings: Settings,
                                            keys: Keys) -> None:
     await publish_cycle(client, settings, now_ms())
-    await drain(client, settings)
-    assert await Publisher(client, keys, settings).trim() == 0  # acked, but within 24 h
+    await drain(settings)
+    assert await publisher(client, settings).trim() == 0  # acked, but within 24 h
 
 
 async def test_persist_script_runs_on_fakeredis_for_the_demo_fallback(settings: Settings
@@ -148,9 +146,9 @@ async def test_persist_script_runs_on_fakeredis_for_the_demo_fallback(settings: 
         fake = connect(server.url)  # with retries: fakeredis drops a connection after an error reply
         try:
             snaps = await publish_cycle(fake, s, now_ms())
-            consumer = await drain(fake, s)
+            consumer = await drain(s)
             assert outcomes(consumer)["persisted"] == 8
             await publish(fake, s, snaps)
-            assert outcomes(await drain(fake, s))["redelivered"] == 8
+            assert outcomes(await drain(s))["redelivered"] == 8
         finally:
             await fake.aclose()

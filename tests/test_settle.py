@@ -6,16 +6,13 @@ and a transaction Redis refuses must write nothing at all."""
 
 from __future__ import annotations
 
-import time
-
 import msgspec
 import pytest
 import redis.asyncio as aioredis
-from prometheus_client import CollectorRegistry
 
-from consumer import scripts, store
+from consumer import scripts
 from consumer.message import Poison, Valid, check_entry
-from consumer.service import Consumer
+from consumer.settle import Fate
 from producer.synthetic import SyntheticSource
 from shared import wire
 from shared.connection import connect
@@ -23,11 +20,7 @@ from shared.keys import Keys
 from shared.schema import Snapshot, encode
 from shared.servers import start_redis_server
 from shared.settings import Settings
-from tests.helpers import drain, outcomes, publish, publish_cycle
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
+from tests.helpers import drain, now_ms, outcomes, prepare, publish, publish_cycle, settler
 
 
 def valid(snap: Snapshot, entry_id: bytes = b"1-1") -> Valid:
@@ -54,7 +47,7 @@ async def test_every_outcome_leaves_by_id_keys_with_their_expiry(
                    .meta.trigger_reason]
     assert same_bucket, "the seeds were chosen to produce duplicates"
     await publish(client, settings, same_bucket)
-    consumer = await drain(client, settings)
+    consumer = await drain(settings)
     assert outcomes(consumer)["persisted"] == 8
     assert outcomes(consumer)["redelivered"] == 8
     assert outcomes(consumer)["duplicate"] == len(same_bucket)
@@ -73,13 +66,13 @@ async def test_duplicate_of_a_stored_snapshot_keeps_its_data(
     (a,) = SyntheticSource(("mena",), seed=3).cycle(t)
     b = msgspec.structs.replace(a, generated_at=t + 1, meta=msgspec.structs.replace(
         a.meta, snapshot_id=f"{t + 1:012x}-{'b' * 12}"))
-    stored = await store.settle(client, keys, settings, "w", [valid(a)], (), ack=False)
-    assert [o.outcome for o in stored.outcomes] == [store.PERSISTED]
+    stored = await settler(client, settings).send([valid(a)], (), ack=False)
+    assert [o.fate for o in stored.outcomes] == [Fate.PERSISTED]
     await client.delete(keys.dedup("mena", a.meta.trigger_reason, t // settings.dedup_window_ms))
-    taken = await store.settle(client, keys, settings, "w", [valid(b, b"1-2")], (), ack=False)
-    assert [o.outcome for o in taken.outcomes] == [store.PERSISTED]
-    again = await store.settle(client, keys, settings, "w", [valid(a, b"1-3")], (), ack=False)
-    assert [o.outcome for o in again.outcomes] == [store.DUPLICATE]
+    taken = await settler(client, settings).send([valid(b, b"1-2")], (), ack=False)
+    assert [o.fate for o in taken.outcomes] == [Fate.PERSISTED]
+    again = await settler(client, settings).send([valid(a, b"1-3")], (), ack=False)
+    assert [o.fate for o in again.outcomes] == [Fate.DUPLICATE]
     assert await client.get(keys.by_id("mena", a.meta.snapshot_id)) == encode(a)
     assert await client.pexpiretime(keys.by_id("mena", a.meta.snapshot_id)) == (
         a.generated_at + settings.retention_ms)
@@ -97,9 +90,9 @@ async def test_past_retention_is_poison_and_the_script_refuses_it_too(
                           retention_ms=settings.retention_ms)
     assert isinstance(checked, Poison) and checked.reason == "past-retention"
     # Past check_entry anyway (a race at the edge): the script fails it and keeps nothing.
-    settled = await store.settle(client, keys, settings, "w", [valid(old)], (), ack=False)
+    settled = await settler(client, settings).send([valid(old)], (), ack=False)
     (o,) = settled.outcomes
-    assert o.outcome == store.FAILED and o.error is not None and "past retention" in o.error
+    assert o.fate is Fate.FAILED and "past retention" in o.error
     assert await by_id_expiries(client, settings) == {}
     assert not [k async for k in client.scan_iter(match=f"{settings.prefix}:*")]
 
@@ -110,7 +103,7 @@ async def test_lost_scripts_still_leave_every_by_id_key_expiring(
     give those keys their expiry."""
     snaps = await publish_cycle(client, settings, now_ms())
     await client.script_flush()
-    consumer = await drain(client, settings)
+    consumer = await drain(settings)
     assert outcomes(consumer)["persisted"] == 8
     assert await client.script_exists(scripts.persist().sha) == [True]
     expiries = await by_id_expiries(client, settings)
@@ -126,7 +119,7 @@ async def test_out_of_memory_writes_nothing_and_heals() -> None:
                            "prefix": "oom"}, env={})
         client = connect(server.url)
         try:
-            await Consumer(s, registry=CollectorRegistry()).prepare(client)
+            await prepare(client, s)
             await publish_cycle(client, s, now_ms())
             read = await client.xreadgroup("g", "w", {"oom": ">"})
             entries = read[0][1]
@@ -135,14 +128,14 @@ async def test_out_of_memory_writes_nothing_and_heals() -> None:
             batch = [c for c in checked if isinstance(c, Valid)]
             assert len(batch) == 8
             await client.config_set("maxmemory", 1)  # anything more is over the limit
-            refused = await store.settle(client, s.keys, s, "w", batch, ())
-            assert {o.outcome for o in refused.outcomes} == {store.FAILED}
-            assert all("maxmemory" in (o.error or "") for o in refused.outcomes)
+            refused = await settler(client, s).send(batch, ())
+            assert {o.fate for o in refused.outcomes} == {Fate.FAILED}
+            assert all("maxmemory" in o.error for o in refused.outcomes)
             assert not [k async for k in client.scan_iter(match="oom:*")]
             assert (await client.xpending("oom", "g"))["pending"] == 8
             await client.config_set("maxmemory", 0)
-            healed = await store.settle(client, s.keys, s, "w", batch, ())
-            assert [o.outcome for o in healed.outcomes] == [store.PERSISTED] * 8
+            healed = await settler(client, s).send(batch, ())
+            assert [o.fate for o in healed.outcomes] == [Fate.PERSISTED] * 8
             assert (await client.xpending("oom", "g"))["pending"] == 0
             expiries = await by_id_expiries(client, s)
             assert len(expiries) == 8 and -1 not in expiries.values()
