@@ -17,7 +17,8 @@ from consumer.settle import Fate, Settled, Settler
 from consumer.shard_group import ShardGroup
 from shared import wire
 from shared.failpoints import failpoint
-from shared.group import id_seconds, read_group_stats, text, total
+from shared.group import read_group_stats, total
+from shared.ids import id_seconds, text
 from shared.keys import ALL_SHARD, Keys
 from shared.layout import layout_mismatch
 from shared.metrics import ConsumerMetrics
@@ -31,12 +32,6 @@ DLQ_PAGE = 500
 REPLAY_PAGE = 200
 
 
-def untrusted(value: bytes | str) -> str:
-    """A name or field read from Redis, as text for a report: anyone who can write to the
-    group or the stream chose it (another client's consumer name, a dead letter's region), so
-    bytes that are not UTF-8 become ``\\xff`` escapes instead of an error. Never the form sent
-    back to Redis: the escape is not reversible."""
-    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
 
 
 @dataclass
@@ -117,7 +112,7 @@ async def _consumer_rows(redis: aioredis.Redis, shard: Shard, now: float) -> lis
     consumers = []
     listed: Any = await redis.xinfo_consumers(k.stream, k.group)
     for c in listed:
-        cr = ConsumerRow(untrusted(c["name"]), int(c["pending"]), int(c["idle"]) / 1000,
+        cr = ConsumerRow(text(c["name"]), int(c["pending"]), int(c["idle"]) / 1000,
                          shard=shard.label)
         rows: Any = await redis.xpending_range(k.stream, k.group, "-", "+", PENDING_SCAN_LIMIT,
                                                c["name"]) if cr.pending else []
@@ -186,7 +181,7 @@ async def _replay_shard_dlq(group: ShardGroup, moved: list[Moved], *,
             why = fields.get(dead_letters.REASON_FIELD, b"?")
             if (want_region and r != want_region) or (want_reason and want_reason not in why):
                 continue
-            m = Moved(text(dlq_id), untrusted(r), untrusted(why), shard=group.label)
+            m = Moved(text(dlq_id), text(r), text(why), shard=group.label)
             original, m.skipped = _replayable(fields)
             if m.skipped is None and not dry_run:
                 new_id = await group.call(scripts.replay_dlq(), [keys.stream, keys.dlq],

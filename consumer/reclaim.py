@@ -13,7 +13,7 @@ from consumer.shard_group import ShardGroup
 from consumer.worker import Batch, OwnPending, RetryLoop
 from shared.aio import pause
 from shared.failpoints import failpoint
-from shared.group import text
+from shared.ids import text
 from shared.metrics import ConsumerMetrics
 from shared.settings import Settings
 

@@ -25,7 +25,7 @@ from consumer.message import Poison, Reason, Valid, check_entry
 from consumer.shard_group import Command, Entry, ShardGroup
 from shared.connection import ErrorKind, PermanentError, classify
 from shared.failpoints import failpoint
-from shared.group import CLOCK_AHEAD_S, id_seconds
+from shared.ids import CLOCK_AHEAD_S, id_seconds
 from shared.keys import Keys, dedup_bucket
 from shared.metrics import ConsumerMetrics, observe_many
 from shared.settings import Settings

@@ -12,17 +12,12 @@ from typing import cast
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from producer.trim import safe_trim_id
 from shared import failpoints, wire
 from shared.aio import pause
 from shared.connection import ErrorKind, backoff, classify
-from shared.group import (
-    CLOCK_AHEAD_S,
-    ensure_group_when_writable,
-    id_key,
-    id_seconds,
-    min_id,
-    safe_trim_id,
-)
+from shared.group import ensure_group_when_writable
+from shared.ids import CLOCK_AHEAD_S, id_key, id_seconds, min_id
 from shared.keys import Keys
 from shared.metrics import ProducerMetrics
 from shared.schema import Snapshot, encode

@@ -24,10 +24,10 @@ from consumer.ops import (
     replay_dlq,
     replay_pending,
     replay_range,
-    untrusted,
 )
 from regionstream.output import OutputLost
 from regionstream.view import age_text, plain
+from shared.ids import text
 from shared.keys import Keys, is_sharded
 from shared.settings import Settings
 from shared.shards import Deployment
@@ -249,7 +249,7 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings, redis: Deploy
     done = Replayed()
     if args.pending:
         # As typed: argv that is not UTF-8 arrives as surrogate escapes; shown as \x escapes.
-        named = args.consumer and untrusted(args.consumer.encode("utf-8", "surrogateescape"))
+        named = args.consumer and text(args.consumer.encode("utf-8", "surrogateescape"))
         what = f"pending entries of {named or 'any consumer'}"
         min_idle = (settings.min_idle_ms if args.replay_min_idle_ms is None
                     else args.replay_min_idle_ms)

@@ -9,7 +9,8 @@ import time
 import msgspec
 import redis.asyncio as aioredis
 
-from regionstream.view import decoded, printable
+from regionstream.view import printable
+from shared.ids import text
 from shared.keys import Keys
 from shared.schema import REGION_NAMES, SnapshotInvalid, decode
 from shared.settings import Settings
@@ -19,7 +20,7 @@ async def latest_payload(redis: aioredis.Redis, keys: Keys, region: str) -> byte
     sid: bytes | None = await redis.get(keys.latest(region))  # type: ignore[assignment]
     if sid is None:
         return None
-    payload: bytes | None = await redis.get(keys.by_id(region, decoded(sid)))  # type: ignore[assignment]
+    payload: bytes | None = await redis.get(keys.by_id(region, text(sid)))  # type: ignore[assignment]
     return payload
 
 

@@ -27,16 +27,10 @@ from shared.group import (
     read_shard_stats,
     total,
 )
+from shared.ids import text
 from shared.keys import Keys, is_sharded
 from shared.layout import layout_mismatch
 from shared.shards import Deployment, retrying
-
-
-def decoded(value: bytes | str) -> str:
-    """Text read from Redis: whatever a client with write access put there (another client's
-    consumer name, a dead letter's fields). Bytes that are not UTF-8 become ``\\xff``-style
-    escapes instead of an error."""
-    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
 
 
 def printable(text: str) -> str:
@@ -149,7 +143,7 @@ async def _region_rows(redis: aioredis.Redis, keys: Keys, regions: list[str], no
     pipe = redis.pipeline(transaction=False)
     with_latest = [r for r in regions if ids[r] is not None]
     for r in with_latest:
-        pipe.get(keys.by_id(r, decoded(ids[r])))
+        pipe.get(keys.by_id(r, text(ids[r])))
     payloads = dict(zip(with_latest, await pipe.execute(), strict=True)) if with_latest else {}
     rows = []
     for r in regions:
@@ -162,7 +156,7 @@ async def _region_rows(redis: aioredis.Redis, keys: Keys, regions: list[str], no
         except (msgspec.DecodeError, msgspec.ValidationError):
             # Not what the consumer stores (it validates every payload): a hand-written or
             # corrupted key. The view shows it, instead of dying on it.
-            rows.append(RegionRow(r, decoded(ids[r]), UNREADABLE, stored=counts[r]))
+            rows.append(RegionRow(r, text(ids[r]), UNREADABLE, stored=counts[r]))
             continue
         rows.append(RegionRow(r, head.meta.snapshot_id, head.regime.label,
                               head.meta.trigger_reason, now - head.generated_at / 1000,

@@ -1,4 +1,5 @@
-"""The consumer group: creating it, and reading its state from Redis."""
+"""The consumer group: creating it, and reading its state from Redis (stream-id arithmetic is
+``shared.ids``; the producer's trim policy ``producer.trim``)."""
 
 from __future__ import annotations
 
@@ -12,17 +13,12 @@ from redis.exceptions import ResponseError
 
 from shared.aio import pause
 from shared.connection import ErrorKind, backoff, classify
+from shared.ids import CLOCK_AHEAD_S, id_key, id_seconds, text
 from shared.keys import Keys
 from shared.memory import Memory, memory_of
 from shared.shards import Deployment, read_each
 
 log = logging.getLogger("regionstream")
-
-# An entry id more than this ahead of a clock (Redis's, a consumer's, the producer's) is an
-# anomaly, not skew (README Operations, "Stream ids ahead of the clock"): the one bound the
-# group stats, the consumer's latencies and the producer's report and trim all use.
-CLOCK_AHEAD_S = 60.0
-
 
 async def ensure_group(redis: aioredis.Redis, keys: Keys) -> bool:
     """Create the group (and the stream) if missing; True if it was created.
@@ -120,19 +116,6 @@ class GroupStats:
 def total(values: list[int | None]) -> int | None:
     """A sum over shards of a figure Redis may not know (lag): unknown if any shard's is."""
     return None if any(v is None for v in values) else sum(v for v in values if v is not None)
-
-
-def text(v: bytes | str) -> str:
-    """A name or id as Redis returned it (bytes) as str. A name is whatever a client chose
-    (another client's consumer name need not be UTF-8): bytes that are not UTF-8 become
-    ``\\xff`` escapes instead of an error. For display and comparison only; the escape is not
-    reversible, so a name sent back to Redis is sent as the bytes it came as."""
-    return v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else v
-
-
-def id_seconds(entry_id: bytes | str) -> float:
-    """The Unix time (s) a stream entry id was created at: its millisecond part."""
-    return int(text(entry_id).split("-", 1)[0]) / 1000
 
 
 def _optional_int(v: Any) -> int | None:
@@ -236,55 +219,3 @@ async def read_shard_stats(deployment: Deployment) -> list[GroupStats]:
     (a redirect re-reads the slot map and asks again: ``read_each``)."""
     return await read_each(deployment, lambda shard, client: read_group_stats(client,
                                                                               shard.keys))
-
-
-MAX_SEQ = 2**64 - 1
-
-
-def next_id(entry_id: bytes) -> bytes:
-    """The smallest stream id after ``entry_id`` (a sequence at its maximum rolls over to the
-    next millisecond: ``<ms>-18446744073709551616`` is no id, and every trim failed on it)."""
-    ms, _, seq = entry_id.partition(b"-")
-    if int(seq or 0) >= MAX_SEQ:
-        return b"%d-0" % (int(ms) + 1)
-    return b"%d-%d" % (int(ms), int(seq or 0) + 1)
-
-
-def id_key(entry_id: bytes | str) -> tuple[int, int]:
-    ms, _, seq = (entry_id if isinstance(entry_id, bytes) else entry_id.encode()).partition(b"-")
-    return int(ms), int(seq or 0)
-
-
-async def safe_trim_id(redis: aioredis.Redis, keys: Keys) -> bytes | None:
-    """The newest MINID that drops no entry some group still needs: the oldest pending or
-    undelivered entry over every group of the stream. None: no group, trim nothing (Redis 7
-    has no ACKED trim option, so this is computed here)."""
-    pipe = redis.pipeline(transaction=False)  # one round trip: the groups and the stream
-    pipe.xinfo_groups(keys.stream)
-    pipe.xinfo_stream(keys.stream)
-    groups, stream = await pipe.execute(raise_on_error=False)
-    if isinstance(groups, ResponseError) or isinstance(stream, ResponseError):
-        return None  # no stream (or a refusal): trim nothing
-    if not groups:
-        return None
-    if ahead := [g for g in groups if cursor_ahead(g, stream)]:
-        # Its cursor says nothing of what it processed: trim nothing rather than entries it
-        # was never given.
-        log.warning("not trimming: %s", cursor_ahead_message(keys, ahead[0], stream))
-        return None
-    pipe = redis.pipeline(transaction=False)
-    for g in groups:
-        pipe.xpending(keys.stream, g["name"])
-    summaries = await pipe.execute()
-    bounds = []
-    for g, summary in zip(groups, summaries, strict=True):
-        bounds.append(next_id(g["last-delivered-id"]))
-        if summary["pending"]:
-            bounds.append(summary["min"])
-    return min(bounds, key=id_key)
-
-
-def min_id(a: bytes, b: bytes) -> bytes:
-    return min(a, b, key=id_key)
-
-

@@ -28,8 +28,9 @@ from consumer.service import Consumer
 from producer.synthetic import SyntheticSource
 from shared import wire
 from shared.connection import connect
-from shared.group import next_id, read_group_stats
+from shared.group import read_group_stats
 from shared.group_metrics import refresh
+from shared.ids import next_id
 from shared.metrics import GroupMetrics, ProducerMetrics
 from shared.schema import REGIONS, encode
 from shared.servers import start_redis_server
