@@ -22,6 +22,7 @@ from bench import observe
 from bench.config import Context
 from bench.procs import Spec
 from bench.proxy import DelayProxy
+from harness import wait
 from harness.cluster import HOST, Cluster, ClusterNode, start_cluster
 from shared.connection import connect
 from shared.keys import Keys
@@ -141,15 +142,13 @@ def announce(cluster: Cluster, masters: list[ClusterNode], ports: list[int],
         master.command("CONFIG", "SET", "cluster-announce-bus-port", master.bus_port)
     wanted = set(ports)
     deadline = time.monotonic() + timeout
-    while True:
+
+    def other_ports() -> str | None:
         seen = [{int(row[2][1]) for row in m.command("CLUSTER", "SLOTS")} for m in masters]
-        if all(s == wanted for s in seen):
-            break
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"CLUSTER SLOTS still names {seen}, not only {sorted(wanted)}, "
-                               f"after {timeout}s")
-        time.sleep(POLL_S)
-    cluster.wait_ok(max(0.0, deadline - time.monotonic()))
+        return None if all(s == wanted for s in seen) else f"CLUSTER SLOTS names {seen}"
+
+    wait.until(other_ports, timeout, f"CLUSTER SLOTS to name only {sorted(wanted)}")
+    cluster.wait_ok(wait.remaining(deadline))
 
 
 @contextlib.asynccontextmanager
@@ -185,14 +184,12 @@ async def direct_cluster(masters: int) -> AsyncIterator[tuple[str, Nodes]]:
 
 async def wait_blocked(nodes: Nodes, count: int, timeout_s: float) -> None:
     """Until ``count`` readers are blocked in XREADGROUP over all nodes."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    async def unblocked() -> str | None:
         blocked = sum([await observe.blocked_readers(n.direct) for n in nodes.all])
-        if blocked >= count:
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{blocked} of {count} readers blocked after {timeout_s}s")
-        await asyncio.sleep(observe.POLL_S)
+        return None if blocked >= count else f"{blocked} of {count} readers blocked"
+
+    await wait.until_async(unblocked, timeout_s, "the readers blocked", poll_s=observe.POLL_S)
 
 
 async def wait_shards_drained(deployment: Deployment, nodes: Nodes, timeout_s: float,
@@ -200,15 +197,14 @@ async def wait_shards_drained(deployment: Deployment, nodes: Nodes, timeout_s: f
     """Until every shard's group has nothing undelivered or pending (each read on its owner,
     directly); False on timeout."""
     owners = [(shard, nodes.owner(deployment, shard)) for shard in deployment.shards]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+
+    async def undrained() -> str | None:
         seen = [await observe.progress(node.direct, shard.keys) for shard, node in owners]
         if on_progress is not None:
             on_progress(sum(p.acked for p in seen))
-        if all(p.drained for p in seen):
-            return True
-        await asyncio.sleep(observe.POLL_S)
-    return False
+        return None if all(p.drained for p in seen) else "not drained"
+
+    return await observe.drained_within(undrained, timeout_s)
 
 
 async def delete_prefix(nodes: Nodes, prefix: str) -> int:

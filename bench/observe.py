@@ -4,13 +4,13 @@ the server's CPU time, and MONITOR for server-side timestamps of individual comm
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 
+from harness import wait
 from shared.keys import Keys
 
 POLL_S = 0.01  # condition polls: 10 ms keeps the "drained" time within 1% of a 1 s run
@@ -46,15 +46,24 @@ async def progress(redis: aioredis.Redis, keys: Keys) -> Progress:
 async def wait_drained(redis: aioredis.Redis, keys: Keys, timeout_s: float,
                        on_progress: Callable[[int], None] | None = None) -> bool:
     """Poll until the group has nothing undelivered or pending; False on timeout."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+
+    async def undrained() -> str | None:
         p = await progress(redis, keys)
         if on_progress is not None:
             on_progress(p.acked)
-        if p.drained:
-            return True
-        await asyncio.sleep(POLL_S)
-    return False
+        return None if p.drained else "not drained"
+
+    return await drained_within(undrained, timeout_s)
+
+
+async def drained_within(undrained: wait.AsyncMissing, timeout_s: float) -> bool:
+    """Whether ``undrained`` came to say nothing within ``timeout_s`` (a contender that does
+    not drain in time is a result, not an error)."""
+    try:
+        await wait.until_async(undrained, timeout_s, "drained", poll_s=POLL_S)
+    except wait.WaitTimeout:
+        return False
+    return True
 
 
 async def blocked_readers(redis: aioredis.Redis) -> int:
@@ -67,11 +76,11 @@ async def blocked_readers(redis: aioredis.Redis) -> int:
 
 
 async def wait_blocked(redis: aioredis.Redis, count: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while await blocked_readers(redis) < count:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"fewer than {count} readers blocked after {timeout_s}s")
-        await asyncio.sleep(POLL_S)
+    async def unblocked() -> str | None:
+        blocked = await blocked_readers(redis)
+        return None if blocked >= count else f"{blocked} of {count} readers blocked"
+
+    await wait.until_async(unblocked, timeout_s, "the readers blocked", poll_s=POLL_S)
 
 
 async def server_cpu_s(redis: aioredis.Redis) -> float:

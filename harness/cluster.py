@@ -30,6 +30,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from harness import wait
 from shared.servers import START_TIMEOUT_S, _wait_port, free_port, redis_server_binary
 
 HOST = "127.0.0.1"
@@ -162,18 +163,16 @@ def _wait_ready(node: ClusterNode, timeout: float) -> None:
     """Listening and answering PING; by then the cluster bus port is bound too."""
     deadline = time.monotonic() + timeout
     _wait_port(HOST, node.port, timeout, node.proc)
-    while True:
+
+    def answering() -> str | None:
         if not node.alive:
             raise RuntimeError(f"redis-server on port {node.port} exited with code "
                                f"{node.proc.returncode}: {_log_tail(node.dir)}")
-        try:
-            node.command("PING")
-            return
-        except RedisError:
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"redis-server on port {node.port} not answering PING "
-                                   f"after {timeout}s") from None
-        time.sleep(POLL_S)
+        node.command("PING")
+        return None
+
+    wait.until(answering, wait.remaining(deadline), f"redis-server on port {node.port} "
+               "answering PING", ignoring=(RedisError,), poll_s=POLL_S)
 
 
 def _stop_nodes(nodes: list[ClusterNode], root: str) -> None:
@@ -343,24 +342,11 @@ class Cluster:
     def wait_ok(self, timeout: float = CLUSTER_OK_TIMEOUT_S) -> None:
         """Until every live node says cluster_state:ok, all agree on slots and roles, every
         slot owner is alive, nothing is migrating and every replica's link is up."""
-        deadline = time.monotonic() + timeout
-        while True:
-            problem = self._problem()
-            if problem is None:
-                return
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"cluster not ok after {timeout}s: {problem}")
-            time.sleep(POLL_S)
+        wait.until(self._problem, timeout, "the cluster ok", poll_s=POLL_S)
 
     def _wait_for(self, what: str, check: Callable[[], bool], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            with contextlib.suppress(RedisError):
-                if check():
-                    return
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"{what} not reached after {timeout}s")
-            time.sleep(POLL_S)
+        wait.until(wait.holds(check, "not yet"), timeout, what, ignoring=(RedisError,),
+                   poll_s=POLL_S)
 
     # -- faults and changes ----------------------------------------------------------------
 
@@ -402,7 +388,7 @@ class Cluster:
             return bool(promoted)
 
         self._wait_for(f"a replica of {master.port} promoted", one_promoted, timeout)
-        self.wait_ok(max(0.0, deadline - time.monotonic()))
+        self.wait_ok(wait.remaining(deadline))
         return promoted[0]
 
     def move_slot(self, slot: int, to: ClusterNode, timeout: float = CLUSTER_OK_TIMEOUT_S
@@ -431,7 +417,7 @@ class Cluster:
         others = [m for m in self.masters() if m is not to and m is not source]
         for node in (to, source, *others):
             node.command("CLUSTER", "SETSLOT", slot, "NODE", to_id)
-        self.wait_ok(max(0.0, deadline - time.monotonic()))
+        self.wait_ok(wait.remaining(deadline))
 
     def restart(self, node: ClusterNode, timeout: float = CLUSTER_OK_TIMEOUT_S) -> None:
         """Start a stopped node again on its ports and directory (same nodes.conf, so the same
@@ -460,23 +446,18 @@ def _split_slots(masters: int) -> list[tuple[int, int]]:
 
 def _wait_mesh(nodes: Iterable[ClusterNode], count: int, timeout: float) -> None:
     nodes = list(nodes)
-    deadline = time.monotonic() + timeout
-    while True:
-        lagging: str | None = None
+
+    def lagging() -> str | None:
         for node in nodes:
             try:
                 view = node.cluster_nodes()
             except RedisError as e:
-                lagging = f"node {node.port}: {e}"
-                break
+                return f"node {node.port}: {e}"
             if len(view) != count or any(line.flags & BAD_FLAGS for line in view):
-                lagging = f"node {node.port} knows {len(view)}/{count} nodes"
-                break
-        if lagging is None:
-            return
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"cluster nodes did not meet after {timeout}s: {lagging}")
-        time.sleep(POLL_S)
+                return f"node {node.port} knows {len(view)}/{count} nodes"
+        return None
+
+    wait.until(lagging, timeout, "the cluster nodes to meet", poll_s=POLL_S)
 
 
 def start_cluster(masters: int = 3, replicas_per_master: int = 1, node_timeout_ms: int = 1000,
@@ -505,12 +486,12 @@ def start_cluster(masters: int = 3, replicas_per_master: int = 1, node_timeout_m
             node.command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
         for node in nodes[1:]:
             nodes[0].command("CLUSTER", "MEET", HOST, node.port, node.bus_port)
-        _wait_mesh(nodes, total, max(0.0, deadline - time.monotonic()))
+        _wait_mesh(nodes, total, wait.remaining(deadline))
         for i, master in enumerate(nodes[:masters]):
             first = masters + i * replicas_per_master
             for replica in nodes[first:first + replicas_per_master]:
                 replica.command("CLUSTER", "REPLICATE", master.node_id())
-        cluster.wait_ok(max(0.0, deadline - time.monotonic()))
+        cluster.wait_ok(wait.remaining(deadline))
     except BaseException:
         cluster.stop()
         raise

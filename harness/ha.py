@@ -17,6 +17,7 @@ from pathlib import Path
 
 import redis
 
+from harness import wait
 from shared.servers import START_TIMEOUT_S, Server, _wait_port, free_port, start_redis_server
 
 MASTER_NAME = "regionstream-test"
@@ -197,14 +198,8 @@ class SentinelGroup:
 
 def _wait(predicate: object, timeout: float, what: str) -> None:
     assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(redis.RedisError, OSError):
-            if predicate():
-                return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(POLL_S)
+    wait.until(wait.holds(predicate, "not yet"), timeout, what,
+               ignoring=(redis.RedisError, OSError), poll_s=POLL_S)
 
 
 def start_sentinel(master_port: int, *, quorum: int = 2, down_after_ms: int = 500,

@@ -5,15 +5,14 @@ can run in parallel against one server."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 import redis.asyncio as aioredis
 
+from harness import wait
 from harness.cluster import Cluster, start_cluster
 from shared.connection import connect
 from shared.keys import Keys
@@ -83,8 +82,4 @@ async def client(settings: Settings) -> AsyncIterator[aioredis.Redis]:
 async def wait_until(predicate: Callable[[], Awaitable[bool]],
                      within: float = CONDITION_TIMEOUT_S, what: str = "condition") -> None:
     """Wait on a condition (a bounded poll of Redis state), never on a fixed sleep."""
-    deadline = time.monotonic() + within
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(POLL_S)  # wait-ok: polling interval of a condition wait
+    await wait.until_async(wait.holds_async(predicate, "not yet"), within, what, poll_s=POLL_S)

@@ -29,9 +29,18 @@ from shared.group import exact_lag
 from shared.metrics import ConsumerMetrics, ProducerMetrics
 from shared.schema import Snapshot, decode, encode
 from shared.settings import Settings
-from shared.shards import Deployment, Shard, open_deployment, shards, single_server
+from shared.shards import (
+    Deployment,
+    Shard,
+    open_deployment,
+    resolve_layout,
+    shards,
+    single_server,
+)
 
 DRAIN_TIMEOUT_S = 60.0
+# Where a test's deployment lives: a Redis Cluster, or the URL of one server.
+Where = Cluster | str
 
 
 def deployed(client: aioredis.Redis, s: Settings) -> Deployment:
@@ -123,36 +132,6 @@ async def dump(client: aioredis.Redis, prefix: str) -> dict[bytes, Any]:
     return out
 
 
-async def assert_exactly_once(client: aioredis.Redis, s: Settings, payloads: list[bytes],
-                              poison: list[bytes]) -> None:
-    """Each payload stored once under its by-id key with an expiry and indexed, `latest` the
-    newest per region, 0 pending and 0 undelivered, the DLQ exactly ``poison``, no staging
-    key left."""
-    keys = s.keys
-    by_region: dict[str, dict[str, tuple[int, bytes]]] = {r: {} for r in s.regions}
-    for p in payloads:
-        snap = decode(p)
-        by_region[snap.region_id][snap.meta.snapshot_id] = (snap.generated_at, p)
-    for region, expected in by_region.items():
-        index = dict(await client.zrange(keys.index(region), 0, -1, withscores=True))
-        assert {k.decode() for k in index} == set(expected), region
-        for sid, (_, payload) in expected.items():
-            by_id = keys.by_id(region, sid)
-            assert await client.get(by_id) == payload
-            assert await client.pttl(by_id) > 0
-        newest = max(expected.items(), key=lambda kv: (kv[1][0], kv[0]))[0]
-        assert await client.get(keys.latest(region)) == newest.encode()
-    info = await client.xinfo_groups(s.stream)
-    (group,) = [g for g in info if g["name"] == s.group.encode()]
-    # Undelivered judged as the consumer judges it: Redis's own lag field is an estimate that
-    # failovers leave wrong (990 on a group drained long before, after a Sentinel fail-back).
-    assert group["pending"] == 0 and exact_lag(group, await client.xinfo_stream(s.stream)) == 0
-    dead = [d for _, d in await client.xrange(keys.dlq)]
-    assert Counter(d[wire.F_PAYLOAD] for d in dead) == Counter(poison)
-    staged = [k async for k in client.scan_iter(match=f"{s.prefix}:incoming:*")]
-    assert not staged
-
-
 def failures(registry: CollectorRegistry, kind: str, shard: str | None = None) -> float:
     """``regionstream_failures_total{kind=...}`` summed over every shard (or of ``shard``)."""
     return sum(s.value for m in registry.collect() for s in m.samples
@@ -177,27 +156,27 @@ async def stored_ids(client: aioredis.Redis, s: Settings) -> set[str]:
     return {sid.decode() for ids in await pipe.execute() for sid in ids}
 
 
-def owner(cluster: Cluster | str, key: str) -> sync_redis.Redis:
-    """A client of the node holding ``key`` (``cluster`` a URL: that one server)."""
-    if isinstance(cluster, str):
-        return sync_redis.Redis.from_url(cluster, socket_timeout=5)
-    node = cluster.master_of_slot(key_slot(key.encode()))
+def owner(where: Where, key: str) -> sync_redis.Redis:
+    """A client of the node holding ``key`` (``where`` a URL: that one server)."""
+    if isinstance(where, str):
+        return sync_redis.Redis.from_url(where, socket_timeout=5)
+    node = where.master_of_slot(key_slot(key.encode()))
     return sync_redis.Redis(port=node.port, socket_timeout=5)
 
 
-def check_exactly_once(cluster: Cluster | str, s: Settings, lines: list[bytes],
-                       poison_per_region: dict[str, list[bytes]]) -> None:
-    """Per region, on the node that owns it: each snapshot stored once with an expiry and
-    indexed, `latest` the newest, the shard's group with nothing pending or undelivered, its
-    DLQ exactly the poison sent to that shard, no staging key left."""
+def check_exactly_once(where: Where, s: Settings, payloads: list[bytes],
+                       poison: list[bytes] | dict[str, list[bytes]]) -> None:
+    """Each snapshot of ``payloads`` stored once under its by-id key with an expiry and
+    indexed, `latest` the newest per region, every shard's group with nothing pending or
+    undelivered, the dead-letter streams holding exactly ``poison`` (a list: over all shards;
+    by region: each region shard's own), no staging key left. Every key is read on the node
+    holding it (``where``: a cluster, or the URL of one server)."""
     by_region: dict[str, dict[str, tuple[int, bytes]]] = {r: {} for r in s.regions}
-    for p in lines:
+    for p in payloads:
         snap = decode(p)
         by_region[snap.region_id][snap.meta.snapshot_id] = (snap.generated_at, p)
     for region, expected in by_region.items():
-        shard = s.keys.shard(region)
-        with owner(cluster, shard.stream) as c:
-            assert key_slot(shard.stream.encode()) == key_slot(s.keys.index(region).encode())
+        with owner(where, s.keys.index(region)) as c:
             index = dict(c.zrange(s.keys.index(region), 0, -1, withscores=True))
             assert {k.decode() for k in index} == set(expected), region
             for sid, (_, payload) in expected.items():
@@ -206,12 +185,31 @@ def check_exactly_once(cluster: Cluster | str, s: Settings, lines: list[bytes],
                 assert c.pttl(by_id) > 0
             newest = max(expected.items(), key=lambda kv: (kv[1][0], kv[0]))[0]
             assert c.get(s.keys.latest(region)) == newest.encode()
-            (group,) = [g for g in c.xinfo_groups(shard.stream) if g["name"] == s.group.encode()]
-            assert group["pending"] == 0
-            assert group["last-delivered-id"] == c.xinfo_stream(shard.stream)["last-generated-id"]
-            dead = [d[wire.F_PAYLOAD] for _, d in c.xrange(shard.dlq)]
-            assert Counter(dead) == Counter(poison_per_region.get(region, [])), region
             assert not list(c.scan_iter(match=f"{s.prefix}:incoming:*"))
+    dead: Counter[bytes] = Counter()
+    for shard in _shards_of(s, where):
+        k = shard.keys
+        if shard.region is not None:  # the region's data lives in its shard's slot
+            assert key_slot(k.stream.encode()) == key_slot(s.keys.index(shard.region).encode())
+        with owner(where, k.stream) as c:
+            (group,) = [g for g in c.xinfo_groups(k.stream) if g["name"] == s.group.encode()]
+            # Undelivered judged as the consumer judges it: Redis's own lag field is an
+            # estimate that failovers leave wrong (990 on a group drained long before, after
+            # a Sentinel fail-back).
+            assert group["pending"] == 0 and exact_lag(group, c.xinfo_stream(k.stream)) == 0
+            here = Counter(d[wire.F_PAYLOAD] for _, d in c.xrange(k.dlq))
+        if isinstance(poison, dict):
+            assert shard.region is not None, "poison by region needs --shard-by region"
+            assert here == Counter(poison.get(shard.region, [])), shard.region
+        dead += here
+    if isinstance(poison, list):
+        assert dead == Counter(poison)
+
+
+async def assert_exactly_once(where: Where, s: Settings, payloads: list[bytes],
+                              poison: list[bytes] | dict[str, list[bytes]]) -> None:
+    """``check_exactly_once`` from a coroutine (in a thread: the loop keeps running)."""
+    await asyncio.to_thread(check_exactly_once, where, s, payloads, poison)
 
 
 ENGINES = ["server", "cluster"]
@@ -227,19 +225,12 @@ def engine_settings(request: pytest.FixtureRequest, settings: Settings, engine: 
     return dataclasses.replace(settings, redis_url=cluster.url, shard_by="region"), cluster
 
 
-def _shards_of(s: Settings) -> tuple[Shard, ...]:
-    return shards(s.keys, s.regions, "none" if s.shard_by in ("auto", "none") else "region")
+def _shards_of(s: Settings, where: Where) -> tuple[Shard, ...]:
+    """The shards of ``s`` where it lives (--shard-by resolved as the commands resolve it)."""
+    return shards(s.keys, s.regions, resolve_layout(s.shard_by, isinstance(where, Cluster)))
 
 
-async def stored(client: aioredis.Redis, s: Settings) -> int:
-    """Snapshots indexed over every region, on the one server ``client`` talks to."""
-    pipe = client.pipeline(transaction=False)
-    for r in s.regions:
-        pipe.zcard(s.keys.index(r))
-    return sum(await pipe.execute())
-
-
-def stored_total(where: Cluster | str, s: Settings) -> int:
+def stored_total(where: Where, s: Settings) -> int:
     """Snapshots indexed over every region, each read on the node holding it."""
     total = 0
     for r in s.regions:
@@ -248,10 +239,15 @@ def stored_total(where: Cluster | str, s: Settings) -> int:
     return total
 
 
-def pending_total(where: Cluster | str, s: Settings) -> int:
+async def stored(where: Where, s: Settings) -> int:
+    """``stored_total`` from a coroutine (in a thread: the loop keeps running)."""
+    return await asyncio.to_thread(stored_total, where, s)
+
+
+def pending_total(where: Where, s: Settings) -> int:
     """Entries pending in the group over every shard."""
     total = 0
-    for shard in _shards_of(s):
+    for shard in _shards_of(s, where):
         with owner(where, shard.keys.stream) as c:
             total += int(c.xpending(shard.keys.stream, s.group)["pending"])
     return total

@@ -142,7 +142,7 @@ async def test_whole_pipeline_runs_as_the_three_users(
     for fields in POISON:
         await client.xadd(s.stream, fields)  # type: ignore[arg-type]
     ok(await cli([*DRAIN, *flags_as(s, consumer)]), consumer)
-    assert await stored(client, s) == 200 and await client.xlen(keys.dlq) == 2
+    assert await stored(s.redis_url, s) == 200 and await client.xlen(keys.dlq) == 2
 
     top, pending, show = await asyncio.gather(
         cli(["top", "--once", "--plain", *flags_as(s, operator)]),
@@ -168,7 +168,7 @@ async def test_whole_pipeline_runs_as_the_three_users(
     ranged = await cli(["replay", "--range", "-", "+", "--json", *flags_as(s, consumer)])
     outcomes = json.loads(ok(ranged, consumer))["outcomes"]
     assert outcomes.get("redelivered") == 200 and outcomes.get("invalid") == 6
-    assert await stored(client, s) == 200
+    assert await stored(s.redis_url, s) == 200
 
     # the reclaimer (XAUTOCLAIM) and forgetting idle consumers (a script) in a running consumer
     entry = await client.xadd(s.stream, POISON[1])  # type: ignore[arg-type]

@@ -160,7 +160,7 @@ async def test_sigterm_while_redis_hangs_exits_within_grace() -> None:
             code, err = await finish(spawn_cli(["consume", "--drain", "--name", "frozen",
                                                 *common_flags(s)]))
             assert code == 0, err.decode()[-2000:]
-            assert await stored(client, s) == 1000
+            assert await stored(s.redis_url, s) == 1000
             assert int((await client.xpending(s.stream, s.group))["pending"]) == 0
         finally:
             await client.aclose()

@@ -118,7 +118,7 @@ async def test_sigkill_primary_under_load_producer_and_consumers_follow(
     promoted: aioredis.Redis | None = None
     try:
         try:
-            await wait_until(lambda: _at_least(primary, s, N // 3), 60, "a third persisted")
+            await wait_until(lambda: _at_least(direct(s, old).redis_url, s, N // 3), 60, "a third persisted")
         finally:
             await primary.aclose()
         killed_at = group.kill(old)
@@ -134,7 +134,7 @@ async def test_sigkill_primary_under_load_producer_and_consumers_follow(
         retries = producer.output().count("publishing")
         await wait_until(lambda: _drained(promoted, s), 60, "the group drained on the new primary")
         drained_s = time.monotonic() - killed_at
-        kept = await stored(promoted, s)
+        kept = await stored(direct(s, new).redis_url, s)
         lost = N - kept
         print(f"\nFAILOVER (--min-replicas {min_replicas}): primary SIGKILLed; promoted after "
               f"{promoted_s:.2f} s; producer publishing on the new primary after "
@@ -142,13 +142,13 @@ async def test_sigkill_primary_under_load_producer_and_consumers_follow(
               f"group drained {drained_s:.2f} s after the kill; {N} published, {kept} stored, "
               f"{lost} lost")
         if min_replicas:
-            await assert_exactly_once(promoted, s, lines, [])
+            await assert_exactly_once(direct(s, new).redis_url, s, lines, [])
         else:
             # Whatever survived is stored once; what was lost is reported, not hidden.
             survivors = [p for p in lines if await promoted.exists(
                 s.keys.by_id(decode(p).region_id, decode(p).meta.snapshot_id))]
             assert len(survivors) == kept
-            await assert_exactly_once(promoted, s, survivors, [])
+            await assert_exactly_once(direct(s, new).redis_url, s, survivors, [])
         assert consumer.proc.poll() is None, "the consumer died in the failover"
         assert consumer.stop() == 0, consumer.output()[-3000:]
     finally:
@@ -158,8 +158,8 @@ async def test_sigkill_primary_under_load_producer_and_consumers_follow(
             await promoted.aclose()
 
 
-async def _at_least(c: aioredis.Redis, s: Settings, n: int) -> bool:
-    return await stored(c, s) >= n
+async def _at_least(url: str, s: Settings, n: int) -> bool:
+    return await stored(url, s) >= n
 
 
 async def _drained(c: aioredis.Redis, s: Settings) -> bool:
@@ -212,7 +212,7 @@ async def test_persist_lost_in_failover_comes_back_as_redelivery(tmp_path: Path)
         try:
             try:
                 await wait_until(lambda: _drained(primary, s), 60, "drained on the old primary")
-                assert await stored(primary, s) == len(lines)
+                assert await stored(direct(s, old).redis_url, s) == len(lines)
             finally:
                 await primary.aclose()
             consumer.proc.send_signal(signal.SIGSTOP)  # inspect the promoted replica undisturbed
@@ -220,14 +220,14 @@ async def test_persist_lost_in_failover_comes_back_as_redelivery(tmp_path: Path)
             new = await asyncio.to_thread(group.wait_promoted, old)
             promoted = connect(direct(s, new).redis_url)
             try:
-                assert await stored(promoted, s) == 0
+                assert await stored(direct(s, new).redis_url, s) == 0
                 assert await promoted.xlen(s.stream) == len(lines)
                 (info,) = [g for g in await promoted.xinfo_groups(s.stream)
                            if g["name"] == s.group.encode()]
                 assert info["pending"] + (info["lag"] or 0) == len(lines)
                 consumer.proc.send_signal(signal.SIGCONT)
                 await wait_until(lambda: _drained(promoted, s), 60, "drained on the new primary")
-                await assert_exactly_once(promoted, s, lines, [])
+                await assert_exactly_once(direct(s, new).redis_url, s, lines, [])
                 persisted = counter(metrics, "regionstream_messages_total", outcome="persisted")
                 assert persisted == 2 * len(lines)  # once on each primary: a redelivery
             finally:
@@ -263,7 +263,7 @@ async def test_min_replicas_decides_what_a_partition_then_failover_loses(
         try:
             stdin.write(b"\n".join(lines[:half]) + b"\n")
             stdin.flush()
-            await wait_until(lambda: _at_least(primary, s, half), 60, "the first half stored")
+            await wait_until(lambda: _at_least(direct(s, old).redis_url, s, half), 60, "the first half stored")
             for link in group.links:
                 link.cut()
             stdin.write(b"\n".join(lines[half:]) + b"\n")
@@ -271,7 +271,7 @@ async def test_min_replicas_decides_what_a_partition_then_failover_loses(
             # Without --min-replicas the whole second half lands on the primary; with it the
             # producer is stuck re-publishing its first unconfirmed chunk.
             want = len(lines) if min_replicas == 0 else half + 20
-            await wait_until(lambda: _length_at_least(primary, s, want), 60,
+            await wait_until(lambda: _length_at_least(direct(s, old).redis_url, s, want), 60,
                              "the second half sent to the cut-off primary")
             await primary.aclose()
             group.kill(old)
@@ -282,15 +282,15 @@ async def test_min_replicas_decides_what_a_partition_then_failover_loses(
             assert code == 0, producer.output()[-3000:]
             assert f"published {len(lines)} snapshot(s)" in producer.output()
             await wait_until(lambda: _drained(promoted, s), 60, "drained on the new primary")
-            kept = await stored(promoted, s)
+            kept = await stored(direct(s, new).redis_url, s)
             print(f"\nPARTITION + FAILOVER (--min-replicas {min_replicas}): {len(lines)} "
                   f"counted published, {kept} stored, {len(lines) - kept} lost")
             if min_replicas:
-                await assert_exactly_once(promoted, s, lines, [])
+                await assert_exactly_once(direct(s, new).redis_url, s, lines, [])
                 assert "; retry 1" in producer.output()  # the unconfirmed chunk went out again
             else:
                 assert kept == half  # exactly the half the promoted replica never received
-                await assert_exactly_once(promoted, s, lines[:half], [])
+                await assert_exactly_once(direct(s, new).redis_url, s, lines[:half], [])
             assert consumer.proc.poll() is None, "the consumer died in the failover"
             assert consumer.stop() == 0, consumer.output()[-3000:]
         finally:

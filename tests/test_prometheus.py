@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 import uuid
@@ -27,6 +26,7 @@ from typing import Any
 import pytest
 import redis
 
+from harness import wait
 from shared.keys import Keys
 from shared.servers import free_port
 
@@ -171,11 +171,7 @@ def regionstream_binary() -> str:
 
 
 def wait_for(predicate: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        time.sleep(POLL_S)  # wait-ok: polling interval of a bounded condition wait
+    wait.until(wait.holds(predicate, "not yet"), within, what, poll_s=POLL_S)
 
 
 def http_get(url: str) -> bytes | None:

@@ -49,7 +49,7 @@ async def test_killed_consumer_is_reclaimed_by_another_within_min_idle(
         client: aioredis.Redis, settings: Settings, keys: Keys) -> None:
     await prefill(settings)
     held = await kill_while_holding(settings.redis_url, settings, "victim")
-    stored_at_kill = await stored(client, settings)
+    stored_at_kill = await stored(settings.redis_url, settings)
     started = time.monotonic()
     rescuer = spawn_cli(["consume", "--name", "rescuer", "--workers", "1", "--batch", "50",
                          "--block-ms", "100", "--min-idle-ms", str(MIN_IDLE_MS),
@@ -66,7 +66,7 @@ async def test_killed_consumer_is_reclaimed_by_another_within_min_idle(
 
     async def all_stored() -> bool:
         info = await client.xpending(settings.stream, settings.group)
-        return await stored(client, settings) == N and info["pending"] == 0
+        return await stored(settings.redis_url, settings) == N and info["pending"] == 0
 
     await wait_until(all_stored, what="everything persisted and acked")
     rescuer.send_signal(signal.SIGTERM)
@@ -254,7 +254,7 @@ async def test_connection_kills_lose_nothing(client: aioredis.Redis, settings: S
     await prefill(s, n=1000)
     kills = 0
     for _ in range(20):  # bounded chaos: kill all other clients' connections, 20 times
-        if await stored(client, s) >= 1000:
+        if await stored(s.redis_url, s) >= 1000:
             break
         kills += int(await client.execute_command("CLIENT", "KILL", "TYPE", "normal",
                                                   "SKIPME", "yes"))
@@ -262,7 +262,7 @@ async def test_connection_kills_lose_nothing(client: aioredis.Redis, settings: S
 
     async def done() -> bool:
         info = await client.xpending(s.stream, s.group)
-        return await stored(client, s) == 1000 and info["pending"] == 0
+        return await stored(s.redis_url, s) == 1000 and info["pending"] == 0
 
     await wait_until(done, what="all entries persisted after the kills")
     assert not task.done(), "the consumer died"
@@ -281,7 +281,7 @@ _last_seen: dict[str, int] = {}
 
 
 async def _progressed(client: aioredis.Redis, keys: Keys, s: Settings) -> bool:
-    n = await stored(client, s)
+    n = await stored(s.redis_url, s)
     before = _last_seen.get(s.stream, -1)
     _last_seen[s.stream] = max(before, n)
     return n > before or n >= 1000

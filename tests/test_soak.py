@@ -95,7 +95,7 @@ async def test_soak_with_kills_restarts_and_poison(client: aioredis.Redis, setti
 
     async def settled() -> bool:
         info = await client.xpending(settings.stream, settings.group)
-        return info["pending"] == 0 and await stored(client, settings) == published
+        return info["pending"] == 0 and await stored(settings.redis_url, settings) == published
 
     await wait_until(settled, what="everything persisted, nothing pending")
     assert await client.xlen(keys.dlq) == poison
