@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from harness import wait
-from shared.servers import START_TIMEOUT_S, _wait_port, free_port, redis_server_binary
+from shared.servers import START_TIMEOUT_S, free_port, redis_server_binary, wait_port
 
 HOST = "127.0.0.1"
 SLOTS = 16384
@@ -162,7 +162,7 @@ def _log_tail(directory: str, lines: int = 5) -> str:
 def _wait_ready(node: ClusterNode, timeout: float) -> None:
     """Listening and answering PING; by then the cluster bus port is bound too."""
     deadline = time.monotonic() + timeout
-    _wait_port(HOST, node.port, timeout, node.proc)
+    wait_port(HOST, node.port, timeout, node.proc)
 
     def answering() -> str | None:
         if not node.alive:

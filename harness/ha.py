@@ -18,7 +18,7 @@ from pathlib import Path
 import redis
 
 from harness import wait
-from shared.servers import START_TIMEOUT_S, Server, _wait_port, free_port, start_redis_server
+from shared.servers import START_TIMEOUT_S, Server, free_port, start_redis_server, wait_port
 
 MASTER_NAME = "regionstream-test"
 POLL_S = 0.02
@@ -221,7 +221,7 @@ def start_sentinel(master_port: int, *, quorum: int = 2, down_after_ms: int = 50
     proc = subprocess.Popen([binary, str(conf)], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_port("127.0.0.1", port, START_TIMEOUT_S, proc)
+        wait_port("127.0.0.1", port, START_TIMEOUT_S, proc)
     except Exception:
         proc.kill()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -37,7 +37,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def _wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None
+def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None
                ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -93,7 +93,7 @@ def start_redis_server(binary: str | None = None, *, port: int | None = None,
              "no", "--dir", tmp, "--logfile", str(log), "--daemonize", "no", *extra],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            _wait_port("127.0.0.1", chosen, START_TIMEOUT_S, proc)
+            wait_port("127.0.0.1", chosen, START_TIMEOUT_S, proc)
             # A server that will not say (a password, TLS on this port) is taken as ours if
             # our process still runs: one that lost the port exits at once.
             if _pid_at(chosen) in (proc.pid, None) and proc.poll() is None:
@@ -136,7 +136,7 @@ def start_fake_server() -> Server:
     server = TcpFakeServer(("127.0.0.1", port), server_type="redis", server_version=(7, 0))
     thread = threading.Thread(target=server.serve_forever, daemon=True, name="fakeredis")
     thread.start()
-    _wait_port("127.0.0.1", port, START_TIMEOUT_S, None)
+    wait_port("127.0.0.1", port, START_TIMEOUT_S, None)
 
     def stop() -> None:
         server.shutdown()
