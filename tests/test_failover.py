@@ -118,7 +118,8 @@ async def test_sigkill_primary_under_load_producer_and_consumers_follow(
     promoted: aioredis.Redis | None = None
     try:
         try:
-            await wait_until(lambda: _at_least(direct(s, old).redis_url, s, N // 3), 60, "a third persisted")
+            await wait_until(lambda: _at_least(direct(s, old).redis_url, s, N // 3), 60,
+                             "a third persisted")
         finally:
             await primary.aclose()
         killed_at = group.kill(old)
@@ -263,7 +264,8 @@ async def test_min_replicas_decides_what_a_partition_then_failover_loses(
         try:
             stdin.write(b"\n".join(lines[:half]) + b"\n")
             stdin.flush()
-            await wait_until(lambda: _at_least(direct(s, old).redis_url, s, half), 60, "the first half stored")
+            await wait_until(lambda: _at_least(direct(s, old).redis_url, s, half), 60,
+                             "the first half stored")
             for link in group.links:
                 link.cut()
             stdin.write(b"\n".join(lines[half:]) + b"\n")
@@ -271,7 +273,7 @@ async def test_min_replicas_decides_what_a_partition_then_failover_loses(
             # Without --min-replicas the whole second half lands on the primary; with it the
             # producer is stuck re-publishing its first unconfirmed chunk.
             want = len(lines) if min_replicas == 0 else half + 20
-            await wait_until(lambda: _length_at_least(direct(s, old).redis_url, s, want), 60,
+            await wait_until(lambda: _length_at_least(primary, s, want), 60,
                              "the second half sent to the cut-off primary")
             await primary.aclose()
             group.kill(old)

@@ -57,8 +57,8 @@ async def test_deeply_nested_payload_is_dead_lettered_not_a_crash(
     assert dead[b"dlq_original_id"] == bad_id and dead[wire.F_PAYLOAD] == DEEP
     assert await pending(client, settings) == 0
     # replay --range walks the same entry without dying, and counts it as invalid
-    done = await replay_range(deployed(client, settings), settings.keys, settings, start="-", end="+",
-                              dry_run=False)
+    done = await replay_range(deployed(client, settings), settings.keys, settings, start="-",
+                              end="+", dry_run=False)
     assert done.outcomes["invalid"] == 1 and done.entries == 9
 
 
