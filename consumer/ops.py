@@ -4,6 +4,7 @@ a dead consumer, a range of history)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ from consumer.settle import Fate, Settled, Settler
 from consumer.shard_group import ShardGroup
 from shared import wire
 from shared.failpoints import failpoint
-from shared.group import read_group_stats, total
+from shared.group import GroupStats, read_group_stats, total
 from shared.ids import id_seconds, text
 from shared.keys import ALL_SHARD, Keys
 from shared.layout import layout_mismatch
@@ -47,7 +48,8 @@ class ConsumerRow:
 
 @dataclass
 class ShardRow:
-    """One shard's stream, group and dead-letter stream."""
+    """One shard's stream, group and dead-letter stream (a row of ``pending``'s and ``top``'s
+    shard tables: ``regionstream.view.shard_table``)."""
 
     shard: str
     stream: str
@@ -59,11 +61,38 @@ class ShardRow:
     dlq_length: int
     oldest_pending_age_s: float | None
 
+    @classmethod
+    def of(cls, shard: Shard, stats: GroupStats) -> ShardRow:
+        k = shard.keys
+        return cls(shard.label, k.stream, k.dlq, stats.exists, stats.stream_length, stats.lag,
+                   stats.pending, stats.dlq_length, stats.oldest_pending_age_s)
+
+
+@dataclass(frozen=True)
+class Totals:
+    """A deployment's figures over its shards, the one aggregation of them (``pending``'s report,
+    ``top``'s frame, the total row of their shard tables): sums; ``lag`` None if any shard's is
+    unknown; the oldest pending entry of any shard; the group on every shard."""
+
+    group_exists: bool
+    stream_length: int
+    lag: int | None
+    pending: int
+    dlq_length: int
+    oldest_pending_age_s: float | None
+
+    @classmethod
+    def over(cls, rows: Sequence[ShardRow]) -> Totals:
+        oldest = [r.oldest_pending_age_s for r in rows if r.oldest_pending_age_s is not None]
+        return cls(all(r.group_exists for r in rows), sum(r.stream_length for r in rows),
+                   total([r.lag for r in rows]), sum(r.pending for r in rows),
+                   sum(r.dlq_length for r in rows), max(oldest) if oldest else None)
+
 
 @dataclass
 class PendingReport:
-    """The whole deployment: totals over its shards (``lag`` None if any shard's is
-    unknown), a row per shard, and every consumer of every shard."""
+    """The whole deployment: totals over its shards (``Totals``), a row per shard, and every
+    consumer of every shard."""
 
     stream: str
     group: str
@@ -88,20 +117,17 @@ async def pending_report(deployment: Deployment, keys: Keys,
     clock. ``regions``: whose shard streams the layout check looks at (``shared.layout``)."""
 
     async def one(shard: Shard, redis: aioredis.Redis) -> tuple[ShardRow, list[ConsumerRow]]:
-        k = shard.keys
-        state = await read_group_stats(redis, k)
-        row = ShardRow(shard.label, k.stream, k.dlq, state.exists, state.stream_length,
-                       state.lag, state.pending, state.dlq_length, state.oldest_pending_age_s)
-        return row, (await _consumer_rows(redis, shard, state.at) if state.exists else [])
+        state = await read_group_stats(redis, shard.keys)
+        return (ShardRow.of(shard, state),
+                await _consumer_rows(redis, shard, state.at) if state.exists else [])
 
     read, mismatch = await asyncio.gather(read_each(deployment, one),
                                           layout_mismatch(deployment, keys, regions))
     rows = [r for r, _ in read]
-    return PendingReport(
-        keys.stream, keys.group, all(r.group_exists for r in rows),
-        sum(r.stream_length for r in rows), total([r.lag for r in rows]),
-        sum(r.pending for r in rows), sum(r.dlq_length for r in rows),
-        [c for _, cs in read for c in cs], rows, mismatch)
+    t = Totals.over(rows)
+    return PendingReport(keys.stream, keys.group, t.group_exists, t.stream_length, t.lag,
+                         t.pending, t.dlq_length, [c for _, cs in read for c in cs], rows,
+                         mismatch)
 
 
 async def _consumer_rows(redis: aioredis.Redis, shard: Shard, now: float) -> list[ConsumerRow]:

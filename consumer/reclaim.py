@@ -46,8 +46,10 @@ class Reclaimer:
         self.claim_cursor = CURSOR_START
 
     async def run(self) -> None:
-        """Sweep, forget dead consumers, wait ``--claim-interval-ms``; until ``stop``."""
+        """Sweep, forget dead consumers, wait ``--claim-interval-ms``; until ``stop``. A
+        graceful stop then settles what it still holds (what failed in its last sweep)."""
         await self.loop.run(self.round)
+        await self.own.settle(self.settler)
 
     async def round(self) -> Batch:
         settled = await self.sweep()

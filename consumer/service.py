@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +44,6 @@ def pool_size(s: Settings) -> int:
 
 # How often --drain asks Redis whether the group is empty while workers are idle.
 DRAIN_POLL_S = 0.2
-EXIT_SECOND_SIGNAL = 130
 
 
 @dataclass
@@ -190,19 +187,3 @@ class Consumer:
                 self.stop.set()
                 return
             await pause(self.stop, DRAIN_POLL_S)
-
-    def install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
-        """First SIGINT/SIGTERM: stop reading, finish and ack in-flight work, exit 0. Second:
-        exit at once (what is pending is replayed by the next start: nothing is lost)."""
-
-        def on_signal(signum: int) -> None:
-            if self.stop.is_set():
-                log.warning("second %s: exiting now", signal.Signals(signum).name)
-                os._exit(EXIT_SECOND_SIGNAL)
-            log.info("%s: finishing in-flight work (grace %.1fs)",
-                     signal.Signals(signum).name, self.settings.grace_s)
-            self.stop.set()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal, sig)
-

@@ -231,7 +231,7 @@ class Settler:
             log.warning("%s: Redis had lost our scripts; loaded them again", self.consumer)
         await self._later(settled, len(entries))
         if ack:
-            await self._spend_budget(settled, {i: f for i, f in entries if f is not None})
+            await self._spend_budget(settled, entries)
         self._record(settled)
         self.metrics.batch_size.observe(len(entries))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
@@ -332,8 +332,7 @@ class Settler:
                         self.consumer, time.monotonic() - self.full_since)
             self.full_since = None
 
-    async def _spend_budget(self, settled: Settled, fields: dict[bytes, dict[bytes, bytes]]
-                            ) -> None:
+    async def _spend_budget(self, settled: Settled, entries: Sequence[Entry]) -> None:
         """Dead-letter the failed entries that used up their deliveries; the rest stay pending
         for another attempt. A message failing every attempt thus ends in the dead-letter
         stream after exactly ``max_deliveries`` deliveries, instead of looping forever."""
@@ -342,6 +341,7 @@ class Settler:
             return
         self.failure["persist"].inc(len(failed_))
         delivered = await self.group.deliveries(self.consumer, [o.entry_id for o in failed_])
+        fields = {i: f for i, f in entries if f is not None}
         exhausted = [Poison(o.entry_id, fields[o.entry_id], Reason.MAX_DELIVERIES, o.error)
                      for o in failed_
                      if delivered.get(o.entry_id, 0) >= self.settings.max_deliveries]

@@ -73,6 +73,19 @@ class OwnPending:
         harmless if it was: such entries are recognized as redeliveries)."""
         self.cursor = ONLY_OWN
 
+    async def settle(self, settler: Settler) -> None:
+        """On a graceful stop: walk the list from its start and settle it (bounded: a huge
+        backlog stays pending, replayed at the next start). A Redis error is logged: the
+        entries stay pending."""
+        self.again()
+        try:
+            for _ in range(FINISH_MAX_PAGES):
+                settled = await settler.settle(await self.page())
+                if self.done or settled.failed:
+                    return
+        except (RedisError, OSError) as exc:
+            log.warning("%s: could not settle own pending entries at stop: %s", self.name, exc)
+
     async def page(self) -> list[Entry]:
         started = time.perf_counter()
         entries = await self.group.read(self.name, self.cursor, self.count, None)
@@ -177,13 +190,13 @@ class Worker:
         """Batches until ``stop`` is set; errors back off instead of killing the worker. A
         graceful stop then settles and acks everything this worker still holds."""
         await self.loop.run(self.next_batch)
-        await self.finish()
+        await self.own.settle(self.settler)
 
     async def next_batch(self) -> Batch:
         """One batch: from the own pending list while it lasts, else new entries. A blocking
         read for new entries is abandoned when ``stop`` is set, so a shutdown does not wait
         out ``block_ms``; whatever the server delivered to the abandoned read is in our
-        pending list, which ``finish`` settles."""
+        pending list, which ``OwnPending.settle`` settles at the stop."""
         if not self.own.done:
             return Batch(await self.settler.settle(await self.own.page()), own=True)
         read = asyncio.ensure_future(self._read_new())
@@ -210,13 +223,3 @@ class Worker:
         self.metrics.rtt["read"].observe(time.perf_counter() - started)
         return entries
 
-    async def finish(self) -> None:
-        """On a graceful stop: settle what is still pending under our name (bounded)."""
-        self.own.again()
-        try:
-            for _ in range(FINISH_MAX_PAGES):
-                settled = await self.settler.settle(await self.own.page())
-                if self.own.done or settled.failed:
-                    return
-        except (RedisError, OSError) as exc:  # they stay pending: replayed at the next start
-            log.warning("%s: could not settle own pending entries at stop: %s", self.name, exc)
