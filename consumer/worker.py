@@ -9,7 +9,6 @@ turns Redis errors into back-offs instead of crashes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -210,8 +209,15 @@ class Worker:
             stopped.cancel()
         if not read.done():
             read.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await read
+            except asyncio.CancelledError:
+                # The read's own cancellation, or this task's: the grace period ran out while
+                # the read was being given up (Redis frozen). That one must end the worker,
+                # not be taken for the read's, or it goes on to settle with no deadline left.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
             self.own.again()
             return Batch(Settled(), abandoned=True)
         return Batch(await self.settler.settle(read.result()))

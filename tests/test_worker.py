@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 from redis.asyncio.connection import Connection
 
 from consumer import scripts
 from consumer.settle import Fate, Settled
+from consumer.shard_group import Entry, ShardGroup
+from consumer.worker import Worker
 from shared.connection import connect
 from shared.keys import Keys
 from shared.metrics import ConsumerMetrics
 from shared.settings import Settings
+from tests.conftest import wait_until
 from tests.helpers import (
     drain,
     failures,
@@ -152,3 +157,54 @@ async def test_persist_script_runs_on_fakeredis_for_the_demo_fallback(settings: 
             assert outcomes(await drain(s))["redelivered"] == 8
         finally:
             await fake.aclose()
+
+
+class FrozenRedis(ShardGroup):
+    """The shard's group on a Redis that froze while a worker waited for new entries: the
+    read never returns, and giving it up takes as long as the grace period allows (redis-py
+    disconnects a cancelled read; from a frozen server that can hang)."""
+
+    def __init__(self, group: ShardGroup) -> None:
+        super().__init__(group.deployment, group.shard)
+        self.reading, self.giving_up = asyncio.Event(), asyncio.Event()
+        self.own_reads_after_giving_up = 0
+
+    async def read(self, consumer: str, cursor: bytes, count: int, block_ms: int | None
+                   ) -> list[Entry]:
+        if cursor != b">":
+            if self.giving_up.is_set():
+                self.own_reads_after_giving_up += 1
+            return await super().read(consumer, cursor, count, block_ms)
+        self.reading.set()
+        try:
+            await asyncio.Event().wait()  # frozen
+        except asyncio.CancelledError:
+            self.giving_up.set()
+            await asyncio.Event().wait()  # the disconnect hangs too, until cancelled again
+        raise AssertionError("unreachable")
+
+
+async def test_the_grace_deadline_ends_a_worker_giving_up_its_read(
+        client: aioredis.Redis, settings: Settings) -> None:
+    """A SIGTERM asks the worker to give up its blocking read; the grace period running out
+    while it does (Redis frozen) must end the worker. That cancellation was taken for the
+    read's own: the worker went on to settle its pending list, with no deadline left, and
+    the process exited ~10 s (a socket timeout) after --grace (1 run in 8 of the chaos test
+    test_sigterm_while_redis_hangs_exits_within_grace)."""
+    await prepare(client, settings)
+    stop = asyncio.Event()
+    real = worker(client, settings, stop=stop)
+    frozen = FrozenRedis(real.group)
+    w = Worker(frozen, real.settler, settings, real.metrics, stop)
+    task = asyncio.create_task(w.run())
+    await wait_until(lambda: _is_set(frozen.reading), what="the worker reading new entries")
+    stop.set()  # SIGTERM: the worker gives up its read
+    await wait_until(lambda: _is_set(frozen.giving_up), what="the read being given up")
+    task.cancel()  # the grace period is over
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    assert frozen.own_reads_after_giving_up == 0
+
+
+async def _is_set(event: asyncio.Event) -> bool:
+    return event.is_set()
