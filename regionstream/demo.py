@@ -10,11 +10,10 @@ import contextlib
 import dataclasses
 import logging
 import math
-import signal
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry
 from rich.console import Console
@@ -23,15 +22,15 @@ from rich.markup import escape
 
 from consumer.service import Consumer
 from producer.service import Producer
+from regionstream.runtime import EXIT_FAILURE, EXIT_OK, session
 from regionstream.top import frames
 from regionstream.view import Frame, collect, logs_through, render, summary_line
 from shared.aio import pause
 from shared.connection import describe_url
 from shared.keys import Keys
-from shared.memory import check_eviction
 from shared.servers import Server, redis_server_binary, start_fake_server, start_redis_server
 from shared.settings import Settings
-from shared.shards import Deployment, open_deployment
+from shared.shards import Deployment
 
 REFRESH_S = 0.5
 FIRST_FRAME_POLL_S = 0.02
@@ -65,10 +64,11 @@ def windowed_rates(samples: Sequence[Sample], window_s: float) -> dict[str, floa
 
 
 @contextlib.contextmanager
-def _server(settings: Settings, explicit: bool, err: Console):  # type: ignore[no-untyped-def]
+def _server(settings: Settings, explicit: bool, err: Console) -> Iterator[Server | None]:
+    """The Redis to run on: the one given (None), else a private one, stopped on leaving."""
     if explicit:
         err.print(f"[bold]demo[/]: using Redis at {escape(describe_url(settings.redis_url))}")
-        yield settings.redis_url
+        yield None
         return
     server: Server
     if redis_server_binary():
@@ -79,7 +79,7 @@ def _server(settings: Settings, explicit: bool, err: Console):  # type: ignore[n
         err.print(f"[bold]demo[/]: redis-server not found; using in-process fakeredis at "
                   f"{server.url} (install redis-server for the real thing)")
     with server:
-        yield server.url
+        yield server
 
 
 async def _frames(client: Deployment, keys: Keys, settings: Settings,
@@ -121,50 +121,42 @@ async def run_demo(settings: Settings, *, duration: float | None, interval_s: fl
     err = Console(stderr=True)
     # The screen shows every cycle; a log line per cycle would only tear the live view.
     logging.getLogger("regionstream.producer").setLevel(logging.WARNING)
-    with _server(settings, explicit_url, err) as url:
+    with _server(settings, explicit_url, err) as server:
+        url = settings.redis_url if server is None else server.url
         # The cadence is accelerated from hours to seconds; the dedup window shrinks with it, or
         # every cycle after the first would land in a taken 15-minute bucket.
         # Every shard, whatever REGIONSTREAM_SHARDS says: the demo is the whole pipeline.
         s = dataclasses.replace(settings, redis_url=url, interval_s=interval_s, workers=workers,
                                 dedup_window_s=max(1, int(interval_s)), shards=())
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        if duration is not None:
-            loop.call_later(duration, stop.set)
         # Cluster or not, found out as every command does: the producer publishes, and the
         # view reads, through the deployment's routing; the consumer makes its workers' own.
-        deployment = await open_deployment(url, s.keys, s.regions, s.shard_by, tls=s.tls)
-        client = deployment.base
-        try:
-            await client.ping()
-            if explicit_url:  # its own server never evicts (noeviction, no maxmemory)
-                await check_eviction(deployment.node_clients(), url, allow=s.allow_eviction)
-        except BaseException:
-            await deployment.aclose()
-            raise
-        registry = CollectorRegistry()
-        producer = Producer(s, registry=registry, stop=stop)
-        consumer = Consumer(s, registry=registry, stop=stop)
-        err.print(f"[bold]demo[/]: {len(s.regions)} regions every {interval_s:g}s -> stream "
-                  f"{escape(repr(s.stream))} -> group {escape(repr(s.group))} ({workers} "
-                  "workers); Ctrl-C stops")
-        tasks = [asyncio.create_task(producer.run(deployment)),
-                 asyncio.create_task(consumer.run(deployment))]
-        try:
-            await _show(deployment, consumer.keys, s, consumer.totals, stop, plain)
-            await asyncio.gather(*tasks)
-        finally:
-            stop.set()
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            final = await collect(deployment, consumer.keys, s.regions)
-            await deployment.aclose()
+        # Its own server never evicts (noeviction, no maxmemory): checked on a given one only.
+        # A second signal exits at once: the private server is stopped first, not orphaned.
+        async with session(s, subset=False, writes=explicit_url, stop=stop,
+                           before_exit=None if server is None else server.stop) as deployment:
+            if duration is not None:
+                asyncio.get_running_loop().call_later(duration, stop.set)
+            registry = CollectorRegistry()
+            producer = Producer(s, registry=registry, stop=stop)
+            consumer = Consumer(s, registry=registry, stop=stop)
+            err.print(f"[bold]demo[/]: {len(s.regions)} regions every {interval_s:g}s -> stream "
+                      f"{escape(repr(s.stream))} -> group {escape(repr(s.group))} ({workers} "
+                      "workers); Ctrl-C stops")
+            tasks = [asyncio.create_task(producer.run(deployment)),
+                     asyncio.create_task(consumer.run(deployment))]
+            try:
+                await _show(deployment, consumer.keys, s, consumer.totals, stop, plain)
+                await asyncio.gather(*tasks)
+            finally:
+                stop.set()
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                final = await collect(deployment, consumer.keys, s.regions)
         print("final: " + summary_line(final), flush=True)
         with_latest = sum(1 for r in final.regions if r.snapshot_id)
-        return 0 if with_latest == len(s.regions) else 1
+        return EXIT_OK if with_latest == len(s.regions) else EXIT_FAILURE
 
 
 async def _show(client: Deployment, keys: Keys, s: Settings,

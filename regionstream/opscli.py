@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -26,80 +24,12 @@ from consumer.ops import (
     replay_range,
 )
 from regionstream.output import OutputLost
-from regionstream.view import age_text, plain
+from regionstream.runtime import EXIT_OK, EXIT_USAGE
+from regionstream.view import age_text, plain, shard_table
 from shared.ids import text
 from shared.keys import Keys, is_sharded
 from shared.settings import Settings
 from shared.shards import Deployment
-
-# A stream id as XRANGE takes it: -, +, <ms> or <ms>-<seq>, the numbers after an optional "("
-# (exclusive). Each part is a 64-bit unsigned integer.
-_STREAM_ID = re.compile(r"\(?(\d+)(?:-(\d+))?")
-
-
-def is_stream_id(text: str) -> bool:
-    if text in ("-", "+"):
-        return True
-    m = _STREAM_ID.fullmatch(text)
-    return m is not None and all(int(g) < 2**64 for g in m.groups() if g is not None)
-
-
-class _RangeAction(argparse.Action):
-    """--range START END, each checked before anything connects: Redis's own complaint
-    ("Invalid stream ID") says neither which argument was wrong nor what it was."""
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: str | Sequence[Any] | None, option_string: str | None = None) -> None:
-        assert isinstance(values, list)  # nargs=2
-        for label, value in zip(("START", "END"), values, strict=True):
-            if not is_stream_id(value):
-                parser.error(f"--range {label}: not a stream id: {value!r} (expected -, +, "
-                             "<ms> or <ms>-<seq>, a number optionally after '(' to exclude it)")
-        setattr(namespace, self.dest, values)
-
-
-def _idle_ms(text: str) -> int:
-    """``replay --pending --min-idle-ms``: the consumer setting's range, and 0 (a consumer known
-    to be dead). A value Redis refuses was an exit 1 after the replay had begun."""
-    from shared.settings import MAX_MIN_IDLE_MS
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 0 <= value <= MAX_MIN_IDLE_MS:
-        raise argparse.ArgumentTypeError(
-            f"must be 0..{MAX_MIN_IDLE_MS} ms (a week) (got {text})")
-    return value
-
-
-def add_parsers(sub: Any, common: Any, sharded: Any, integer: Any, positive_int: Any) -> None:
-    p = sub.add_parser("pending", help="who holds what: per-consumer pending, lag, DLQ")
-    p.add_argument("--json", action="store_true")
-    sharded(p)
-
-    r = sub.add_parser("replay", help="re-drive dead letters, a dead consumer's pending "
-                       "entries, or a range of history")
-    what = r.add_mutually_exclusive_group(required=True)
-    what.add_argument("--dlq", action="store_true", help="move dead letters back onto the stream")
-    what.add_argument("--pending", action="store_true",
-                      help="claim and process now what a (dead) consumer holds")
-    what.add_argument("--range", nargs=2, metavar=("START", "END"), action=_RangeAction,
-                      help="re-drive stream entries START..END through dedup (idempotent)")
-    r.add_argument("--region", help="--dlq: only this region")
-    r.add_argument("--reason", help="--dlq: only dead letters whose reason contains TEXT")
-    r.add_argument("--limit", type=positive_int, help="--dlq: at most N entries (N > 0)")
-    r.add_argument("--consumer", help="--pending: only this consumer's entries")
-    r.add_argument("--min-idle-ms", type=_idle_ms, default=None, dest="replay_min_idle_ms",
-                   help="--pending: only entries idle at least this long (default: the "
-                   "consumer's --min-idle-ms, 60000; 0 for a consumer known to be dead)")
-    r.add_argument("--dry-run", action="store_true", help="list what would be done, do nothing")
-    r.add_argument("--json", action="store_true")
-    sharded(r)
-
-    a = sub.add_parser("acl", help="print the Redis ACL users (producer, consumer, read-only "
-                       "operator) for --stream and --prefix; connects to nothing")
-    common(a)
 
 
 def _console() -> Console:
@@ -120,7 +50,7 @@ def print_pending(report: PendingReport) -> None:
                           f"{report.dlq_length}"))
     sharded = is_sharded(r.shard for r in report.shards)
     if sharded:
-        c.print(shard_table(report))
+        c.print(shard_table(report.shards, streams=True))
     if not report.consumers:
         c.print("no consumers")
         return
@@ -134,23 +64,6 @@ def print_pending(report: PendingReport) -> None:
     c.print(t)
 
 
-def shard_table(report: PendingReport) -> Table:
-    """A row per shard, then the deployment's total."""
-    t = Table("shard", "stream", "length", "lag", "pending", "oldest pending", "dead letters",
-              title="shards", title_justify="left")
-    for r in report.shards:
-        t.add_row(plain(r.shard), plain(r.stream if r.group_exists else f"{r.stream} (no group)"),
-                  str(r.stream_length), "?" if r.lag is None else str(r.lag), str(r.pending),
-                  age_text(r.oldest_pending_age_s), str(r.dlq_length))
-    oldest = [r.oldest_pending_age_s for r in report.shards
-              if r.oldest_pending_age_s is not None]
-    t.add_row("total", f"{len(report.shards)} shards", str(report.stream_length),
-              "?" if report.lag is None else str(report.lag), str(report.pending),
-              age_text(max(oldest) if oldest else None), str(report.dlq_length),
-              style="bold")
-    return t
-
-
 async def cmd_pending(args: argparse.Namespace, settings: Settings, deployment: Deployment
                       ) -> int:
     report = await pending_report(deployment, settings.keys, settings.regions)
@@ -158,7 +71,7 @@ async def cmd_pending(args: argparse.Namespace, settings: Settings, deployment: 
         print(json.dumps(report.as_json(), indent=2))
     else:
         print_pending(report)
-    return 0
+    return EXIT_OK
 
 
 @dataclass
@@ -245,7 +158,7 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings, redis: Deploy
                 _dlq_report(moved, keys, redis, dry_run, stopped=True).show(args.json)
             raise
         _dlq_report(moved, keys, redis, dry_run).show(args.json)
-        return 0
+        return EXIT_OK
     done = Replayed()
     if args.pending:
         # As typed: argv that is not UTF-8 arrives as surrogate escapes; shown as \x escapes.
@@ -268,7 +181,7 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings, redis: Deploy
             _replayed_report(done, what, dry_run, stopped=True).show(args.json)
         raise
     _replayed_report(done, what, dry_run).show(args.json)
-    return 0
+    return EXIT_OK
 
 
 async def cmd_acl(args: argparse.Namespace, settings: Settings) -> int:
@@ -280,7 +193,7 @@ async def cmd_acl(args: argparse.Namespace, settings: Settings) -> int:
         text = render(settings.keys)
     except ValueError as exc:
         print(f"regionstream acl: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     sys.stdout.write(text)
     sys.stderr.write(notes(settings.keys))
-    return 0
+    return EXIT_OK

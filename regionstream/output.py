@@ -5,14 +5,19 @@ A command's report can fail to reach its reader in several ways: the reader went
 closed before start (``>&-``: ``sys.stdout`` is None). Each used to end in a different
 traceback, and ``replay`` lost the report of what it had already moved. ``guard_stdout``
 wraps ``sys.stdout`` so every one of them raises ``OutputLost``, which ``cli.main`` turns into
-one line (none for a reader that went away) and exit 1, and which ``replay`` answers by
-writing its report to standard error instead."""
+one line (none for a reader that went away) and exit 1 (``runtime.exit_code``), and which
+``replay`` answers by writing its report to standard error instead."""
 
 from __future__ import annotations
 
 import errno
 import sys
-from typing import Any
+
+# Not typing.TYPE_CHECKING: importing typing costs ``--help`` a few ms (mypy and ruff treat a
+# module's own TYPE_CHECKING = False the same way; see regionstream/__init__.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class OutputLost(Exception):

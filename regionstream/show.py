@@ -9,6 +9,7 @@ import time
 import msgspec
 import redis.asyncio as aioredis
 
+from regionstream.runtime import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from regionstream.view import printable
 from shared.ids import text
 from shared.keys import Keys
@@ -41,24 +42,24 @@ async def show(redis: aioredis.Redis, settings: Settings, region: str, *, as_jso
     if region not in settings.regions:
         print(f"regionstream show: unknown region {region!r}; known: "
               f"{', '.join(settings.regions)}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     keys = settings.keys
     payload = await latest_payload(redis, keys, region)
     if payload is None:
         print(f"regionstream show: no snapshot persisted for {region}", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
     try:
         # Formatted before anything is printed: a payload that is not a snapshot is one line.
         text = terminal_json(payload) if as_json else "\n".join(describe(region, payload))
     except (msgspec.DecodeError, SnapshotInvalid) as exc:
         print(f"regionstream show: the latest snapshot stored for {region} is not readable: "
               f"{printable(str(exc))}", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
     if as_json:  # UTF-8 whatever the locale: it is JSON
         sys.stdout.buffer.write(text.encode() + b"\n")
     else:
         print(text)
-    return 0
+    return EXIT_OK
 
 
 def describe(region: str, payload: bytes) -> list[str]:

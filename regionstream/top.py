@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from regionstream.runtime import EXIT_OK
 from regionstream.view import Frame, collect, logs_through, rates_between, render, summary_line
 from shared.aio import pause
 from shared.connection import ErrorKind, classify
@@ -78,13 +79,13 @@ async def run_top(redis: Deployment, settings: Settings, *, once: bool = False,
     if once:
         frame = await collect(redis, keys, settings.regions)
         out.print(plain_line(frame) if plain else render(frame), soft_wrap=plain)
-        return 0
+        return EXIT_OK
     stop = stop or asyncio.Event()
     if plain or not out.is_terminal:
         async for frame in frames(redis, keys, settings.regions, stop, every):
             out.print(plain_line(frame), soft_wrap=True)
-        return 0
+        return EXIT_OK
     with Live(console=out, refresh_per_second=LIVE_REDRAWS_PER_S) as live, logs_through(out):
         async for frame in frames(redis, keys, settings.regions, stop, every):
             live.update(render(frame))
-    return 0
+    return EXIT_OK

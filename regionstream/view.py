@@ -10,16 +10,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
 import redis.asyncio as aioredis
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
 
+from consumer.ops import ShardRow, Totals
 from shared.group import (
     ACTIVE_CONSUMER_IDLE_S,
     ConsumerStat,
@@ -108,11 +109,15 @@ class Frame:
 
 @dataclass(frozen=True)
 class ShardStat:
-    """One shard's row in the view."""
+    """One shard in the view: its row of the shard table, and the whole read (its consumers,
+    its counters)."""
 
-    shard: str
-    stream: str
+    row: ShardRow
     stats: GroupStats
+
+    @property
+    def shard(self) -> str:
+        return self.row.shard
 
 
 async def collect(deployment: Deployment, keys: Keys, regions: tuple[str, ...],
@@ -122,7 +127,7 @@ async def collect(deployment: Deployment, keys: Keys, regions: tuple[str, ...],
     now = time.time() if now is None else now
     per_shard, mismatch = await asyncio.gather(read_shard_stats(deployment),
                                                layout_mismatch(deployment, keys, regions))
-    shard_rows = tuple(ShardStat(sh.label, sh.keys.stream, st)
+    shard_rows = tuple(ShardStat(ShardRow.of(sh, st), st)
                        for sh, st in zip(deployment.shards, per_shard, strict=True))
     parts = await retrying(deployment, lambda: asyncio.gather(*(
         _region_rows(client, keys, rs, now)
@@ -178,12 +183,10 @@ def _merged(rows: Iterable[ConsumerStat]) -> tuple[ConsumerStat, ...]:
 def _frame(now: float, keys: Keys, shards: tuple[ShardStat, ...], rows: list[RegionRow],
            warning: str = "") -> Frame:
     stats = [s.stats for s in shards]
-    oldest = [s.oldest_pending_age_s for s in stats if s.oldest_pending_age_s is not None]
+    t = Totals.over([s.row for s in shards])
     consumers = _merged(c for s in stats for c in s.consumers)
-    return Frame(now, keys.stream, keys.group, sum(s.stream_length for s in stats),
-                 sum(s.dlq_length for s in stats), total([s.lag for s in stats]),
-                 sum(s.pending for s in stats), len(consumers), rows,
-                 oldest_pending_age_s=max(oldest) if oldest else None,
+    return Frame(now, keys.stream, keys.group, t.stream_length, t.dlq_length, t.lag, t.pending,
+                 len(consumers), rows, oldest_pending_age_s=t.oldest_pending_age_s,
                  active_consumers=sum(1 for c in consumers
                                       if c.idle_s < ACTIVE_CONSUMER_IDLE_S),
                  consumer_rows=consumers,
@@ -229,7 +232,7 @@ REGIME_STYLE = {"calm": "green", "managed_deescalation": "green",
 
 def _header(frame: Frame) -> Table:
     head = Table.grid(padding=(0, 2))
-    lag = "?" if frame.lag is None else str(frame.lag)
+    lag = _lag(frame.lag)
     oldest = age_text(frame.oldest_pending_age_s)
     head.add_row(
         plain(f"stream {frame.stream}", "bold"), f"length {frame.stream_length}",
@@ -258,25 +261,42 @@ def sharded(frame: Frame) -> bool:
     return is_sharded(s.shard for s in frame.shards)
 
 
-def _shard_table(frame: Frame) -> Table:
-    """A row per shard, then the totals (the header's figures)."""
+def shard_table(rows: Sequence[ShardRow], *, streams: bool = False,
+                consumers: tuple[Sequence[RenderableType], str] | None = None) -> Table:
+    """A row per shard, then the deployment's total (``Totals.over``: the figures of the
+    header above it). ``pending`` names each shard's stream (``streams``); ``top`` counts each
+    shard's consumers (``consumers``: a cell per row, then the total's)."""
     table = Table(expand=False, header_style="bold", title="shards", title_justify="left")
-    for col in ("shard", "length", "lag", "pending", "oldest pending", "dead letters",
-                "consumers"):
+    for col in ("shard", *(("stream",) if streams else ()), "length", "lag", "pending",
+                "oldest pending", "dead letters", *(("consumers",) if consumers else ())):
         table.add_column(col)
-    for s in frame.shards:
-        st = s.stats
-        lag = "?" if st.lag is None else str(st.lag)
-        consumers = (f"{st.active_consumers}/{len(st.consumers)}" if st.exists
-                     else Text("no group", style="yellow"))
-        table.add_row(plain(s.shard), str(st.stream_length), lag,
-                      Text(str(st.pending), style="yellow" if st.pending else ""),
-                      age_text(st.oldest_pending_age_s),
-                      Text(str(st.dlq_length), style="red" if st.dlq_length else ""), consumers)
-    table.add_row("total", str(frame.stream_length), "?" if frame.lag is None else str(frame.lag),
-                  str(frame.pending), age_text(frame.oldest_pending_age_s), str(frame.dlq_length),
-                  f"{frame.active_consumers}/{frame.consumers}", style="bold")
+    for i, r in enumerate(rows):
+        stream = r.stream if r.group_exists else f"{r.stream} (no group)"
+        table.add_row(plain(r.shard), *((plain(stream),) if streams else ()),
+                      str(r.stream_length), _lag(r.lag),
+                      Text(str(r.pending), style="yellow" if r.pending else ""),
+                      age_text(r.oldest_pending_age_s),
+                      Text(str(r.dlq_length), style="red" if r.dlq_length else ""),
+                      *((consumers[0][i],) if consumers else ()))
+    t = Totals.over(rows)
+    table.add_row("total", *((f"{len(rows)} shards",) if streams else ()),
+                  str(t.stream_length), _lag(t.lag), str(t.pending),
+                  age_text(t.oldest_pending_age_s), str(t.dlq_length),
+                  *((consumers[1],) if consumers else ()), style="bold")
     return table
+
+
+def _lag(lag: int | None) -> str:
+    return "?" if lag is None else str(lag)
+
+
+def _consumer_cells(frame: Frame) -> tuple[list[RenderableType], str]:
+    """``top``'s consumers column: active/known per shard ("no group" where it is missing),
+    then over the deployment (a consumer serves every shard under one name)."""
+    cells: list[RenderableType] = [
+        f"{s.stats.active_consumers}/{len(s.stats.consumers)}" if s.stats.exists
+        else Text("no group", style="yellow") for s in frame.shards]
+    return cells, f"{frame.active_consumers}/{frame.consumers}"
 
 
 def render(frame: Frame) -> Group:
@@ -292,7 +312,8 @@ def render(frame: Frame) -> Group:
     if frame.warning:
         parts.insert(0, plain(f"warning: {frame.warning}", "bold red"))
     if sharded(frame):
-        parts.append(_shard_table(frame))
+        parts.append(shard_table([s.row for s in frame.shards],
+                                 consumers=_consumer_cells(frame)))
     parts.append(table)
     if frame.consumer_rows:
         parts.append(_consumer_table(frame))

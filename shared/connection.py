@@ -132,6 +132,66 @@ def classify(exc: BaseException | str) -> ErrorKind:
     }.get(head, ErrorKind.OTHER)
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why Redis (or its TLS) refused a connection, in one line naming what to fix. ``usage``:
+    a certificate or TLS setting is the cause, a bad setting like a bad flag."""
+
+    reason: str
+    usage: bool
+
+
+def diagnose(exc: BaseException, url: str, *, client_cert: bool) -> Refusal | None:
+    """An authentication or TLS failure of a connection to ``url`` as one line (the URL only
+    through describe_url), or None when ``exc`` is neither. ``client_cert``: a client
+    certificate was given (--tls-cert). redis-py says these only in the text of its errors."""
+    usage = _is_tls_refusal(exc, url, client_cert)
+    shown = describe_url(url)
+    # Before ConnectionError, of which redis-py makes it a subclass.
+    if isinstance(exc, AuthenticationError) or str(exc).startswith(("NOAUTH", "WRONGPASS")):
+        if url_password(url) is None:
+            return Refusal(f"Redis at {shown} requires a password (AUTH failed / NOAUTH)",
+                           usage)
+        return Refusal(f"Redis at {shown} refused the credentials in the URL (WRONGPASS: "
+                       "wrong username or password, or the user is disabled)", usage)
+    if isinstance(exc, ConnectionError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        reason = _ssl_reason(exc)
+        if "mismatch" in reason:
+            return Refusal(f"Redis at {shown}: its TLS certificate is not for this host "
+                           f"({reason}); connect by a name or address the certificate lists",
+                           usage)
+        return Refusal(f"Redis at {shown}: TLS certificate not trusted ({reason}); pass the "
+                       "CA that signed it with --tls-ca", usage)
+    if usage:
+        reason = _ssl_reason(exc) if "SSL" in str(exc) else (
+            "connection reset right after the handshake: certificate required?")
+        hint = ("; the server wants a client certificate: pass --tls-cert and --tls-key"
+                if "certificate required" in reason else "")
+        return Refusal(f"Redis at {shown}: TLS handshake failed ({reason}){hint}", usage)
+    return None
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    """The OpenSSL reason inside redis-py's connection error text, without its file:line."""
+    import re
+
+    text = str(exc)
+    found = re.search(r"\[SSL[^\]]*\]\s*([^(]+)", text)
+    return found.group(1).strip() if found else text
+
+
+def _is_tls_refusal(exc: BaseException, url: str, client_cert: bool) -> bool:
+    """A TLS error, or (TLS 1.3) a reset on the first read of a TLS connection made without a
+    client certificate: the server's "certificate required" alert and its close race, and the
+    client sometimes sees only the reset."""
+    if not isinstance(exc, ConnectionError):
+        return False
+    if "SSL" in str(exc):
+        return True
+    return (url.lower().startswith("rediss") and not client_cert
+            and "Connection reset by peer" in str(exc))
+
+
 def backoff() -> EqualJitterBackoff:
     """redis-py's jittered exponential backoff, capped: used by its own retries and by the
     consumer's loop alike."""

@@ -23,7 +23,7 @@ from shared.aio import pause
 from shared.group import GroupStats, read_group_stats
 from shared.metrics import UNKNOWN, GroupMetrics, ShardGauges, group_refresh_errors
 from shared.settings import Settings
-from shared.shards import Deployment, LayoutError, Shard, open_deployment
+from shared.shards import Deployment, LayoutError, Shard, open_deployment, shards
 
 log = logging.getLogger("regionstream.metrics")
 
@@ -86,32 +86,55 @@ async def refresh_forever(deployment: Deployment, metrics: GroupMetrics, stop: a
 
 
 def start_group_gauges(settings: Settings, registry: CollectorRegistry,
-                       stop: asyncio.Event | None = None) -> asyncio.Task[None]:
+                       stop: asyncio.Event | None = None, *,
+                       deployment: Deployment | None = None) -> asyncio.Task[None]:
     """Register the group gauges in ``registry`` and refresh them in a background task of the
-    running loop, on connections of its own (a worker's blocked XREADGROUP never delays it).
-    Every shard of the deployment is exported, also by a consumer serving a ``--shards``
-    subset: a shard nobody serves then shows (and alerts) as having no active consumers. The
-    gauges are registered once the layout is known (a cluster or not: --shard-by auto). The
-    task ends when ``stop`` is set or it is cancelled (``asyncio.run`` cancels it at exit)."""
+    running loop. Every shard of the deployment is exported, also by a consumer serving a
+    ``--shards`` subset: a shard nobody serves then shows (and alerts) as having no active
+    consumers. The task ends when ``stop`` is set or it is cancelled (``asyncio.run`` cancels
+    it at exit).
+
+    ``deployment``: the command's, already open (``regionstream.runtime``): the gauges read
+    through its clients (a pool's connection each time: a worker's blocked XREADGROUP, on the
+    workers' clients of their own, never delays them) and never close it; its owner stops
+    the task first. Without one, the task opens a deployment of its own once Redis answers
+    (each failed try a refresh error) and registers the gauges once the layout is known (a
+    cluster or not: --shard-by auto)."""
     keys, stop = settings.keys, stop or asyncio.Event()
     errors = group_refresh_errors(registry)  # exported from the first scrape
 
+    async def run_on(given: Deployment) -> None:
+        view = _every_shard(given, settings)
+        metrics = GroupMetrics(registry, keys.stream, keys.group, [s.label for s in view.shards])
+        await refresh_forever(view, metrics, stop)
+
     async def run() -> None:
-        deployment = await _open(settings, stop, errors)
-        if deployment is None:
+        if deployment is not None:
+            await run_on(deployment)
+            return
+        own = await _open(settings, stop, errors)
+        if own is None:
             return
         try:
-            metrics = GroupMetrics(registry, keys.stream, keys.group,
-                                   [s.label for s in deployment.shards])
-            await refresh_forever(deployment, metrics, stop)
+            await run_on(own)
         finally:
             with contextlib.suppress(RedisError, OSError):
-                await deployment.aclose()
+                await own.aclose()
 
     task = asyncio.get_running_loop().create_task(run(), name="group-gauges")
     _RUNNING.add(task)  # the loop keeps only a weak reference to tasks
     task.add_done_callback(_RUNNING.discard)
     return task
+
+
+def _every_shard(deployment: Deployment, settings: Settings) -> Deployment:
+    """``deployment`` with every shard of its layout, through the same clients (closing it is
+    its owner's): a consumer's is only its --shards."""
+    every = shards(settings.keys, settings.regions, deployment.layout)
+    if every == deployment.shards:
+        return deployment
+    return Deployment(deployment.url, deployment.tls, deployment.options, deployment.base,
+                      deployment.router, deployment.layout, every)
 
 
 async def _open(settings: Settings, stop: asyncio.Event, errors: Counter

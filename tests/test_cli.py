@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import pathlib
+import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 
 import msgspec
 import pytest
 import redis.asyncio as aioredis
 
+from harness import wait
 from producer.synthetic import SyntheticSource
-from regionstream.cli import build_parser
-from regionstream.opscli import is_stream_id
+from regionstream.parser import commands, is_stream_id
 from shared.keys import Keys
 from shared.schema import encode
 from shared.servers import free_port, start_redis_server
 from shared.settings import Settings, SettingsError
-from tests.proc import cli_env, common_flags, one_line, run_cli
+from tests.proc import Proc, cli_env, common_flags, one_line, run_cli
 
 
 @pytest.mark.parametrize(("args", "names"), [
@@ -87,9 +88,43 @@ def test_a_password_in_the_environment_never_shows() -> None:
 
 def _options_and_dests() -> set[tuple[str, str]]:
     """(option string, dest) of every option of every subcommand."""
-    subs = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return {(opt, action.dest) for p in subs.choices.values() for action in p._actions
-            for opt in action.option_strings}
+    return {(opt, dest) for p in commands().values() for opt, dest in p.options().items()}
+
+
+def test_every_command_has_its_parser() -> None:
+    assert list(commands()) == ["produce", "consume", "show", "top", "demo", "pending",
+                                "replay", "acl"]
+    assert commands()["consume"].options()["--grace"] == "grace_s"
+
+
+# What parsing must not import: the services, and the libraries only running needs.
+HEAVY = ("redis", "rich", "prometheus_client", "msgspec", "hiredis", "consumer", "producer",
+         "shared", "asyncio")
+PARSE_ONLY = f"""
+import sys
+from regionstream.cli import build_parser, main
+build_parser()
+codes = []
+for argv in (["--help"], ["consume", "--help"], ["--version"]):
+    try:
+        main(argv)
+    except SystemExit as exc:
+        codes.append(exc.code)
+codes.append(main(["consume", "--workers", "many"]))  # a bad flag: exit 2, one line
+print(codes, sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r}), file=sys.stderr)
+"""
+
+
+def test_parsing_imports_nothing_heavy() -> None:
+    """``--help``, ``--version`` and a bad flag are answered without loading redis, rich,
+    prometheus_client, msgspec or the services: what a command needs is imported when it
+    runs (``regionstream.parser``)."""
+    done = subprocess.run([sys.executable, "-c", PARSE_ONLY], capture_output=True,
+                          timeout=60, env=cli_env(), check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"usage: regionstream" in done.stdout and b"regionstream " in done.stdout
+    last = done.stderr.decode().strip().splitlines()[-1]
+    assert last == "[0, 0, 0, 2] []", done.stderr.decode()
 
 
 def test_every_setting_message_names_a_real_flag() -> None:
@@ -372,3 +407,108 @@ async def test_metrics_listen_on_loopback_only_by_default(settings: Settings) ->
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+SIGNALLED = """
+import asyncio, os, signal, sys
+from regionstream.runtime import stop_on_signals
+
+async def main():
+    stop = asyncio.Event()
+    with stop_on_signals(stop, on_first=lambda name: print("first", name, flush=True),
+                         before_exit=lambda: print("before exit", flush=True)):
+        os.kill(os.getpid(), signal.SIGTERM)
+        await stop.wait()
+        print("stopping", flush=True)
+        if sys.argv[1] == "again":
+            os.kill(os.getpid(), signal.SIGINT)
+            await asyncio.Event().wait()  # never set: only the signal ends this
+    print("default again:", signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, flush=True)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize(("signals", "code", "out"), [
+    ("once", 0, "first SIGTERM\nstopping\ndefault again: True\n"),
+    ("again", 130, "first SIGTERM\nstopping\nbefore exit\n"),
+])
+def test_first_signal_stops_gracefully_a_second_exits_at_once(signals: str, code: int,
+                                                               out: str) -> None:
+    """The one semantics of produce, consume, top and demo (``runtime.stop_on_signals``):
+    the first signal sets the stop event, a second one while stopping exits 130 at once
+    (after what must not outlive the process), and leaving removes the handlers."""
+    done = subprocess.run([sys.executable, "-c", SIGNALLED, signals], capture_output=True,
+                          timeout=60, env=cli_env(), check=False)
+    assert done.returncode == code, done.stderr.decode()
+    assert done.stdout.decode() == out
+    assert ("second SIGINT: exiting now" in done.stderr.decode()) is (code == 130)
+
+
+OPENS_COUNTED = """
+import sys
+
+import consumer.service
+import shared.group_metrics
+import shared.shards
+from regionstream.cli import main
+
+opened = []
+real = shared.shards.open_deployment
+
+async def counted(*args, **kwargs):
+    opened.append(args[0])
+    return await real(*args, **kwargs)
+
+shared.shards.open_deployment = counted
+consumer.service.open_deployment = counted
+shared.group_metrics.open_deployment = counted
+code = main(sys.argv[1:])
+print("deployments opened:", len(opened), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def test_consume_opens_the_deployment_once(settings: Settings) -> None:
+    """The command's check, the consumer and the group gauges share one deployment (they
+    opened three)."""
+    done = subprocess.run([sys.executable, "-c", OPENS_COUNTED, "consume", "--drain",
+                           "--block-ms", "50", "--metrics-port", str(free_port()),
+                           *common_flags(settings)],
+                          capture_output=True, timeout=60, env=cli_env(), check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stderr.decode().strip().splitlines()[-1] == "deployments opened: 1"
+
+
+LONG_RUNNING = {  # each command, and a word of its output that says it is running
+    "produce": (["produce", "--interval", "3600"], "cycle 1: published"),
+    "consume": (["consume", "--block-ms", "100"], "consuming stream"),
+    "top": (["top", "--plain", "--refresh", "0.2"], "stream="),
+    "demo": (["demo", "--plain", "--interval", "3600"], "stream="),
+}
+
+
+@pytest.mark.parametrize("twice", [False, True], ids=["once", "twice"])
+@pytest.mark.parametrize("command", sorted(LONG_RUNNING))
+def test_every_long_running_command_stops_on_a_signal_and_exits_on_a_second(
+        settings: Settings, tmp_path: pathlib.Path, command: str, twice: bool) -> None:
+    """The real processes: once running, a SIGTERM stops each gracefully (exit 0); two
+    signals at once (SIGINT and SIGTERM delivered together on SIGCONT) exit 130 at once."""
+    args, running = LONG_RUNNING[command]
+    proc = Proc([*args, *common_flags(settings)], tmp_path / "out.log")
+    try:
+        wait.until(wait.holds(lambda: running in proc.output() or proc.proc.poll() is not None,
+                              "not yet"), 60, f"{command} running")
+        assert proc.proc.poll() is None, proc.output()[-2000:]
+        if twice:
+            proc.proc.send_signal(signal.SIGSTOP)  # both pending, then handled in one turn
+            proc.proc.send_signal(signal.SIGINT)
+            proc.proc.send_signal(signal.SIGTERM)
+            proc.proc.send_signal(signal.SIGCONT)
+        else:
+            proc.proc.send_signal(signal.SIGTERM)
+        code = proc.proc.wait(30)
+    finally:
+        proc.kill()
+    assert code == (130 if twice else 0), proc.output()[-2000:]
+    assert ("exiting now" in proc.output()) is twice

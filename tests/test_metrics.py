@@ -184,17 +184,20 @@ async def test_refresher_reads_at_once_and_stops_on_the_event(
     metrics = GroupMetrics(registry, keys.stream, keys.group)
     stop = asyncio.Event()
     stop.set()  # already stopping: exactly one refresh, then return without waiting
-    await asyncio.wait_for(refresh_forever(deployed(client, settings), metrics, stop, every=3600), 10)
+    await asyncio.wait_for(
+        refresh_forever(deployed(client, settings), metrics, stop, every=3600), 10)
     assert value(registry, "regionstream_group_last_refresh_timestamp_seconds",
                  shard="all") > 0
 
 
+@pytest.mark.parametrize("given", [True, False], ids=["the-commands-deployment", "its-own"])
 async def test_background_task_of_the_cli(client: aioredis.Redis, settings: Settings,
-                                          keys: Keys) -> None:
+                                          keys: Keys, given: bool) -> None:
     await known_state(client, settings, keys)
     registry = CollectorRegistry()
     stop = asyncio.Event()
-    task = start_group_gauges(settings, registry, stop)
+    task = start_group_gauges(settings, registry, stop,
+                              deployment=deployed(client, settings) if given else None)
 
     async def refreshed() -> bool:
         return registry.get_sample_value("regionstream_group_pending",
@@ -206,6 +209,31 @@ async def test_background_task_of_the_cli(client: aioredis.Redis, settings: Sett
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+async def test_gauges_through_a_shard_subset_deployment_cover_every_shard(
+        client: aioredis.Redis, settings: Settings, keys: Keys) -> None:
+    """A consumer's deployment holds its --shards only: the gauges it serves read every shard
+    (a shard nobody serves must show) through that deployment's clients, and leave them
+    open (they are the command's)."""
+    s = dataclasses.replace(settings, shard_by="region", shards=settings.regions[:1])
+    subset = deployed(client, s)
+    assert [x.label for x in subset.shards] == [settings.regions[0]]
+    await Producer(s).run(deployed(client, dataclasses.replace(s, shards=())), once=True)
+    registry, stop = CollectorRegistry(), asyncio.Event()
+    task = start_group_gauges(s, registry, stop, deployment=subset)
+
+    async def every_shard() -> bool:
+        return all(registry.get_sample_value("regionstream_stream_length",
+                                             {"stream": keys.stream, "shard": r}) == 1
+                   for r in s.regions)
+
+    try:
+        await wait_until(every_shard, within=10, what="every shard's gauges")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert await client.ping()
 
 
 async def test_gauges_per_region_shard(client: aioredis.Redis, settings: Settings,

@@ -171,20 +171,29 @@ def test_tls_files_that_do_not_fit_are_one_line_exit_2(pki: Pki, args: list[str]
     assert says in line, line
 
 
-def test_a_reset_after_the_handshake_without_a_client_certificate_names_the_flags() -> None:
+def test_a_reset_after_the_handshake_without_a_client_certificate_names_the_flags(
+        capsys: pytest.CaptureFixture[str]) -> None:
     """TLS 1.3: the server's "certificate required" alert races its close, and the client may
     see only a reset (once in a CI run). Over rediss:// without --tls-cert that is the same
     bad setting (exit 2, the flags named); over redis:// or with a certificate it is not."""
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from regionstream.cli import _failure, _is_tls_refusal
+    from regionstream.runtime import exit_code
+    from shared.connection import diagnose
     from shared.settings import Settings
 
     reset = RedisConnectionError(
         "Error while reading from 127.0.0.1:6380 : (104, 'Connection reset by peer')")
+    refusal = diagnose(reset, "rediss://127.0.0.1:6380/0", client_cert=False)
+    assert refusal is not None and refusal.usage
+    assert "certificate required" in refusal.reason, refusal
+    assert "--tls-cert and --tls-key" in refusal.reason, refusal
+    assert diagnose(reset, "redis://127.0.0.1:6380/0", client_cert=False) is None
+    assert diagnose(reset, "rediss://127.0.0.1:6380/0", client_cert=True) is None
+    # ... and the command says it so: one line, exit 2; over redis:// a reset is exit 1
     tls = Settings.load({"redis_url": "rediss://127.0.0.1:6380/0"}, env={})
-    assert _is_tls_refusal(reset, tls)
-    line = _failure(reset, tls)
-    assert "certificate required" in line and "--tls-cert and --tls-key" in line, line
+    assert exit_code(reset, tls) == 2
+    assert capsys.readouterr().err == f"regionstream: {refusal.reason}\n"
     plain = Settings.load({"redis_url": "redis://127.0.0.1:6380/0"}, env={})
-    assert not _is_tls_refusal(reset, plain)
+    assert exit_code(reset, plain) == 1
+    assert capsys.readouterr().err.startswith("regionstream: cannot reach Redis at ")

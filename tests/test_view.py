@@ -47,7 +47,8 @@ def text_of(frame: Frame) -> str:
 async def test_frame_from_a_known_state(client: aioredis.Redis, settings: Settings,
                                         keys: Keys) -> None:
     await known_state(client, settings, keys)
-    frame = await collect(deployed(client, settings), keys, settings.regions, now=NOW_MS / 1000 + 60)
+    frame = await collect(deployed(client, settings), keys, settings.regions,
+                          now=NOW_MS / 1000 + 60)
     assert (frame.stream_length, frame.lag, frame.pending, frame.dlq_length) == (
         16, len(REGIONS) - GHOST_READ, GHOST_READ, 1)
     assert {c.name: c.pending for c in frame.consumer_rows}["ghost"] == GHOST_READ
@@ -137,7 +138,8 @@ async def test_top_waits_out_a_failover(client: aioredis.Redis, settings: Settin
     monkeypatch.setattr(top, "collect", flaky)
     seen: list[Frame] = []
     with pytest.raises(ResponseError, match="WRONGTYPE"):
-        async for frame in frames(deployed(client, settings), keys, settings.regions, asyncio.Event(), every=0.0):
+        async for frame in frames(deployed(client, settings), keys, settings.regions,
+                                  asyncio.Event(), every=0.0):
             seen.append(frame)
     assert len(seen) == 1 and calls["n"] == 3
 
