@@ -205,7 +205,7 @@ def backoff() -> EqualJitterBackoff:
 LARGE_ARG_BYTES = 2048
 
 
-class _HiredisPacking:
+class HiredisPacking:
     """Packs commands with hiredis's C packer, except around large arguments.
 
     redis-py's asyncio connection packs in Python, which was the largest single cost of a
@@ -240,7 +240,7 @@ class _HiredisPacking:
         return chunks
 
 
-class _AskSentinelsOnReconnect:
+class AskSentinelsOnReconnect:
     """For connections of a Sentinel pool: every (re)connect asks the sentinels where the
     primary is. redis-py asks only when the pool hands out a connection; its own retries of a
     command re-open the same address, so after a failover the first command spent every retry
@@ -256,15 +256,18 @@ class _AskSentinelsOnReconnect:
 _FAST_CLASSES: dict[type, type] = {}
 
 
-def _fast_packing(cls: type) -> type:
+def connection_class(cls: type) -> type:
+    """The connection class ``connect`` gives a pool whose class is ``cls``: ``cls`` with the
+    packing (``HiredisPacking``) and, for a Sentinel pool, the reconnect mixin; made once per
+    class."""
     from redis.asyncio.sentinel import SentinelManagedConnection
 
     mixins: tuple[type, ...] = ()
-    if _hiredis_pack is not None and not issubclass(cls, _HiredisPacking):
-        mixins += (_HiredisPacking,)
+    if _hiredis_pack is not None and not issubclass(cls, HiredisPacking):
+        mixins += (HiredisPacking,)
     if (issubclass(cls, SentinelManagedConnection)
-            and not issubclass(cls, _AskSentinelsOnReconnect)):
-        mixins += (_AskSentinelsOnReconnect,)
+            and not issubclass(cls, AskSentinelsOnReconnect)):
+        mixins += (AskSentinelsOnReconnect,)
     if not mixins:
         return cls
     if cls not in _FAST_CLASSES:
@@ -401,7 +404,7 @@ def connect(url: str, *, retries: int = CONNECT_RETRIES,
     else:
         client = aioredis.Redis.from_url(url, **options)
     pool = client.connection_pool
-    pool.connection_class = _fast_packing(pool.connection_class)
+    pool.connection_class = connection_class(pool.connection_class)
     for command, parser in ENTRY_PARSERS.items():  # every field of an entry kept (wire)
         client.set_response_callback(command, parser)
     return client

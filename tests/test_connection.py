@@ -22,10 +22,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shared.connection import (
     ErrorKind,
-    _fast_packing,
-    _HiredisPacking,
+    HiredisPacking,
     classify,
     connect,
+    connection_class,
     describe_url,
     parse_sentinel_url,
 )
@@ -47,21 +47,21 @@ COMMANDS = [
 
 def test_large_arguments_are_sent_without_a_copy() -> None:
     payload = b"p" * 9000
-    chunks = _fast_packing(Connection)().pack_command("MSET", "k1", payload, "k2", payload)
+    chunks = connection_class(Connection)().pack_command("MSET", "k1", payload, "k2", payload)
     assert sum(chunk is payload for chunk in chunks) == 2
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_fast_packing_sends_the_same_bytes_as_redis_py(command: tuple[object, ...]) -> None:
     stock = b"".join(Connection().pack_command(*command))  # type: ignore[arg-type]
-    fast = b"".join(_fast_packing(Connection)().pack_command(*command))
+    fast = b"".join(connection_class(Connection)().pack_command(*command))
     assert fast == stock
 
 
 async def test_connect_uses_fast_packing_and_talks_to_redis(redis_url: str) -> None:
     client = connect(redis_url)
     try:
-        assert issubclass(client.connection_pool.connection_class, _HiredisPacking)
+        assert issubclass(client.connection_pool.connection_class, HiredisPacking)
         assert await client.ping()
         assert "maxmemory" in await client.config_get("maxmemory")  # a two-word command
         assert (await client.info("server"))["redis_version"]
@@ -132,7 +132,7 @@ def test_unix_and_tls_urls_keep_their_connection_kind() -> None:
         client: aioredis.Redis = connect(url)
         cls = client.connection_pool.connection_class
         assert base in [c.__name__ for c in cls.__mro__]
-        assert issubclass(cls, _HiredisPacking)
+        assert issubclass(cls, HiredisPacking)
 
 
 @pytest.mark.parametrize(("url", "sentinels", "master", "db"), [

@@ -1,9 +1,9 @@
 """What shared/connection.py takes from redis-py beyond its public API, checked against the
 installed version.
 
-The Sentinel mixin (``_AskSentinelsOnReconnect``) overrides redis-py's private
+The Sentinel mixin (``AskSentinelsOnReconnect``) overrides redis-py's private
 ``Connection._connect`` and reads the pool's ``is_master``/``get_master_address``; the packer
-(``_HiredisPacking``) replaces ``pack_command`` and uses the connection's ``encoder``. None of
+(``HiredisPacking``) replaces ``pack_command`` and uses the connection's ``encoder``. None of
 that is redis-py's public API, so a minor release may move it. ``make test-latest`` runs these
 against the newest release the pyproject range allows: a failure names what moved, instead of
 a failover that quietly spends its retries on a dead primary again."""
@@ -20,7 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import NoBackoff
 
-from shared.connection import _AskSentinelsOnReconnect, _fast_packing, _HiredisPacking
+from shared.connection import AskSentinelsOnReconnect, HiredisPacking, connection_class
 from shared.servers import free_port, start_redis_server
 
 VERSION = f"redis-py {redis.__version__}"
@@ -28,7 +28,7 @@ VERSION = f"redis-py {redis.__version__}"
 
 def _moved(what: str) -> str:
     return (f"{VERSION}: {what} -- shared/connection.py relies on it (see that module's "
-            f"_AskSentinelsOnReconnect/_HiredisPacking); adapt them, or narrow the redis range "
+            f"AskSentinelsOnReconnect/HiredisPacking); adapt them, or narrow the redis range "
             f"in pyproject.toml")
 
 
@@ -71,7 +71,7 @@ def test_pipelines_pack_through_pack_command() -> None:
     ``pack_command`` per command, or our packer would be bypassed for the hot path."""
     calls: list[tuple[Any, ...]] = []
 
-    class Recording(_fast_packing(Connection)):  # type: ignore[misc]
+    class Recording(connection_class(Connection)):  # type: ignore[misc]
         def pack_command(self, *args: Any) -> list[bytes]:
             calls.append(args)
             result: list[bytes] = super().pack_command(*args)
@@ -83,7 +83,7 @@ def test_pipelines_pack_through_pack_command() -> None:
         "pack_commands no longer packs each command through pack_command")
     expected = b"".join(Connection().pack_commands([("SET", "a", big), ("GET", "a")]))
     assert b"".join(packed) == expected
-    assert issubclass(Recording, _HiredisPacking)
+    assert issubclass(Recording, HiredisPacking)
 
 
 class _Pool:
@@ -111,8 +111,8 @@ async def test_every_connect_asks_where_the_primary_is(redis_url: str) -> None:
     port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
     dead = ("127.0.0.1", free_port())
     pool = _Pool([dead, ("127.0.0.1", port)])
-    cls = _fast_packing(SentinelManagedConnection)
-    assert issubclass(cls, _AskSentinelsOnReconnect)
+    cls = connection_class(SentinelManagedConnection)
+    assert issubclass(cls, AskSentinelsOnReconnect)
     conn = cls(connection_pool=pool, host=dead[0], port=dead[1],
                retry=Retry(NoBackoff(), 2), socket_connect_timeout=2)
     with start_redis_server() as other:
