@@ -34,6 +34,7 @@ from bench.runner import (
     read_command,
     rss_kib,
     run_until_stopped,
+    settings_of,
     stdin_lines,
 )
 from consumer.service import Consumer
@@ -69,12 +70,7 @@ async def prepare(settings: Settings) -> tuple[str, int, int]:
 
 
 async def run(args: argparse.Namespace) -> None:
-    settings = Settings.load({
-        "redis_url": args.url, "stream": args.stream, "group": args.group,
-        "prefix": args.prefix, "name": args.name, "workers": args.workers,
-        "batch": args.batch, "block_ms": args.block_ms, "shard_by": args.shard_by,
-        "grace_s": args.grace_s,
-    }, env={})
+    settings = settings_of(args, shard_by=args.shard_by)
     layout, shards, nodes = (await prepare(settings) if args.prepare
                              else (settings.shard_by, 0, 0))
     tracker = CpuTracker()

@@ -105,13 +105,17 @@ async def read_command(stdin: asyncio.StreamReader) -> str:
     return line.decode().strip() or "stop"  # EOF: the parent is gone
 
 
-async def run(args: argparse.Namespace) -> None:
-    settings = Settings.load({
+def settings_of(args: argparse.Namespace, **more: object) -> Settings:
+    """A runner's settings from its command line (no environment)."""
+    return Settings.load({
         "redis_url": args.url, "stream": args.stream, "group": args.group,
         "prefix": args.prefix, "name": args.name, "workers": args.workers,
-        "batch": args.batch, "block_ms": args.block_ms, "retention_s": args.retention_s,
-        "grace_s": args.grace_s,
+        "batch": args.batch, "block_ms": args.block_ms, "grace_s": args.grace_s, **more,
     }, env={})
+
+
+async def run(args: argparse.Namespace) -> None:
+    settings = settings_of(args, retention_s=args.retention_s)
     keys = settings.keys
     # redis-py's default 5 s socket timeout would cut a longer blocking read short.
     redis = (connect(settings.redis_url, socket_timeout=None) if args.long_reads

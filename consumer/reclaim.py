@@ -10,7 +10,7 @@ import time
 from consumer import scripts
 from consumer.settle import Settled, Settler
 from consumer.shard_group import ShardGroup
-from consumer.worker import Batch, OwnPending, RetryLoop
+from consumer.worker import Batch, RetryLoop
 from shared.aio import pause
 from shared.failpoints import failpoint
 from shared.ids import text
@@ -41,8 +41,8 @@ class Reclaimer:
         self.group, self.settler, self.settings = group, settler, settings
         self.name, self.metrics, self.stop = settler.consumer, metrics, stop
         # After a restart or a failure: its own pending entries first (claimed, then lost).
-        self.own = OwnPending(group, self.name, settings.batch, metrics.rtt["read"])
-        self.loop = RetryLoop(group, self.name, settings, metrics, stop, self.own)
+        self.loop = RetryLoop.of(group, settler, settings, metrics, stop)
+        self.own = self.loop.own
         self.claim_cursor = CURSOR_START
 
     async def run(self) -> None:

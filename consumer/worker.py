@@ -108,6 +108,13 @@ class RetryLoop:
         self.backoff = backoff()
         self.errors_in_a_row = 0
 
+    @classmethod
+    def of(cls, group: ShardGroup, settler: Settler, settings: Settings,
+           metrics: ConsumerMetrics, stop: asyncio.Event) -> RetryLoop:
+        """The loop of the consumer ``settler`` settles for, with its own pending walk."""
+        own = OwnPending(group, settler.consumer, settings.batch, metrics.rtt["read"])
+        return cls(group, settler.consumer, settings, metrics, stop, own)
+
     async def run(self, step: Callable[[], Awaitable[Batch]]) -> None:
         while not self.stop.is_set():
             try:
@@ -182,8 +189,8 @@ class Worker:
                  metrics: ConsumerMetrics, stop: asyncio.Event) -> None:
         self.group, self.settler, self.settings = group, settler, settings
         self.name, self.metrics, self.stop = settler.consumer, metrics, stop
-        self.own = OwnPending(group, self.name, settings.batch, metrics.rtt["read"])
-        self.loop = RetryLoop(group, self.name, settings, metrics, stop, self.own)
+        self.loop = RetryLoop.of(group, settler, settings, metrics, stop)
+        self.own = self.loop.own
 
     async def run(self) -> None:
         """Batches until ``stop`` is set; errors back off instead of killing the worker. A
