@@ -329,12 +329,13 @@ async def _replay_shard_range(group: ShardGroup, settler: Settler, result: Repla
         page = await group.history(cursor, end, REPLAY_PAGE)
         result.entries += len(page)
         result.ids += [text(i) for i, _ in page]
-        if dry_run:  # what would be left alone as invalid
-            _, poison, _ = settler.checked(page)
-            if poison:
-                result.add(Fate.INVALID, len(poison))
-        else:
-            result.count(await settler.settle(page, ack=False))
+        # The check and the persist call of the consumer, without its acknowledgement, its
+        # dead letters, its retries or its log: the report says what happened to each entry.
+        valid, poison, _ = settler.checked(page)
+        if poison:
+            result.add(Fate.INVALID.value, len(poison))
+        if valid and not dry_run:
+            result.count(await settler.send(valid, (), ack=False))
         if len(page) < REPLAY_PAGE:
             return
         cursor = "(" + text(page[-1][0])

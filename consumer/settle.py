@@ -205,10 +205,10 @@ class Settler:
         self.full_since: float | None = None  # when Redis began refusing writes (OOM)
         self.said_ahead = False  # an entry id ahead of the clock was reported
 
-    async def settle(self, entries: Sequence[Entry], *, ack: bool = True) -> Settled:
-        """Check, persist (and acknowledge) or dead-letter ``entries``, already read; never
-        abandoned half-way. With ``ack=False`` (re-driving history) nothing is acknowledged
-        and nothing dead-lettered: an invalid entry is only reported (Fate.INVALID)."""
+    async def settle(self, entries: Sequence[Entry]) -> Settled:
+        """Check, persist and acknowledge or dead-letter ``entries``, already read; never
+        abandoned half-way. (Re-driving history, which acknowledges nothing, uses ``checked``
+        and ``send`` alone: ``consumer.ops.replay_range``.)"""
         if not entries:
             return Settled()
         failpoint("consumer.after-read")
@@ -218,20 +218,16 @@ class Settler:
             await self.group.ack(gone)
             self.count_lost(len(gone))
         sent = time.perf_counter()
-        settled = await self.send(valid, poison if ack else (), ack)
+        settled = await self.send(valid, poison)
         self.metrics.rtt["settle"].observe(time.perf_counter() - sent)  # the round trip alone
         failpoint("consumer.after-settle")
         settled.read, settled.gone = len(entries), len(gone)
-        if not ack:
-            settled.outcomes += [Outcome(p.entry_id, p.region, Fate.INVALID, reason=p.reason,
-                                         detail=p.detail) for p in poison]
         self._stop_on_fatal(settled.outcomes)
         if settled.scripts_reloaded:
             self.failure["noscript"].inc()
             log.warning("%s: Redis had lost our scripts; loaded them again", self.consumer)
         await self._later(settled, len(entries))
-        if ack:
-            await self._spend_budget(settled, entries)
+        await self._spend_budget(settled, entries)
         self._record(settled)
         self.metrics.batch_size.observe(len(entries))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
@@ -361,7 +357,7 @@ class Settler:
         latencies: list[float] = []
         ahead: list[bytes] = []
         for o in settled.outcomes:
-            if o.fate in (Fate.SETTLED_ELSEWHERE, Fate.INVALID):
+            if o.fate is Fate.SETTLED_ELSEWHERE:
                 continue
             if o.fate is Fate.FAILED:
                 if not o.transient:  # those are said once per batch (_later)

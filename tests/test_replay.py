@@ -5,20 +5,28 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import signal
 import time
+import uuid
 
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 from redis.exceptions import ResponseError
 
+from consumer.ops import replay_range
 from consumer.service import Consumer
+from producer.synthetic import SyntheticSource
+from shared import wire
+from shared.connection import connect
 from shared.keys import Keys
 from shared.metrics import ConsumerMetrics
+from shared.schema import Snapshot, encode
 from shared.settings import Settings
 from tests.conftest import wait_until
 from tests.helpers import (
+    deployed,
     drain,
     failures,
     now_ms,
@@ -327,3 +335,47 @@ async def test_busy_redis_is_waited_out(settings: Settings) -> None:
 
 async def _persisted(consumer: Consumer, n: int) -> bool:
     return consumer.totals()["persisted"] >= n
+
+
+async def _one_cycle_on_the_stream(client: aioredis.Redis, s: Settings) -> list[Snapshot]:
+    await prepare(client, s)
+    snaps = SyntheticSource(s.regions, seed=3).cycle(now_ms())
+    for snap in snaps:
+        await client.xadd(s.stream, wire.entry_fields(snap, encode(snap)))
+    return snaps
+
+
+async def test_replay_range_reports_a_refused_persist_and_goes_on(
+        client: aioredis.Redis, settings: Settings) -> None:
+    """A user that may not run the persist script: every entry is reported failed, the
+    replay goes through the whole range and returns its report (the settle pipeline's stop on
+    a refusal no retry fixes belongs to consuming, where entries stay pending; a range replay
+    acknowledges nothing and had stopped on the first page, reporting nothing done)."""
+    await _one_cycle_on_the_stream(client, settings)
+    user = f"u-{uuid.uuid4().hex[:10]}"
+    await client.acl_setuser(user, enabled=True, passwords=["+pw"], keys=["~*"],
+                             channels=["&*"], commands=["+@all", "-evalsha", "-evalsha_ro"])
+    url = settings.redis_url.replace("redis://", f"redis://{user}:pw@")
+    limited = connect(url)
+    try:
+        s = dataclasses.replace(settings, redis_url=url)
+        done = await replay_range(deployed(limited, s), s.keys, s, start="-", end="+",
+                                  dry_run=False)
+    finally:
+        await limited.aclose()
+        await client.acl_deluser(user)
+    assert (done.entries, done.outcomes) == (8, {"failed": 8})
+
+
+async def test_replay_range_says_nothing_but_its_report(
+        client: aioredis.Redis, settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    """A persist that fails (one region's index of the wrong type): the report counts it;
+    no consumer log line ("persisting ... failed", "they stay pending") is written for a
+    replay that retries and acknowledges nothing."""
+    snaps = await _one_cycle_on_the_stream(client, settings)
+    await client.set(settings.keys.index(snaps[0].region_id), b"not a zset")
+    caplog.set_level(logging.DEBUG, logger="regionstream")
+    done = await replay_range(deployed(client, settings), settings.keys, settings, start="-",
+                              end="+", dry_run=False)
+    assert done.outcomes == {"failed": 1, "persisted": 7}
+    assert [r.getMessage() for r in caplog.records] == []
