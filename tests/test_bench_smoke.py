@@ -123,3 +123,15 @@ def test_plots_and_summary_are_written(quick_run: tuple[dict[str, Any], Path]) -
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     summary = (out / "summary.md").read_text()
     assert "| scenario |" in summary and "vs baseline" in summary
+
+
+def test_the_in_process_drain_measures_the_production_path() -> None:
+    """``python -m bench.inproc_drain N`` (the quick A/B of two checkouts) drains what it
+    prefilled and reports both CPU figures."""
+    done = subprocess.run([sys.executable, "-m", "bench.inproc_drain", "500"],
+                          capture_output=True, text=True, timeout=120, check=False,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    fields = dict(part.split("=") for part in done.stdout.split())
+    assert fields["persisted"] == "500"
+    assert float(fields["consumer_cpu_us_per_msg"]) > 0 < float(fields["redis_cpu_us_per_msg"])
