@@ -455,8 +455,8 @@ CROSS_FIELD_RULES = (
     "balance: every figure a finite number",
     "the entry's routing fields (region, snapshot_id, generated_at, trigger_reason) equal the "
     "payload's (the producer writes them; see README Snapshot format)",
-    "older than the consumer's retention (--retention, default 30 days) it is dead-lettered "
-    "as past-retention",
+    "generated more than the consumer's retention ago (REGIONSTREAM_RETENTION_S, 90 days) it "
+    "is dead-lettered as past-retention",
 )
 
 
