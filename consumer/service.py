@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,8 @@ def pool_size(s: Settings) -> int:
 
 # How often --drain asks Redis whether the group is empty while workers are idle.
 DRAIN_POLL_S = 0.2
+# How often a running consumer says what it settled since it last said so (when anything).
+PROGRESS_EVERY_S = 60.0
 
 
 @dataclass
@@ -57,6 +60,7 @@ class Consumer:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     check: Check = check_entry
     on_settled: Callable[[Settled], None] | None = None
+    progress_every_s: float = PROGRESS_EVERY_S
 
     def __post_init__(self) -> None:
         self.keys = self.settings.keys
@@ -136,6 +140,7 @@ class Consumer:
                  st.batch, st.block_ms, st.min_idle_ms, " (until drained)" if drain else "")
         if drain:
             tasks.append(asyncio.create_task(self._drain_watch(control)))
+        tasks.append(asyncio.create_task(self._say_progress(), name="progress"))
         await self._supervise(tasks)
 
     async def _supervise(self, tasks: list[asyncio.Task[None]]) -> None:
@@ -168,6 +173,24 @@ class Consumer:
             if not t.cancelled() and t.exception() is not None:
                 self.stop.set()
                 raise t.exception()  # type: ignore[misc]
+
+    async def _say_progress(self) -> None:
+        """Every ``progress_every_s``, one line of what was settled since the last one, if
+        anything, with per-second rates: duplicates are counted apart, so that a producer
+        whose snapshots all fall in taken dedup buckets (the same region, trigger and
+        --dedup-window as a stored one) shows as such, not as a consumer that stores
+        nothing."""
+        last, since = self.totals(), time.monotonic()
+        while not await pause(self.stop, self.progress_every_s):
+            now, at = self.totals(), time.monotonic()
+            done = {k: now[k] - last[k] for k in now if now[k] != last[k]}
+            if done:
+                dt = max(at - since, 1e-9)
+                log.info("settled in the last %.0f s: %s (a duplicate has the region, trigger "
+                         "and %d s dedup window of a stored snapshot)", dt,
+                         " ".join(f"{k}={n} ({n / dt:.1f}/s)" for k, n in done.items()),
+                         self.settings.dedup_window_s)
+            last, since = now, at
 
     async def _drain_watch(self, deployment: Deployment) -> None:
         """Stop once every shard's group has no undelivered and no pending entries."""

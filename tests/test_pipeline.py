@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import re
+
 import msgspec
+import pytest
 import redis.asyncio as aioredis
 from msgspec.structs import replace
+from prometheus_client import CollectorRegistry
 
+from consumer.service import Consumer
 from producer.synthetic import SyntheticSource
 from shared.keys import Keys
 from shared.schema import REGIONS
 from shared.settings import Settings
+from tests.conftest import wait_until
 from tests.helpers import drain, dump, failures, now_ms, outcomes, publish, publish_cycle
 
 
@@ -162,3 +170,33 @@ async def test_poison_goes_to_dlq_and_neighbours_persist(
     assert dlq[0][1][b"payload"] == b"{not json"  # the original fields travel along
     for s in snaps:
         assert await client.get(keys.latest(s.region_id)) == s.meta.snapshot_id.encode()
+
+
+async def test_a_running_consumer_says_what_it_settled_duplicates_apart(
+        client: aioredis.Redis, settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    """The dedup rule made visible: a producer publishing other snapshots into taken dedup
+    buckets is not a consumer storing nothing; its periodic lines count the duplicates apart,
+    with their rate."""
+    caplog.set_level(logging.INFO, logger="regionstream.consumer")
+    snaps = await publish_cycle(client, settings, now_ms(), seed=1)
+    consumer = Consumer(settings, registry=CollectorRegistry(), progress_every_s=0.05)
+    task = asyncio.create_task(consumer.run())
+
+    def said(outcome: str) -> int:
+        lines = [r.getMessage() for r in caplog.records
+                 if r.getMessage().startswith("settled in the last")]
+        return sum(int(m) for line in lines for m in re.findall(rf"\b{outcome}=(\d+)", line))
+
+    async def all_said(outcome: str, n: int) -> bool:
+        return said(outcome) == n
+
+    await wait_until(lambda: all_said("persisted", 8), what="the first cycle said")
+    # Other snapshots (new ids) of the same regions, triggers and 15-minute buckets.
+    await publish(client, settings, [replace(s, meta=replace(
+        s.meta, snapshot_id=s.meta.snapshot_id[:13] + "f" * 12)) for s in snaps])
+    await wait_until(lambda: all_said("duplicate", 8), what="the repeat said as duplicates")
+    consumer.stop.set()
+    await asyncio.wait_for(task, 30)
+    assert said("persisted") == 8 and outcomes(consumer)["duplicate"] == 8
+    line = next(r.getMessage() for r in caplog.records if "duplicate=" in r.getMessage())
+    assert "/s)" in line and "dedup window" in line, line
