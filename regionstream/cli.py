@@ -1,11 +1,8 @@
-"""The ``regionstream`` command: produce, consume, show, demo.
+"""The ``regionstream`` command: produce, consume, show, top, demo, pending, replay, acl, schema.
 
-Exit codes: 0 ok; 1 runtime failure (Redis unreachable, nothing to show); 2 bad usage or a bad
-setting (one line naming it); 3 Redis refused what no retry fixes (a missing ACL permission, a
-key of the wrong type): entries stay pending, fix the cause and restart - a supervisor should
-not restart in a loop on it; 4 some source lines were rejected (the rest was published).
-A long-running command (produce, consume, top, demo) stops gracefully on SIGINT or SIGTERM and
-exits at once, 130, on a second one (``regionstream.runtime``).
+Exit codes: ``regionstream.parser.EXIT_CODES``, the one table of them (``regionstream --help``
+lists it). A long-running command (produce, consume, top, demo) stops gracefully on SIGINT or
+SIGTERM and exits at once, 130, on a second one (``regionstream.runtime``).
 
 The grammar is ``regionstream.parser`` (it imports nothing heavy: ``--help`` stays fast); what
 every command runs in (its deployment, metrics, signals, and the one table from a failure to
@@ -20,8 +17,15 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 
 from regionstream.output import guard_stdout, unguard_stdout
-from regionstream.parser import PROG, UsageError, build_parser
-from regionstream.runtime import EXIT_OK, EXIT_REJECTED, exit_code, session
+from regionstream.parser import DEMO_NAMES, PROG, UsageError, build_parser
+from regionstream.runtime import (
+    EXIT_OK,
+    EXIT_REJECTED,
+    LOG_FORMAT,
+    exit_code,
+    require_existing,
+    session,
+)
 
 # Not typing.TYPE_CHECKING: importing typing costs ``--help`` a few ms (mypy and ruff treat a
 # module's own TYPE_CHECKING = False the same way; see regionstream/__init__.py).
@@ -32,10 +36,7 @@ if TYPE_CHECKING:
 
     from shared.settings import Settings
 
-__all__ = ["build_parser", "main", "settings_from"]
-
-DEMO_NAMES = {"stream": "regionstream-demo", "group": "demo-persisters",
-              "prefix": "regionstream-demo"}
+__all__ = ["DEMO_NAMES", "build_parser", "main", "settings_from"]
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -76,6 +77,8 @@ def _main(argv: Sequence[str] | None) -> int:
     settings: Settings | None = None
     try:
         args = build_parser().parse_args(argv)
+        if args.command == "schema":  # needs no settings: a bad REGIONSTREAM_* cannot stop it
+            return cmd_schema()
         settings = settings_from(args)
         _check_source(args)
         _check_count(args, settings)
@@ -84,8 +87,8 @@ def _main(argv: Sequence[str] | None) -> int:
         failpoints.arm()
         import logging
 
-        logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(level=getattr(args, "log_level", "INFO"), stream=sys.stderr,
+                            format=LOG_FORMAT)
         import asyncio
 
         return asyncio.run(COMMANDS[args.command](args, settings))
@@ -206,6 +209,7 @@ async def cmd_pending(args: argparse.Namespace, settings: Settings) -> int:
     from regionstream import opscli
 
     async with session(settings) as deployment:
+        await require_existing(deployment, settings)
         return await opscli.cmd_pending(args, settings, deployment)
 
 
@@ -219,6 +223,7 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from regionstream import opscli
 
     async with session(settings, writes=not args.dry_run) as deployment:
+        await require_existing(deployment, settings, dlq=args.dlq)
         return await opscli.cmd_replay(args, settings, deployment)
 
 
@@ -229,6 +234,7 @@ async def cmd_top(args: argparse.Namespace, settings: Settings) -> int:
 
     stop = asyncio.Event()
     async with session(settings, stop=stop) as deployment:
+        await require_existing(deployment, settings)
         return await run_top(deployment, settings, once=args.once, plain=args.plain,
                              every=args.refresh, stop=stop)
 
@@ -239,19 +245,28 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from regionstream.demo import run_demo
 
     explicit = bool(args.redis_url or os.environ.get("REGIONSTREAM_REDIS_URL"))
-    if explicit:
-        # On a Redis the user pointed at (maybe a real one), the demo writes under names of its
-        # own unless told otherwise: it never mixes synthetic data into production keys.
-        def pick(name: str) -> str:
-            given = (getattr(args, name) is not None
-                     or "REGIONSTREAM_" + name.upper() in os.environ)
-            return str(getattr(settings, name)) if given else DEMO_NAMES[name]
 
-        settings = dataclasses.replace(settings, stream=pick("stream"), group=pick("group"),
-                                       prefix=pick("prefix"))
+    # Names of its own unless told otherwise (DEMO_NAMES, what `demo --help` shows): on a Redis
+    # the user pointed at (maybe a real one) it never mixes synthetic data into production keys.
+    def pick(name: str) -> str:
+        given = getattr(args, name) is not None or "REGIONSTREAM_" + name.upper() in os.environ
+        return str(getattr(settings, name)) if given else DEMO_NAMES[name]
+
+    settings = dataclasses.replace(settings, stream=pick("stream"), group=pick("group"),
+                                   prefix=pick("prefix"))
     return await run_demo(settings, duration=args.duration, interval_s=args.interval_s,
                           workers=args.workers, plain=args.plain or not sys.stdout.isatty(),
                           explicit_url=explicit)
+
+
+def cmd_schema() -> int:
+    """The snapshot's JSON Schema on stdout; connects to nothing, reads no setting."""
+    import json
+
+    from shared.schema import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return EXIT_OK
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]] = {

@@ -1,7 +1,13 @@
 """``regionstream demo``: producer + a group of workers + a live view, self-contained.
 
 Redis: REGIONSTREAM_REDIS_URL/--redis-url if given, else a private redis-server on a free port
-in a temporary directory, else an in-process fakeredis server; it says which."""
+in a temporary directory, else an in-process fakeredis server; it says which.
+
+Early on (once the first cycle is stored and shown) it stages the failure handling the README stresses,
+each said in an ``event:`` line (on stdout with --plain, under the table in the live view):
+a poison entry is dead-lettered, and a killed worker's entries are reclaimed (``_Failures``).
+The reclaimer runs with a short --min-idle-ms and --claim-interval-ms here (``DEMO_MIN_IDLE_MS``,
+``DEMO_CLAIM_INTERVAL_MS``) so that this takes seconds, not the default minute."""
 
 from __future__ import annotations
 
@@ -12,25 +18,35 @@ import logging
 import math
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry
-from rich.console import Console
+from redis.exceptions import RedisError
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.markup import escape
+from rich.text import Text
 
+from consumer import scripts
+from consumer.message import Poison, Reason
 from consumer.service import Consumer
-from producer.service import Producer
+from consumer.settle import DEAD_LETTERED, FAILED, Outcome, Settled
+from producer.service import Producer, now_ms
 from regionstream.runtime import EXIT_FAILURE, EXIT_OK, session
 from regionstream.top import frames
 from regionstream.view import Frame, collect, logs_through, render, summary_line
+from shared import wire
 from shared.aio import pause
 from shared.connection import describe_url
 from shared.keys import Keys
+from shared.schema import encode
 from shared.servers import Server, redis_server_binary, start_fake_server, start_redis_server
 from shared.settings import Settings
-from shared.shards import Deployment
+from shared.shards import Deployment, Shard
+
+log = logging.getLogger("regionstream.demo")
 
 REFRESH_S = 0.5
 FIRST_FRAME_POLL_S = 0.02
@@ -42,6 +58,170 @@ RATE_WINDOW_CYCLES = 2
 MIN_RATE_WINDOW_S = 2.0
 
 Sample = tuple[float, dict[str, int]]  # (monotonic time, the consumer's outcome totals)
+
+# The demo's reclaimer takes a killed worker's entries over once idle 2 s, sweeping every
+# second (the defaults, 60 s and 10 s, would keep the staged crash on screen for a minute). Only
+# here: in a deployment a live worker's batch must never look idle (shared.settings).
+DEMO_MIN_IDLE_MS = 2_000
+DEMO_CLAIM_INTERVAL_MS = 1_000
+POISON_PAYLOAD = b"{not json"  # the staged poison entry's payload (schema 1): undecodable
+CRASHED = "crashed"  # the killed worker's consumer is <name>-crashed
+EVENT_LINES = 4  # the live view shows the last this many events under the table
+# The command's log format (regionstream.cli's basicConfig), for a run without a handler.
+
+
+class Events:
+    """The demo's ``event:`` lines (what it staged, and what became of it): printed at once
+    with --plain, a line each; the last ``EVENT_LINES`` are shown under the live view's
+    table, in the same words."""
+
+    def __init__(self, plain: bool) -> None:
+        self.plain = plain
+        self.lines: deque[str] = deque(maxlen=EVENT_LINES)
+        # The first frame is on screen: the staging waits for it, so that the demo opens on
+        # the happy path (and --plain's first line is a summary line, as before).
+        self.shown = asyncio.Event()
+
+    def say(self, line: str) -> None:
+        self.lines.append(line)
+        if self.plain:
+            print(f"event: {line}", flush=True)
+
+    def renderable(self) -> Group:
+        """A line each (never read as markup; cut to the width, not wrapped: as many lines
+        as events), ``event:`` in front."""
+        return Group(*(Text.assemble(("event: ", "bold yellow"), line, no_wrap=True,
+                                     overflow="ellipsis") for line in self.lines))
+
+
+async def _either(a: asyncio.Event, b: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
+EntryKey = tuple[str, bytes]  # (region, entry id): an entry of any shard
+
+
+def _region_of(fields: dict[bytes, bytes]) -> str:
+    """The region an outcome names for an entry with these fields (``Poison.region``'s rule
+    for one that is not valid)."""
+    return Poison(b"", fields, Reason.CHECK_FAILED, "").region
+
+
+class Failures:
+    """The failure handling the README stresses, staged once the first cycle is stored and
+    shown, each step said as an event:
+
+    - a poison entry (schema 1, payload ``{not json``) on the first shard's stream: a worker
+      dead-letters it, reason undecodable;
+    - a killed worker: the consumer ``<name>-crashed`` reads a cycle's entries and never
+      acknowledges them, as a worker killed mid-batch leaves them (the cycle's XADDs and its
+      XREADGROUP go in one MULTI per shard, so that no live worker reads them first); the
+      reclaimer claims them once idle ``DEMO_MIN_IDLE_MS`` and settles them. The name is then
+      forgotten (a reclaimer forgets a dead consumer only after --consumer-timeout, an hour),
+      so that the view counts the banner's consumers again.
+
+    What became of each entry is learnt through the consumer's ``on_settled`` seam. A Redis
+    error ends the staging with a warning; the demo goes on."""
+
+    def __init__(self, s: Settings, producer: Producer, events: Events, stop: asyncio.Event
+                 ) -> None:
+        self.s, self.producer, self.events, self.stop = s, producer, events, stop
+        self.crashed = s.keys.consumer_name(s.name, CRASHED)
+        self.reclaimer = s.keys.reclaimer_name(s.name)
+        self.started = False  # the consumer settled something: the first cycle is stored
+        # Entries by (region, id): with --shard-by region every region has a stream of its
+        # own, and entries of two streams may have one id.
+        self.watched: set[EntryKey] = set()  # the killed worker's entries
+        self.outcomes: dict[EntryKey, Outcome] = {}  # dead letters, and the watched entries'
+        self.changed = asyncio.Event()
+
+    def on_settled(self, settled: Settled) -> None:
+        """The consumer's seam: called with every batch settled, by workers and reclaimers."""
+        for o in settled.outcomes:
+            self.started = True
+            key = (o.region, o.entry_id)
+            if o.fate is DEAD_LETTERED or (key in self.watched and o.fate is not FAILED):
+                self.outcomes[key] = o
+        self.changed.set()
+
+    async def _until(self, ready: Callable[[], bool]) -> bool:
+        """Until ``ready()``, asked after every settled batch; False: stopped first."""
+        while not self.stop.is_set():
+            self.changed.clear()
+            if ready():
+                return True
+            await _either(self.changed, self.stop)
+        return False
+
+    async def run(self, deployment: Deployment) -> None:
+        try:
+            await self._run(deployment)
+        except (RedisError, OSError) as exc:
+            log.warning("staging the demo's failures failed (%s); the demo goes on", exc)
+        except Exception:  # a bug: said with its traceback (the task's end is awaited by no one)
+            log.exception("staging the demo's failures failed; the demo goes on")
+
+    async def _run(self, deployment: Deployment) -> None:
+        await _either(self.events.shown, self.stop)
+        if not await self._until(lambda: self.started):
+            return
+        if not await self._poison(deployment, deployment.shards[0]):
+            return
+        held = await self._kill_a_worker(deployment)
+        killed_at = time.monotonic()
+        n = len(self.watched)
+        self.events.say(f"worker {self.crashed} killed holding {n} entries it never "
+                        "acknowledged")
+        if not n or not await self._until(lambda: self.watched <= self.outcomes.keys()):
+            return
+        idle_s = time.monotonic() - killed_at
+        for shard in held:  # none of them pending any more: forgotten (forget_consumer.lua)
+            await scripts.call(deployment.client_for(shard), scripts.forget_consumer(),
+                               [shard.keys.stream], [shard.keys.group, self.crashed, 0])
+        fates = Counter(str(self.outcomes[key].fate) for key in self.watched)
+        self.events.say(f"{self.crashed}'s {n} entries reclaimed after {idle_s:.1f} s idle: "
+                        + ", ".join(f"{fate} {k}" for fate, k in sorted(fates.items())))
+
+    async def _poison(self, deployment: Deployment, shard: Shard) -> bool:
+        """Publish the poison entry; say what became of it. False: stopped first."""
+        region = shard.region or self.s.regions[0]
+        fields: dict[Any, Any] = {wire.F_REGION: region.encode(), wire.F_SCHEMA: wire.SCHEMA,
+                                  wire.F_PAYLOAD: POISON_PAYLOAD}
+        added = await deployment.client_for(shard).xadd(shard.keys.stream, fields)
+        entry_id = added if isinstance(added, bytes) else str(added).encode()
+        if not await self._until(lambda: (region, entry_id) in self.outcomes):
+            return False
+        o = self.outcomes[region, entry_id]
+        self.events.say(f"poison entry {entry_id.decode()} ({POISON_PAYLOAD.decode()!r}) "
+                        f"dead-lettered: {o.reason}")
+        return True
+
+    async def _kill_a_worker(self, deployment: Deployment) -> list[Shard]:
+        """A cycle published and read by ``<name>-crashed``, in one MULTI per shard; what it
+        read (all of the cycle, and any entry not yet delivered before it) is watched. The
+        shards where it holds entries."""
+        snaps = self.producer.source.cycle(now_ms())
+
+        async def publish_and_read(shard: Shard) -> list[EntryKey]:
+            mine = [x for x in snaps if shard.region in (None, x.region_id)]
+            pipe = deployment.client_for(shard).pipeline(transaction=True)
+            for snap in mine:
+                fields: dict[Any, Any] = wire.entry_fields(snap, encode(snap))
+                pipe.xadd(shard.keys.stream, fields)
+            pipe.xreadgroup(shard.keys.group, self.crashed, {shard.keys.stream: ">"},
+                            count=len(mine))
+            read = (await pipe.execute())[-1]
+            return [(_region_of(got), entry_id) for entry_id, got in read[0][1]
+                    if got is not None] if read else []
+
+        read = await asyncio.gather(*(publish_and_read(shard) for shard in deployment.shards))
+        self.watched = {key for keys in read for key in keys}
+        return [shard for shard, keys in zip(deployment.shards, read, strict=True) if keys]
 
 
 def rate_window_s(interval_s: float) -> float:
@@ -126,8 +306,12 @@ async def run_demo(settings: Settings, *, duration: float | None, interval_s: fl
         # The cadence is accelerated from hours to seconds; the dedup window shrinks with it, or
         # every cycle after the first would land in a taken 15-minute bucket.
         # Every shard, whatever REGIONSTREAM_SHARDS says: the demo is the whole pipeline.
+        # The reclaimer is quick too: the staged killed worker's entries are taken over in
+        # seconds (DEMO_MIN_IDLE_MS).
         s = dataclasses.replace(settings, redis_url=url, interval_s=interval_s, workers=workers,
-                                dedup_window_s=max(1, int(interval_s)), shards=())
+                                dedup_window_s=max(1, int(interval_s)), shards=(),
+                                min_idle_ms=DEMO_MIN_IDLE_MS,
+                                claim_interval_ms=DEMO_CLAIM_INTERVAL_MS)
         stop = asyncio.Event()
         # Cluster or not, found out as every command does: the producer publishes, and the
         # view reads, through the deployment's routing; the consumer makes its workers' own.
@@ -138,21 +322,32 @@ async def run_demo(settings: Settings, *, duration: float | None, interval_s: fl
             if duration is not None:
                 asyncio.get_running_loop().call_later(duration, stop.set)
             registry = CollectorRegistry()
+            events = Events(plain)
             producer = Producer(s, registry=registry, stop=stop)
-            consumer = Consumer(s, registry=registry, stop=stop)
+            failures = Failures(s, producer, events, stop)
+            consumer = Consumer(s, registry=registry, stop=stop, on_settled=failures.on_settled)
+            # The view counts consumers by name over every shard: the workers and the
+            # reclaimer, each serving every shard under one name (and the killed worker's
+            # name, while it holds entries).
             err.print(f"[bold]demo[/]: {len(s.regions)} regions every {interval_s:g}s -> stream "
-                      f"{escape(repr(s.stream))} -> group {escape(repr(s.group))} ({workers} "
-                      "workers); Ctrl-C stops")
+                      f"{escape(repr(s.stream))} -> group {escape(repr(s.group))} "
+                      f"({workers + 1} consumers: {workers} worker{'s' if workers > 1 else ''} "
+                      "+ 1 reclaimer); Ctrl-C stops")
+            err.print(f"[bold]demo[/]: early on, a poison entry is dead-lettered and a killed "
+                      f"worker's entries are reclaimed (after {s.min_idle_ms / 1000:g} s idle: "
+                      f"the demo runs --min-idle-ms {s.min_idle_ms} --claim-interval-ms "
+                      f"{s.claim_interval_ms})")
             tasks = [asyncio.create_task(producer.run(deployment)),
                      asyncio.create_task(consumer.run(deployment))]
+            staged = asyncio.create_task(failures.run(deployment))
             try:
-                await _show(deployment, consumer.keys, s, consumer.totals, stop, plain)
+                await _show(deployment, consumer.keys, s, consumer.totals, stop, events)
                 await asyncio.gather(*tasks)
             finally:
                 stop.set()
-                for t in tasks:
+                for t in (*tasks, staged):
                     t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await asyncio.gather(*tasks, staged, return_exceptions=True)
                 final = await collect(deployment, consumer.keys, s.regions)
         print("final: " + summary_line(final), flush=True)
         with_latest = sum(1 for r in final.regions if r.snapshot_id)
@@ -160,12 +355,25 @@ async def run_demo(settings: Settings, *, duration: float | None, interval_s: fl
 
 
 async def _show(client: Deployment, keys: Keys, s: Settings,
-                totals: Callable[[], dict[str, int]], stop: asyncio.Event, plain: bool) -> None:
-    if plain:
+                totals: Callable[[], dict[str, int]], stop: asyncio.Event, events: Events
+                ) -> None:
+    if events.plain:
         async for frame in _frames(client, keys, s, totals, stop, max(s.interval_s, 1.0)):
             print(summary_line(frame), flush=True)
+            events.shown.set()
         return
     console = Console(file=sys.stdout)
     with Live(console=console, refresh_per_second=4) as live, logs_through(console):
         async for frame in _frames(client, keys, s, totals, stop, REFRESH_S):
-            live.update(render(frame))
+            live.update(screen(frame, events, console.height))
+            events.shown.set()
+
+
+def screen(frame: Frame, events: Events, height: int) -> RenderableType:
+    """The view, then the events under it (a line each): the view gets the terminal's height
+    less theirs, and leaves out what does not fit (``render``), so the events stay in view.
+    At 80x24 all of it fits: 20 lines of view (21 while the killed worker is counted), 3 of
+    events."""
+    return Group(render(frame, height=height - len(events.lines)), events.renderable())
+
+

@@ -171,7 +171,9 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings, redis: Deploy
                                 as_name=keys.consumer_name(settings.name, "replay"))
     else:
         start, end = args.range
-        what = f"stream entries {start}..{end}"
+        given = getattr(args, "range_given", args.range)  # a time, as typed, beside its id
+        what = f"stream entries {start}..{end}" + (
+            f" ({given[0]}..{given[1]})" if list(given) != [start, end] else "")
         replay = replay_range(redis, keys, settings, start=start, end=end, dry_run=dry_run,
                               result=done)
     try:

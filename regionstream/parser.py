@@ -16,12 +16,33 @@ import re
 # module's own TYPE_CHECKING = False the same way; see regionstream/__init__.py).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from typing import Any, NoReturn
 
 PROG = "regionstream"
 # Faster redraws than this only add load on Redis (three round trips a frame) and flicker.
 MIN_REFRESH_S = 0.1
+
+# The exit codes, the one table of them: ``regionstream --help`` lists it (its epilog), the
+# README's "Exit codes:" paragraph must name the same codes (tests/test_cli.py), and
+# ``regionstream.runtime`` defines its EXIT_* constants to match.
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (0, "ok"),
+    (1, "runtime failure: Redis unreachable, a stream or group that does not exist, nothing "
+        "to show, standard output that cannot be written"),
+    (2, "bad usage: a bad flag, setting, URL or file (one line naming it, never a password)"),
+    (3, "Redis refused what no retry fixes: the credentials, a missing ACL permission, a key "
+        "of another type, an evicting maxmemory-policy; fix it, then restart (a supervisor "
+        "should not restart-loop on 3)"),
+    (4, "some source lines were rejected (the rest was published)"),
+    (130, "interrupted: Ctrl-C, or a second SIGINT or SIGTERM while stopping"),
+)
+
+# ``demo`` on a Redis given by --redis-url or REGIONSTREAM_REDIS_URL (maybe a real one) writes
+# under names of its own unless told otherwise: it never mixes synthetic data into production
+# keys. Its private server uses them too, so that ``demo --help`` has one default to show.
+DEMO_NAMES = {"stream": "regionstream-demo", "group": "demo-persisters",
+              "prefix": "regionstream-demo"}
 
 
 class UsageError(Exception):
@@ -29,19 +50,100 @@ class UsageError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line naming it (no usage dump) and exit code 2."""
+    """argparse, but a bad flag is one line naming it (no usage dump) and exit code 2, a
+    misspelled flag or choice gets a suggestion, and a command may check its flags together
+    (``check``: what one mode of ``replay`` would silently ignore)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.commands: dict[str, Parser] = {}  # the top-level parser's subcommands, by name
+        self.check: Callable[[argparse.Namespace], None] | None = None
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(f"{self.prog}: {message}{_choice_hint(message)}")
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: None = None) -> argparse.Namespace:
+        """As argparse's, with an unknown flag said by the command it was given to, with the
+        nearest flag it has ("did you mean --batch?"), then the command's own check."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        command = self.commands.get(getattr(parsed, "command", None) or "")
+        at = command or self
+        if extras:
+            raise UsageError(f"{at.prog}: unrecognized arguments: {' '.join(extras)}"
+                             f"{at.flag_hint(extras)}")
+        if at.check is not None:
+            at.check(parsed)
+        return parsed
+
+    def _parse_optional(self, arg_string: str) -> Any:
+        # A relative time (--range -1h +) is a value, not a flag.
+        if _RELATIVE_TIME.fullmatch(arg_string):
+            return None
+        return super()._parse_optional(arg_string)
 
     def options(self) -> dict[str, str]:
         """Each option string of this parser (``--grace``) -> the attribute it sets
         (``grace_s``)."""
         return {opt: action.dest for action in self._actions for opt in action.option_strings}
+
+    def offered(self) -> list[argparse.Action]:
+        """The arguments ``--help`` shows (hidden ones left out)."""
+        return [a for a in self._actions if a.help != argparse.SUPPRESS]
+
+    def flag_hint(self, unknown: Sequence[str]) -> str:
+        """"; did you mean --batch?" for the flags among ``unknown`` close to one of this
+        command's (difflib, imported only here: on the error path)."""
+        import difflib
+
+        offered = [o for a in self.offered() for o in a.option_strings]
+        hints = []
+        for arg in unknown:
+            flag = arg.split("=", 1)[0]
+            if not flag.startswith("-") or self._negative_number_matcher.match(flag):
+                continue
+            near = difflib.get_close_matches(flag, offered, n=1)
+            if near:
+                hints.append((flag, near[0]))
+        if not hints:
+            return ""
+        if len(hints) == 1:
+            return f"; did you mean {hints[0][1]}?"
+        return "; did you mean " + ", ".join(f"{near} for {flag}" for flag, near in hints) + "?"
+
+
+def _choice_hint(message: str) -> str:
+    """"; did you mean produce?" after argparse's "invalid choice: 'prodcue' (choose from
+    ...)" when one choice is close."""
+    found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+    if found is None:
+        return ""
+    import difflib
+
+    near = difflib.get_close_matches(found.group(1), re.findall(r"'([^']*)'", found.group(2)),
+                                     n=1)
+    return f"; did you mean {near[0]}?" if near else ""
+
+
+class _Formatter(argparse.HelpFormatter):
+    """The top-level help: its epilog keeps its lines (the exit codes, one per line), each
+    wrapped under its own text."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        import textwrap
+
+        lines = []
+        for line in text.splitlines():
+            found = re.match(r"(\s*\d+\s+)", line)
+            hang = " " * len(found.group(1)) if found else ""
+            lines.append(textwrap.fill(line, width, initial_indent=indent,
+                                       subsequent_indent=indent + hang) if line else "")
+        return "\n".join(lines)
+
+
+def exit_codes_text() -> str:
+    """The epilog of ``regionstream --help``: every exit code, one per line."""
+    return "exit codes:\n" + "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES)
 
 
 class _Version(argparse.Action):
@@ -134,38 +236,110 @@ def is_stream_id(text: str) -> bool:
     return m is not None and all(int(g) < 2**64 for g in m.groups() if g is not None)
 
 
+# A relative time, "that long ago": -30s, -15m, -1h, -1.5h, -2d, -1w.
+_RELATIVE_TIME = re.compile(r"-(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000,
+            "w": 604_800_000}
+RANGE_HELP = ("re-drive stream entries START..END through dedup (idempotent); each a stream id "
+              "(-, +, <ms> or <ms>-<seq>, '(' before one to exclude it), an ISO 8601 time "
+              "(2026-12-06T10:00:00Z; UTC without an offset) or a time that long ago (-30m, "
+              "-1h, -2d; units ms s m h d w): a time means the entries added from (START) or "
+              "up to (END) that millisecond")
+
+
+def range_bound(text: str, now_ms: int | None = None) -> str | None:
+    """A --range bound as XRANGE takes it: a stream id as given, a time as its millisecond
+    (the ids' first part); None when it is neither. ``now_ms``: for relative times."""
+    if is_stream_id(text):
+        return text
+    relative = _RELATIVE_TIME.fullmatch(text)
+    if relative:
+        import time
+
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        ms = now - round(float(relative.group(1)) * _UNIT_MS[relative.group(2)])
+    else:
+        from datetime import UTC, datetime, timedelta
+
+        try:
+            at = datetime.fromisoformat(text)
+        except ValueError:
+            return None
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)
+        ms = (at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+    return str(ms) if 0 <= ms < 2**64 else None
+
+
 class _RangeAction(argparse.Action):
-    """--range START END, each checked before anything connects: Redis's own complaint
-    ("Invalid stream ID") says neither which argument was wrong nor what it was."""
+    """--range START END, each checked before anything connects (Redis's own complaint,
+    "Invalid stream ID", says neither which argument was wrong nor what it was), a time made
+    the id of its millisecond. ``range_given``: the bounds as typed, for the report."""
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: str | Sequence[Any] | None, option_string: str | None = None) -> None:
         assert isinstance(values, list)  # nargs=2
+        bounds = []
         for label, value in zip(("START", "END"), values, strict=True):
-            if not is_stream_id(value):
-                parser.error(f"--range {label}: not a stream id: {value!r} (expected -, +, "
-                             "<ms> or <ms>-<seq>, a number optionally after '(' to exclude it)")
-        setattr(namespace, self.dest, values)
+            bound = range_bound(value)
+            if bound is None:
+                parser.error(f"--range {label}: not a stream id or a time: {value!r} (expected "
+                             "-, +, <ms> or <ms>-<seq> optionally after '(' to exclude it, an "
+                             "ISO 8601 time such as 2026-12-06T10:00:00Z, or -30m, -1h, -2d)")
+            bounds.append(bound)
+        setattr(namespace, self.dest, bounds)
+        namespace.range_given = list(values)
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("connection (flags override REGIONSTREAM_* variables)")
-    g.add_argument("--redis-url", help="redis://, rediss:// (TLS), unix:// or "
-                   "redis+sentinel://host:port[,host:port...]/<master>[/<db>]; "
-                   "env REGIONSTREAM_REDIS_URL, default redis://localhost:6379/0")
-    g.add_argument("--tls-ca", help="CA file that signed the server's certificate (rediss://); "
-                   "env REGIONSTREAM_TLS_CA")
-    g.add_argument("--tls-cert", help="client certificate, for servers that ask for one; "
-                   "env REGIONSTREAM_TLS_CERT")
-    g.add_argument("--tls-key", help="client certificate's key; env REGIONSTREAM_TLS_KEY")
+CONNECTION_GROUP = "connection (flags override REGIONSTREAM_* variables)"
+
+
+def _connection(p: argparse.ArgumentParser, *, demo: bool = False, hidden: bool = False) -> None:
+    """The connection flags and the names (stream, group, prefix). ``demo``: its defaults
+    (its own server, ``DEMO_NAMES``). ``hidden``: accepted (a script may give every command
+    the same flags) but not offered: ``acl`` connects to nothing."""
+    g = p.add_argument_group(CONNECTION_GROUP)
+    say: Callable[[str], str] = (lambda _: argparse.SUPPRESS) if hidden else (lambda h: h)
+    if demo:
+        url = ("default: a private redis-server on a free port, stopped on exit (in-process "
+               "fakeredis without redis-server); a URL here or in REGIONSTREAM_REDIS_URL runs "
+               "the demo on that Redis, under the names below unless given")
+    else:
+        url = ("redis://, rediss:// (TLS), unix:// or "
+               "redis+sentinel://host:port[,host:port...]/<master>[/<db>]; "
+               "env REGIONSTREAM_REDIS_URL, default redis://localhost:6379/0")
+    g.add_argument("--redis-url", help=say(url))
+    g.add_argument("--tls-ca", help=say("CA file that signed the server's certificate "
+                                        "(rediss://); env REGIONSTREAM_TLS_CA"))
+    g.add_argument("--tls-cert", help=say("client certificate, for servers that ask for one; "
+                                          "env REGIONSTREAM_TLS_CERT"))
+    g.add_argument("--tls-key", help=say("client certificate's key; env REGIONSTREAM_TLS_KEY"))
+    if not hidden:
+        _names(g, demo=demo)
+    g.add_argument("--allow-eviction", action="store_true", default=None,
+                   help=say("run even when Redis's maxmemory-policy may evict keys (data loss: "
+                            "see Guarantees); env REGIONSTREAM_ALLOW_EVICTION (1/0, true/false, "
+                            "yes/no)"))
+    _log_level(p, hidden=hidden)
+
+
+def _names(g: Any, *, demo: bool = False) -> None:
+    if demo:
+        g.add_argument("--stream", help=f"default {DEMO_NAMES['stream']}; env "
+                       "REGIONSTREAM_STREAM")
+        g.add_argument("--group", help=f"default {DEMO_NAMES['group']}; env REGIONSTREAM_GROUP")
+        g.add_argument("--prefix", help=f"key prefix; default {DEMO_NAMES['prefix']}; env "
+                       "REGIONSTREAM_PREFIX")
+        return
     g.add_argument("--stream", help="env REGIONSTREAM_STREAM, default snapshots")
     g.add_argument("--group", help="env REGIONSTREAM_GROUP, default persisters")
     g.add_argument("--prefix", help="key prefix; env REGIONSTREAM_PREFIX, default intelligence")
-    g.add_argument("--allow-eviction", action="store_true", default=None,
-                   help="run even when Redis's maxmemory-policy may evict keys (data loss: "
-                   "see Guarantees); env REGIONSTREAM_ALLOW_EVICTION (1/0, true/false, yes/no)")
-    g.add_argument("--log-level", default="INFO",
-                   choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def _log_level(p: argparse.ArgumentParser, *, hidden: bool = False) -> None:
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help=argparse.SUPPRESS if hidden else
+                   "what is logged on stderr: DEBUG, INFO (the default), WARNING or ERROR")
 
 
 def _shard_flag(p: argparse.ArgumentParser) -> None:
@@ -185,7 +359,7 @@ def _sharded(p: argparse.ArgumentParser) -> None:
     """Connection flags plus the shard selection: the operator commands."""
     _shard_flag(p)
     _shards_flag(p)
-    _common(p)
+    _connection(p)
 
 
 def _metrics_flags(p: argparse.ArgumentParser) -> None:
@@ -195,11 +369,12 @@ def _metrics_flags(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> Parser:
     """The whole command line; ``.commands`` holds each command's own parser."""
-    parser = Parser(prog=PROG, description="Regional snapshots through Redis Streams.")
+    parser = Parser(prog=PROG, description="Regional snapshots through Redis Streams.",
+                    epilog=exit_codes_text(), formatter_class=_Formatter)
     parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for add in (_add_produce, _add_consume, _add_show, _add_top, _add_demo, _add_pending,
-                _add_replay, _add_acl):
+                _add_replay, _add_acl, _add_schema):
         add(sub, parser.commands)
     return parser
 
@@ -209,14 +384,21 @@ def commands() -> dict[str, Parser]:
     return build_parser().commands
 
 
-def _command(sub: Any, into: dict[str, Parser], name: str, **kwargs: Any) -> Parser:
-    p: Parser = sub.add_parser(name, **kwargs)
+def _command(sub: Any, into: dict[str, Parser], name: str, help: str, description: str
+             ) -> Parser:
+    """A command: ``help`` is its line in ``regionstream --help``, ``description`` opens its
+    own --help."""
+    p: Parser = sub.add_parser(name, help=help, description=description)
     into[name] = p
     return p
 
 
 def _add_produce(sub: Any, into: dict[str, Parser]) -> None:
-    p = _command(sub, into, "produce", help="publish snapshots to the stream")
+    p = _command(sub, into, "produce", "publish snapshots to the stream",
+                 "Publish regional snapshots to the stream: one cycle of every region "
+                 "(--once), a cycle every --interval seconds (the default, upstream's 6 hours), "
+                 "a load of --count distinct snapshots, or the JSON lines of --source FILE|- "
+                 "once. Exit 4 when some source lines were rejected (the rest is published).")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true", help="publish one cycle and exit")
     mode.add_argument("--interval", type=_number, dest="interval_s",
@@ -241,11 +423,16 @@ def _add_produce(sub: Any, into: dict[str, Parser]) -> None:
     p.add_argument("--min-replicas-timeout-ms", type=_int,
                    help="how long a publish waits for --min-replicas (default 1000)")
     _metrics_flags(p)
-    _common(p)
+    _connection(p)
 
 
 def _add_consume(sub: Any, into: dict[str, Parser]) -> None:
-    c = _command(sub, into, "consume", help="run a group of workers persisting snapshots")
+    c = _command(sub, into, "consume", "run a group of workers persisting snapshots",
+                 "Run a group of workers that read the stream through the consumer group, check "
+                 "each snapshot and store it once: one per region, trigger and 15-minute bucket, "
+                 "later ones are acknowledged as duplicates. What fails its check is "
+                 "dead-lettered; what a dead worker held is reclaimed after --min-idle-ms. "
+                 "SIGTERM lets in-flight work finish within --grace.")
     c.add_argument("--workers", type=_int, help="concurrent workers (default 4)")
     c.add_argument("--batch", type=_int, help="entries per read (default 200)")
     c.add_argument("--block-ms", type=_int, help="how long a read waits for entries (default 2000)")
@@ -255,8 +442,9 @@ def _add_consume(sub: Any, into: dict[str, Parser]) -> None:
                    "NAME-0..NAME-(N-1), stable across restarts")
     c.add_argument("--grace", type=_number, dest="grace_s",
                    help="seconds in-flight work gets after SIGTERM (default 10)")
-    c.add_argument("--max-bytes", type=_int, help="larger payloads are dead-lettered")
-    c.add_argument("--regions", type=_regions, help="accepted region ids")
+    c.add_argument("--max-bytes", type=_int,
+                   help="larger payloads are dead-lettered (default 262144)")
+    c.add_argument("--regions", type=_regions, help="accepted region ids (default all)")
     c.add_argument("--min-idle-ms", type=_int,
                    help="reclaim entries idle this long from any consumer (default 60000)")
     c.add_argument("--claim-interval-ms", type=_int,
@@ -271,67 +459,127 @@ def _add_consume(sub: Any, into: dict[str, Parser]) -> None:
                    help="forget consumers idle this many seconds with nothing pending "
                    "(default 3600)")
     _metrics_flags(c)
-    _common(c)
+    _connection(c)
 
 
 def _add_show(sub: Any, into: dict[str, Parser]) -> None:
-    s = _command(sub, into, "show", help="print the latest persisted snapshot of a region")
-    s.add_argument("region")
+    s = _command(sub, into, "show", "print the latest persisted snapshot of a region",
+                 "Print the latest snapshot stored for REGION: a summary, or the stored JSON "
+                 "(--json). Exit 1 when none is stored under --prefix.")
+    s.add_argument("region", help="one of mena, east-asia, europe, north-america, south-asia, "
+                   "latam, sub-saharan-africa, global")
     s.add_argument("--json", action="store_true", help="print the stored JSON")
-    _common(s)
+    _connection(s)
+
+
+# ``top``'s rates are over this window (regionstream.top): a producer's bursts every few
+# seconds read as a steady rate, not 8.0/s, 0.0, 0.0, 8.0.
+RATES_WINDOW_S = 10.0
 
 
 def _add_top(sub: Any, into: dict[str, Parser]) -> None:
     t = _command(sub, into, "top",
-                 help="live view of the stream, group, DLQ and regions (Redis only)")
+                 "live view of the stream, group, DLQ and regions (Redis only)",
+                 "A live view of the deployment, read from Redis alone (no metrics port): "
+                 "stream length, lag, pending entries per consumer, dead letters, each region's "
+                 f"latest snapshot, and rates over the last {RATES_WINDOW_S:.0f} s (at least "
+                 "two frames): published, delivered, acked, persisted, duplicates and "
+                 "dead-lettered. Duplicates are entries acked but neither persisted nor "
+                 "dead-lettered (the dedup rule: one snapshot per region, trigger and "
+                 "15-minute bucket), derived as acked - persisted - dead-lettered (persisted: "
+                 "the growth of the regions' stored counts), never below 0. "
+                 "Laid out for 80x24: the consumers come before the regions. Exit 1 when the "
+                 "stream or its group does not exist.")
     t.add_argument("--once", action="store_true", help="print one frame and exit")
     t.add_argument("--plain", action="store_true", help="a summary line per refresh, no table")
     t.add_argument("--refresh", type=_refresh, default=1.0,
                    help=f"seconds between frames (default 1, at least {MIN_REFRESH_S})")
-    t.add_argument("--regions", type=_regions, help="regions to show")
+    t.add_argument("--regions", type=_regions, help="regions to show (default all)")
     _sharded(t)
 
 
 def _add_demo(sub: Any, into: dict[str, Parser]) -> None:
-    d = _command(sub, into, "demo",
-                 help="producer + consumer group + live view, self-contained")
+    d = _command(sub, into, "demo", "producer + consumer group + live view, self-contained",
+                 "A producer, a group of workers and the live view in one process, on a "
+                 "private redis-server (or a Redis you name: --redis-url), until Ctrl-C or "
+                 "--duration.")
     d.add_argument("--duration", type=_positive_number,
                    help="stop after S seconds (default: Ctrl-C)")
     d.add_argument("--interval", type=_number, dest="interval_s", default=2.0,
                    help="seconds between producer cycles (default 2)")
-    d.add_argument("--workers", type=_int, default=4)
+    d.add_argument("--workers", type=_int, default=4,
+                   help="consumer workers (default 4)")
     d.add_argument("--plain", action="store_true", help="no live view: a line per cycle")
-    _common(d)
+    _connection(d, demo=True)
 
 
 def _add_pending(sub: Any, into: dict[str, Parser]) -> None:
-    p = _command(sub, into, "pending", help="who holds what: per-consumer pending, lag, DLQ")
-    p.add_argument("--json", action="store_true")
+    p = _command(sub, into, "pending", "who holds what: per-consumer pending, lag, DLQ",
+                 "Who holds what: the group's lag, each consumer's pending entries (idle time, "
+                 "oldest entry, most deliveries) and the dead letters, over every shard. Exit 1 "
+                 "when the stream or group does not exist.")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     _sharded(p)
 
 
+# Flags of one replay mode: given with another mode they would be ignored, so they are refused.
+REPLAY_MODE_FLAGS = {"--region": "--dlq", "--reason": "--dlq", "--limit": "--dlq",
+                     "--consumer": "--pending", "--min-idle-ms": "--pending"}
+
+
+def _check_replay(args: argparse.Namespace, dests: dict[str, str]) -> None:
+    """A flag of another mode than the one chosen: refused, not silently ignored."""
+    mode = "--dlq" if args.dlq else "--pending" if args.pending else "--range"
+    for flag, owner in REPLAY_MODE_FLAGS.items():
+        if owner != mode and getattr(args, dests[flag]) is not None:
+            raise UsageError(f"{PROG} replay: {flag} applies to replay {owner}, not to "
+                             f"replay {mode}: leave it out")
+
+
 def _add_replay(sub: Any, into: dict[str, Parser]) -> None:
-    r = _command(sub, into, "replay", help="re-drive dead letters, a dead consumer's pending "
-                 "entries, or a range of history")
+    r = _command(sub, into, "replay", "re-drive dead letters, a dead consumer's pending "
+                 "entries, or a range of history",
+                 "Re-drive entries through the consumer's pipeline, one mode at a time: --dlq "
+                 "moves dead letters back onto the stream (with --region, --reason, --limit); "
+                 "--pending claims what a (dead) consumer holds and settles it now (with "
+                 "--consumer, --min-idle-ms); --range re-drives history through dedup. A flag "
+                 "of another mode is refused (exit 2). Exit 1 when the stream or its group "
+                 "does not exist (--dlq: neither the stream nor its dead-letter stream).")
     what = r.add_mutually_exclusive_group(required=True)
     what.add_argument("--dlq", action="store_true", help="move dead letters back onto the stream")
     what.add_argument("--pending", action="store_true",
                       help="claim and process now what a (dead) consumer holds")
     what.add_argument("--range", nargs=2, metavar=("START", "END"), action=_RangeAction,
-                      help="re-drive stream entries START..END through dedup (idempotent)")
+                      help=RANGE_HELP)
     r.add_argument("--region", help="--dlq: only this region")
-    r.add_argument("--reason", help="--dlq: only dead letters whose reason contains TEXT")
-    r.add_argument("--limit", type=_positive_int, help="--dlq: at most N entries (N > 0)")
+    r.add_argument("--reason", metavar="TEXT",
+                   help="--dlq: only dead letters whose reason contains TEXT")
+    r.add_argument("--limit", type=_positive_int, metavar="N",
+                   help="--dlq: at most N entries (N > 0)")
     r.add_argument("--consumer", help="--pending: only this consumer's entries")
     r.add_argument("--min-idle-ms", type=_idle_ms, default=None, dest="replay_min_idle_ms",
+                   metavar="MS",
                    help="--pending: only entries idle at least this long (default: the "
                    "consumer's --min-idle-ms, 60000; 0 for a consumer known to be dead)")
     r.add_argument("--dry-run", action="store_true", help="list what would be done, do nothing")
-    r.add_argument("--json", action="store_true")
+    r.add_argument("--json", action="store_true", help="print the report as JSON")
     _sharded(r)
+    r.check = lambda args: _check_replay(args, r.options())
 
 
 def _add_acl(sub: Any, into: dict[str, Parser]) -> None:
-    a = _command(sub, into, "acl", help="print the Redis ACL users (producer, consumer, "
-                 "read-only operator) for --stream and --prefix; connects to nothing")
-    _common(a)
+    a = _command(sub, into, "acl", "print the Redis ACL users (producer, consumer, "
+                 "read-only operator) for --stream and --prefix; connects to nothing",
+                 "Print the Redis ACL users (producer, consumer, read-only operator), each "
+                 "allowed only the commands and keys of --stream, --group and --prefix, as an "
+                 "ACL file (regionstream acl > users.acl); what it cannot say goes to stderr. "
+                 "Connects to nothing.")
+    _names(a.add_argument_group("names (flags override REGIONSTREAM_* variables)"))
+    _connection(a, hidden=True)
+
+
+def _add_schema(sub: Any, into: dict[str, Parser]) -> None:
+    _command(sub, into, "schema", "print the snapshot's JSON Schema; connects to nothing",
+             "Print the JSON Schema (draft 2020-12) of a snapshot, generated from the structs "
+             "that validate every snapshot the producer publishes and the consumer stores. "
+             "Connects to nothing.")

@@ -2,12 +2,14 @@
 and its line, the deployment it is handed (opened once), its metrics and its signals.
 
 - ``exit_code(exc, settings)``: prints a failure's line(s) and returns its exit code (the codes
-  are documented in ``regionstream.cli``); None for an exception that is no failure of ours
-  (a bug: its traceback goes up).
+  are documented in ``regionstream.parser.EXIT_CODES``, which ``--help`` lists); None for an
+  exception that is no failure of ours (a bug: its traceback goes up).
 - ``session(settings, ...)``: an async context that connects once (cluster or not found out,
   ``--shard-by`` resolved, pinged, the eviction policy checked for a writer), serves the
   metrics when asked (their group gauges read through the same deployment), installs the
   signal handling (``stop_on_signals``), yields the deployment, and undoes all of it on leaving.
+- ``require_existing(deployment, settings, ...)``: an operator command's stream and group that
+  exist on no shard are a one-line failure (``NotFound``, exit 1), not an empty report.
 - ``stop_on_signals(stop)``: one semantics for every long-running command: the first SIGINT or
   SIGTERM is a graceful stop (``stop`` is set); another one while stopping exits at once.
 
@@ -31,13 +33,21 @@ if TYPE_CHECKING:
     import asyncio
     from typing import Any
 
+    import redis.asyncio as aioredis
     from prometheus_client import CollectorRegistry
 
+    from shared.keys import Keys
     from shared.settings import Settings
-    from shared.shards import Deployment
+    from shared.shards import Deployment, Shard
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_PERMANENT, EXIT_REJECTED = 0, 1, 2, 3, 4
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # every command's log lines
 EXIT_INTERRUPTED = 130  # Ctrl-C (KeyboardInterrupt), or a second signal while stopping
+
+
+class NotFound(Exception):
+    """The stream or the group an operator command reads exists on no shard: a runtime
+    failure (exit 1), said in one line naming both (``require_existing``)."""
 
 Lines = tuple[int, list[str]]  # an exit code and the lines that say why, for stderr
 
@@ -84,6 +94,7 @@ def _table() -> Iterator[tuple[tuple[type[BaseException], ...],
     yield (PermanentError,), lambda e, _: (EXIT_PERMANENT, [
         f"{PROG}: stopped, not retrying: {e} (entries stay pending; fix the permission or key, "
         "then restart)"])
+    yield (NotFound,), lambda e, _: (EXIT_FAILURE, [f"{PROG}: {e}"])
     yield (RedisError, ConnectionRefusedError, FileNotFoundError), _redis_failure
     yield (OutputLost, BrokenPipeError), lambda e, _: _output_lost(e)
     yield (KeyboardInterrupt,), lambda e, _: (EXIT_INTERRUPTED, [])
@@ -91,7 +102,9 @@ def _table() -> Iterator[tuple[tuple[type[BaseException], ...],
 
 def _redis_failure(exc: Exception, settings: Settings | None) -> Lines | None:
     """One line for a runtime failure; the URL only ever through describe_url. A certificate
-    or TLS setting to fix is a bad setting (exit 2); what Redis refuses for good, exit 3."""
+    or TLS setting to fix is a bad setting (exit 2); what Redis refuses for good, exit 3: a
+    permission, a key of another type, and the credentials (WRONGPASS, or NOAUTH: none given
+    where one is required), which no retry fixes either."""
     from redis.exceptions import AuthenticationError, RedisError
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -111,10 +124,12 @@ def _redis_failure(exc: Exception, settings: Settings | None) -> Lines | None:
         line = f"stream {settings.stream!r} has no group {settings.group!r}"
     else:
         line = f"Redis error: {exc}"
+    refused_credentials = (isinstance(exc, AuthenticationError)
+                           or str(exc).startswith(("NOAUTH", "WRONGPASS")))
     if refusal is not None and refusal.usage:
         code = EXIT_USAGE
-    elif (isinstance(exc, RedisError) and classify(exc) is ErrorKind.PERMANENT
-          and not isinstance(exc, AuthenticationError)):
+    elif refused_credentials or (isinstance(exc, RedisError) and classify(exc) in (
+            ErrorKind.PERMANENT, ErrorKind.WRONGTYPE)):  # a key of ours holding another type
         code = EXIT_PERMANENT
     else:
         code = EXIT_FAILURE
@@ -270,3 +285,101 @@ def _listen(settings: Settings, registry: CollectorRegistry) -> None:
         flag = "--metrics-host" if exc.errno == errno.EADDRNOTAVAIL else "--metrics-port"
         raise UsageError(f"{PROG}: bad setting {flag}: cannot listen on {host}:{port}: "
                          f"{exc.strerror}") from None
+
+
+async def require_existing(deployment: Deployment, settings: Settings, *, dlq: bool = False
+                           ) -> None:
+    """Raise ``NotFound`` when what an operator command reads exists on no shard of
+    ``deployment`` (``top``, ``pending`` and ``replay`` showed an empty deployment, "moved 0"
+    or "no group" and exited 0 on a misspelled --stream or --group): the stream and its group;
+    with ``dlq`` (``replay --dlq``, which needs no group), the stream or its dead-letter stream.
+    One XINFO GROUPS per shard (and XINFO STREAM of its DLQ), which every ACL role may run.
+
+    Not a failure: a deployment whose streams do not exist in this layout but do in the other
+    ``--shard-by`` layout (``shared.layout``): a change of layout under way, or a mismatch,
+    which ``top`` and ``pending`` then warn about."""
+    from shared.connection import describe_url
+    from shared.shards import read_each
+
+    keys = settings.keys
+    found = await read_each(deployment, lambda shard, client: _probe(client, shard.keys, dlq))
+    if dlq and any(p.stream or p.dlq for p in found):
+        return
+    if not dlq and any(p.group for p in found):
+        return
+    for p in found:  # a key of ours holding another type: that is the failure (exit 3)
+        if p.wrong_type is not None:
+            raise p.wrong_type
+    sharded = deployment.layout == "region"
+    on = (f" on any of its {len(deployment.shards)} region shards "
+          f"({keys.stream}:{{<region>}})" if sharded else "")
+    if not dlq and any(p.stream for p in found):
+        raise NotFound(f"stream {keys.stream!r} has no group {keys.group!r}{on}: check --group")
+    if await _exists_in_other_layout(deployment, settings):
+        return
+    where = describe_url(settings.redis_url)
+    nor = (f"nor its dead-letter stream {keys.dlq!r}" if dlq
+           else f"nor its group {keys.group!r}")
+    check = "--stream, --shard-by and --redis-url" if sharded else "--stream and --redis-url"
+    raise NotFound(f"stream {keys.stream!r} does not exist{on} at {where}, {nor}: check {check}")
+
+
+class _Found:
+    """What ``_probe`` found on one shard. (Not a dataclass: importing dataclasses would cost
+    ``--help``, which imports this module, a few ms.)"""
+
+    def __init__(self, stream: bool, group: bool, dlq: bool, wrong_type: Exception | None
+                 ) -> None:
+        self.stream = stream  # the stream (or a key of another type under its name) exists
+        self.group = group  # the group exists on it
+        self.dlq = dlq  # the dead-letter stream exists (asked only for ``replay --dlq``)
+        self.wrong_type = wrong_type  # WRONGTYPE: the stream or DLQ is another type of key
+
+
+async def _probe(client: aioredis.Redis, keys: Keys, dlq: bool) -> _Found:
+    from redis.exceptions import ResponseError
+
+    from shared.connection import ErrorKind, classify
+    from shared.ids import text
+
+    pipe = client.pipeline(transaction=False)
+    pipe.xinfo_groups(keys.stream)
+    if dlq:
+        pipe.xinfo_stream(keys.dlq)
+    replies = await pipe.execute(raise_on_error=False)
+    wrong = None
+    exists = []
+    for reply in replies:
+        if not isinstance(reply, ResponseError):
+            exists.append(True)
+        elif "no such key" in str(reply).lower():
+            exists.append(False)
+        elif classify(reply) is ErrorKind.WRONGTYPE:  # there, as another type
+            wrong = wrong or reply
+            exists.append(True)
+        else:  # a failure (a refused command, a moved slot: read_each retries that)
+            raise reply
+    groups = replies[0]
+    group = not isinstance(groups, ResponseError) and any(
+        text(g["name"]) == keys.group for g in groups)
+    return _Found(exists[0], group, dlq and exists[1], wrong)
+
+
+async def _exists_in_other_layout(deployment: Deployment, settings: Settings) -> bool:
+    """Any stream of the other ``--shard-by`` layout exists (``shared.layout``)."""
+    import asyncio
+
+    from shared.layout import other_layout
+    from shared.shards import retrying, shards
+
+    other = other_layout(deployment.layout)
+    if deployment.cluster and other == "none":  # nothing runs one stream on a cluster
+        return False
+    streams = shards(settings.keys, settings.regions, other)
+
+    async def exists(shard: Shard) -> bool:
+        found = await retrying(deployment, lambda: _probe(
+            deployment.client_for(shard), shard.keys, False))
+        return found.stream
+
+    return any(await asyncio.gather(*(exists(s) for s in streams)))

@@ -46,7 +46,8 @@ async def show(redis: aioredis.Redis, settings: Settings, region: str, *, as_jso
     keys = settings.keys
     payload = await latest_payload(redis, keys, region)
     if payload is None:
-        print(f"regionstream show: no snapshot persisted for {region}", file=sys.stderr)
+        print(f"regionstream show: no snapshot persisted for {region} under prefix "
+              f"{keys.prefix!r}", file=sys.stderr)
         return EXIT_FAILURE
     try:
         # Formatted before anything is printed: a payload that is not a snapshot is one line.

@@ -2,13 +2,19 @@
 
 It needs no metrics port and no access to the processes: stream length, lag, pending per
 consumer, oldest pending age, dead letters, each region's latest snapshot, and rates computed
-from Redis's own counters between two frames (``view.rates_between``)."""
+from Redis's own counters over a sliding window of the last ``RATES_WINDOW_S`` seconds
+(``view.rates_over``): a producer publishing every 3 s read 8.0/s, 0.0, 0.0, 0.0, 8.0 between
+consecutive frames. Duplicates per second (acked but not stored: the dedup rule) are derived
+from the same counters and the regions' stored counts: acked minus persisted minus
+dead-lettered."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import logging
+import math
+from collections import deque
 from collections.abc import AsyncIterator
 
 from redis.exceptions import RedisError
@@ -16,8 +22,17 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from regionstream.parser import RATES_WINDOW_S
 from regionstream.runtime import EXIT_OK
-from regionstream.view import Frame, collect, logs_through, rates_between, render, summary_line
+from regionstream.view import (
+    Frame,
+    collect,
+    logs_through,
+    rates_between,
+    render,
+    summary_line,
+    window_base,
+)
 from shared.aio import pause
 from shared.connection import ErrorKind, classify
 from shared.keys import Keys
@@ -42,9 +57,12 @@ def _console() -> Console:
 
 
 async def frames(redis: Deployment, keys: Keys, regions: tuple[str, ...],
-                 stop: asyncio.Event, every: float = REFRESH_S) -> AsyncIterator[Frame]:
-    """Frames until ``stop``; every frame after the first carries rates since the previous."""
-    prev: Frame | None = None
+                 stop: asyncio.Event, every: float = REFRESH_S,
+                 window_s: float = RATES_WINDOW_S) -> AsyncIterator[Frame]:
+    """Frames until ``stop``; every frame after the first carries rates over the last
+    ``window_s`` seconds (at least since the previous frame: ``view.rates_over``)."""
+    # Frames are at least ``every`` apart: this many always reach a frame ``window_s`` old.
+    history: deque[Frame] = deque(maxlen=math.ceil(window_s / max(every, 0.01)) + 2)
     while not stop.is_set():
         try:
             frame = await collect(redis, keys, regions)
@@ -56,10 +74,12 @@ async def frames(redis: Deployment, keys: Keys, regions: tuple[str, ...],
             log.warning("reading the deployment failed (%s); trying again", exc)
             await pause(stop, every)
             continue
-        if prev is not None:
-            frame = dataclasses.replace(frame, rates=rates_between(prev, frame))
+        history.append(frame)
+        if len(history) > 1:
+            base = window_base(history, window_s)
+            frame = dataclasses.replace(frame, rates=rates_between(base, frame),
+                                        rates_window_s=frame.at - base.at)
         yield frame
-        prev = frame
         await pause(stop, every)
 
 
@@ -87,5 +107,5 @@ async def run_top(redis: Deployment, settings: Settings, *, once: bool = False,
         return EXIT_OK
     with Live(console=out, refresh_per_second=LIVE_REDRAWS_PER_S) as live, logs_through(out):
         async for frame in frames(redis, keys, settings.regions, stop, every):
-            live.update(render(frame))
+            live.update(render(frame, height=out.height))
     return EXIT_OK

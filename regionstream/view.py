@@ -10,17 +10,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
 import redis.asyncio as aioredis
-from rich.console import Console, Group, RenderableType
-from rich.logging import RichHandler
+from rich import box
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.table import Table
 from rich.text import Text
 
 from consumer.ops import ShardRow, Totals
+from regionstream.runtime import LOG_FORMAT
 from shared.group import (
     ACTIVE_CONSUMER_IDLE_S,
     ConsumerStat,
@@ -29,7 +30,7 @@ from shared.group import (
     total,
 )
 from shared.ids import text
-from shared.keys import Keys, is_sharded
+from shared.keys import ALL_SHARD, Keys, is_sharded
 from shared.layout import layout_mismatch
 from shared.shards import Deployment, retrying
 
@@ -105,6 +106,17 @@ class Frame:
     shards: tuple[ShardStat, ...] = ()  # a row per shard (one, "all", with --shard-by none)
     # Entries waiting in the other --shard-by layout's streams (shared.layout), else "".
     warning: str = ""
+    # The span ``rates`` are over (``rates_over``), 0 when unknown (the demo's own rates).
+    rates_window_s: float = 0.0
+
+    @property
+    def stored(self) -> int:
+        """Snapshots stored (the regions' index counts) in the regions this deployment's
+        shards hold: all shown with one stream, the selected shards' with --shards."""
+        if not sharded(self):
+            return sum(r.stored for r in self.regions)
+        served = {s.shard for s in self.shards} - {ALL_SHARD}
+        return sum(r.stored for r in self.regions if r.region in served)
 
 
 @dataclass(frozen=True)
@@ -202,16 +214,42 @@ def _per_second(new: int | None, old: int | None, dt: float) -> float | None:
 
 def rates_between(prev: Frame, cur: Frame) -> dict[str, float]:
     """Per-second rates between two frames, from Redis's own counters: published (XADD),
-    delivered to the group, acknowledged (delivered minus the growth of pending), and
-    dead-lettered. A counter Redis does not report is left out."""
+    delivered to the group, acked (delivered minus the growth of pending), persisted (the
+    growth of the regions' stored counts: their indexes), duplicates (acked but neither
+    persisted nor dead-lettered: the dedup rule's, derived as acked - persisted -
+    dead-lettered, never below 0) and dead-lettered. (The consumer's log says persisted and
+    duplicate too; "persisted", not "stored": the summary line has a stored= count.) A counter Redis does not report is left out (and what derives from it)."""
     dt = max(cur.at - prev.at, 1e-9)
     delivered = _per_second(cur.entries_read, prev.entries_read, dt)
     acked = (None if delivered is None
              else max(0.0, delivered - (cur.pending - prev.pending) / dt))
+    persisted = max(0, cur.stored - prev.stored) / dt
+    dead = _per_second(cur.dlq_added, prev.dlq_added, dt)
+    duplicates = (None if acked is None or dead is None
+                  else max(0.0, acked - persisted - dead))
     rates = {"published": _per_second(cur.entries_added, prev.entries_added, dt),
-             "delivered": delivered, "acked": acked,
-             "dead_lettered": _per_second(cur.dlq_added, prev.dlq_added, dt)}
+             "delivered": delivered, "acked": acked, "persisted": persisted,
+             "duplicates": duplicates, "dead_lettered": dead}
     return {k: v for k, v in rates.items() if v is not None}
+
+
+def window_base(history: Sequence[Frame], window_s: float) -> Frame:
+    """The newest frame at least ``window_s`` older than the last one, the oldest while none
+    is that old yet (never the last itself when there are two)."""
+    last, base = history[-1], history[0]
+    for frame in history:  # a deque: no slices
+        if frame is last or frame.at > last.at - window_s:
+            break
+        base = frame
+    return base
+
+
+def rates_over(history: Sequence[Frame], window_s: float) -> dict[str, float]:
+    """Rates from ``window_base`` to the last frame: a producer's burst every few seconds
+    reads as a steady rate, not 8.0/s then 0.0/s three times. {} for fewer than two frames."""
+    if len(history) < 2:
+        return {}
+    return rates_between(window_base(history, window_s), history[-1])
 
 
 def age_text(seconds: float | None) -> str:
@@ -230,30 +268,77 @@ REGIME_STYLE = {"calm": "green", "managed_deescalation": "green",
                 "fragmentation_risk": "red", "escalation_ladder": "bold red"}
 
 
-def _header(frame: Frame) -> Table:
-    head = Table.grid(padding=(0, 2))
-    lag = _lag(frame.lag)
-    oldest = age_text(frame.oldest_pending_age_s)
-    head.add_row(
-        plain(f"stream {frame.stream}", "bold"), f"length {frame.stream_length}",
-        Text(f"dead letters {frame.dlq_length}", style="red" if frame.dlq_length else ""))
-    head.add_row(
-        plain(f"group {frame.group}", "bold"),
-        f"consumers {frame.active_consumers}/{frame.consumers} active", f"lag {lag}",
-        f"pending {frame.pending}", f"oldest pending {oldest}")
+class Flow:
+    """Items on as few lines as the width allows, two spaces apart, never one split across
+    lines (one wider than the whole width is cut, with an ellipsis): the header stays whole
+    at 80 columns whatever the names and figures."""
+
+    def __init__(self, *items: Text | str) -> None:
+        self.items = [i if isinstance(i, Text) else Text(i) for i in items]
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = options.max_width
+        line = Text()
+        for item in self.items:
+            item = item.copy()
+            item.truncate(width, overflow="ellipsis")
+            if line.cell_len and line.cell_len + 2 + item.cell_len > width:
+                yield line
+                line = Text()
+            if line.cell_len:
+                line.append("  ")
+            line.append_text(item)
+        yield line
+
+
+def rate_label(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _header(frame: Frame) -> Group:
+    """The stream's figures, the group's, then the rates: each a ``Flow``."""
+    parts = [
+        Flow(plain(f"stream {frame.stream}", "bold"), f"length {frame.stream_length}",
+             f"lag {_lag(frame.lag)}", f"pending {frame.pending}",
+             Text(f"dead letters {frame.dlq_length}", style="red" if frame.dlq_length else "")),
+        Flow(plain(f"group {frame.group}", "bold"),
+             f"consumers {frame.active_consumers}/{frame.consumers} active",
+             f"oldest pending {age_text(frame.oldest_pending_age_s)}")]
     if frame.rates:
-        head.add_row(*[f"{k} {v:,.1f}/s" for k, v in frame.rates.items()])
-    return head
+        over = ([Text(f"per s, last {frame.rates_window_s:.0f}s:", style="dim")]
+                if frame.rates_window_s else [])
+        parts.append(Flow(*over, *(f"{rate_label(k)} {v:,.1f}/s"
+                                   for k, v in frame.rates.items())))
+    return Group(*parts)
 
 
-def _consumer_table(frame: Frame) -> Table:
-    table = Table(expand=False, header_style="bold", title="consumers", title_justify="left")
-    for col in ("consumer", "pending", "idle"):
-        table.add_column(col)
-    for c in sorted(frame.consumer_rows, key=lambda c: c.name):
+def _compact(**kwargs: object) -> Table:
+    """A table of one line per row: no borders but the rule under its header."""
+    return Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0),
+                 header_style="bold", expand=False, **kwargs)  # type: ignore[arg-type]
+
+
+def _consumer_table(frame: Frame, most: int | None = None) -> Table:
+    """A row per consumer, by name; beyond ``most`` rows (the live view's room) those holding
+    most entries stay and a last row counts the others (``regionstream pending`` lists
+    them all)."""
+    table = _compact()
+    table.add_column("consumer", no_wrap=True, overflow="ellipsis")
+    table.add_column("pending", justify="right", no_wrap=True)
+    table.add_column("idle", justify="right", no_wrap=True)
+    rows = sorted(frame.consumer_rows, key=lambda c: c.name)
+    hidden: list[ConsumerStat] = []
+    if most is not None and len(rows) > most:  # those holding most stay in view
+        keep = sorted(rows, key=lambda c: (-c.pending, c.name))[:max(0, most - 1)]
+        hidden = [c for c in rows if c not in keep]
+        rows = [c for c in rows if c in keep]
+    for c in rows:
         idle = Text(age_text(c.idle_s), style="yellow" if c.idle_s >= ACTIVE_CONSUMER_IDLE_S else "")
         table.add_row(plain(c.name), Text(str(c.pending), style="yellow" if c.pending else ""),
                       idle)
+    if hidden:
+        table.add_row(Text(f"{len(hidden)} more (regionstream pending)", style="dim"),
+                      str(sum(c.pending for c in hidden)), "")
     return table
 
 
@@ -265,11 +350,16 @@ def shard_table(rows: Sequence[ShardRow], *, streams: bool = False,
                 consumers: tuple[Sequence[RenderableType], str] | None = None) -> Table:
     """A row per shard, then the deployment's total (``Totals.over``: the figures of the
     header above it). ``pending`` names each shard's stream (``streams``); ``top`` counts each
-    shard's consumers (``consumers``: a cell per row, then the total's)."""
-    table = Table(expand=False, header_style="bold", title="shards", title_justify="left")
+    shard's consumers (``consumers``: a cell per row, then the total's), in ``top``'s compact
+    style: a line per row, fitting 80 columns."""
+    if consumers is None:
+        table = Table(expand=False, header_style="bold", title="shards", title_justify="left")
+    else:
+        table = _compact(title="shards", title_justify="left")
+    oldest, dead = ("oldest pending", "dead letters") if consumers is None else ("oldest", "DLQ")
     for col in ("shard", *(("stream",) if streams else ()), "length", "lag", "pending",
-                "oldest pending", "dead letters", *(("consumers",) if consumers else ())):
-        table.add_column(col)
+                oldest, dead, *(("consumers",) if consumers else ())):
+        table.add_column(col, no_wrap=consumers is not None)
     for i, r in enumerate(rows):
         stream = r.stream if r.group_exists else f"{r.stream} (no group)"
         table.add_row(plain(r.shard), *((plain(stream),) if streams else ()),
@@ -299,27 +389,94 @@ def _consumer_cells(frame: Frame) -> tuple[list[RenderableType], str]:
     return cells, f"{frame.active_consumers}/{frame.consumers}"
 
 
-def render(frame: Frame) -> Group:
-    table = Table(expand=False, header_style="bold")
-    for col in ("region", "regime", "trigger", "age", "stored", "latest snapshot"):
-        table.add_column(col)
-    for row in frame.regions:
-        table.add_row(plain(row.region),
-                      plain(row.regime or "-", REGIME_STYLE.get(row.regime or "", "")),
-                      plain(row.trigger or "-"), age_text(row.age_s), str(row.stored),
-                      plain(row.snapshot_id or "-"))
-    parts: list[Table | Text] = [_header(frame)]
-    if frame.warning:
-        parts.insert(0, plain(f"warning: {frame.warning}", "bold red"))
-    if sharded(frame):
-        parts.append(shard_table([s.row for s in frame.shards],
-                                 consumers=_consumer_cells(frame)))
-    parts.append(table)
-    if frame.consumer_rows:
-        parts.append(_consumer_table(frame))
-    if frame.note:
-        parts.append(plain(frame.note, "dim"))
-    return Group(*parts)
+class _Fitted:
+    """A renderable built for the width it is given (``build(width)``)."""
+
+    def __init__(self, build: Callable[[int], RenderableType]) -> None:
+        self.build = build
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.build(options.max_width)
+
+
+# The region table's columns, by priority: the first four always (as wide as their widest
+# cell), then each of the others while it fits; the last one that fits only partly is cut
+# (with an ellipsis) if at least this wide, else left out. At 80 columns: all but the
+# snapshot id.
+_REGION_COLUMNS = ("region", "regime", "age", "stored", "trigger", "latest snapshot")
+_ALWAYS = 4
+_MIN_CUT = 12
+_GAP = 2  # between two columns of a compact table
+
+
+def _region_table(frame: Frame, width: int) -> Table:
+    cells = [{"region": plain(row.region),
+              "regime": plain(row.regime or "-", REGIME_STYLE.get(row.regime or "", "")),
+              "trigger": plain(row.trigger or "-"), "age": Text(age_text(row.age_s)),
+              "stored": Text(str(row.stored)),
+              "latest snapshot": plain(row.snapshot_id or "-")} for row in frame.regions]
+    widest = {c: max([len(c), *(row[c].cell_len for row in cells)]) for c in _REGION_COLUMNS}
+    shown: dict[str, int] = {}
+    used = -_GAP
+    for i, name in enumerate(_REGION_COLUMNS):
+        room = width - used - _GAP
+        if i < _ALWAYS or widest[name] <= room:
+            shown[name] = widest[name]
+        elif room >= _MIN_CUT:
+            shown[name] = room
+        else:
+            break
+        used += _GAP + shown[name]
+    table = _compact()
+    columns = [c for c in ("region", "regime", "trigger", "age", "stored", "latest snapshot")
+               if c in shown]
+    for name in columns:
+        table.add_column(name, no_wrap=True, overflow="ellipsis", min_width=shown[name],
+                         max_width=shown[name],
+                         justify="right" if name in ("age", "stored") else "left")
+    for row in cells:
+        table.add_row(*(row[c] for c in columns))
+    return table
+
+
+def render(frame: Frame, height: int | None = None) -> RenderableType:
+    """The view, laid out for 80x24 first: the header (never wider than the console: it
+    breaks between figures), the shards (--shard-by region), the consumers, then the regions:
+    what an operator needs most comes first. ``height`` (the live view's terminal): what does
+    not fit is left out from the bottom up, the regions first (a line says so), then consumer
+    rows (a last row counts the rest); nothing is left out without it (``top --once``)."""
+    return _View(frame, height)
+
+
+class _View:
+    def __init__(self, frame: Frame, height: int | None) -> None:
+        self.frame, self.height = frame, height
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        frame = self.frame
+        parts: list[RenderableType] = []
+        if frame.warning:
+            parts.append(plain(f"warning: {frame.warning}", "bold red"))
+        parts.append(_header(frame))
+        if sharded(frame):
+            parts.append(shard_table([s.row for s in frame.shards],
+                                     consumers=_consumer_cells(frame)))
+        tail = [plain(frame.note, "dim")] if frame.note else []
+        regions: RenderableType = _Fitted(lambda width: _region_table(frame, width))
+        rows = None  # every consumer
+        if self.height is not None:
+            def lines(part: RenderableType) -> int:
+                return len(console.render_lines(part, options, pad=False))
+
+            room = self.height - sum(lines(p) for p in (*parts, *tail))
+            consumers = 2 + len(frame.consumer_rows) if frame.consumer_rows else 0
+            if consumers + lines(regions) > room:
+                regions = Text(f"{len(frame.regions)} regions left out: the terminal is too "
+                               "short (top --once shows them)", style="dim")
+                rows = max(1, room - 1 - 2)  # the line above, the table's header and rule
+        if frame.consumer_rows:
+            parts.append(_consumer_table(frame, rows))
+        yield from (*parts, regions, *tail)
 
 
 def summary_line(frame: Frame) -> str:
@@ -334,21 +491,39 @@ def summary_line(frame: Frame) -> str:
                 f" warning: {printable(frame.warning)}" if frame.warning else "")
 
 
+class LiveLog(logging.Handler):
+    """Log records printed through the live view's console (above the view: a write straight
+    to the terminal would tear it), in ``formatter``'s format: the one --plain logs in."""
+
+    def __init__(self, console: Console, formatter: logging.Formatter) -> None:
+        super().__init__()
+        self.console = console
+        self.setFormatter(formatter)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.console.print(Text(self.format(record)))  # plain text, never markup
+        except Exception:  # logging's contract: a handler never raises
+            self.handleError(record)
+
+
 @contextlib.contextmanager
 def logs_through(console: Console) -> Iterator[None]:
-    """While a rich Live view draws on ``console``, log records go through that console too.
-
-    The root logger's stream handler writes straight to the terminal, into the middle of the
-    table, and tears it; printed through the Live's console a record lands above the view."""
+    """While a rich Live view draws on ``console``, the root logger's records go through it:
+    the root's own stream handler would write straight into the middle of the table and tear
+    it; printed through the Live's console a record lands above the view. In the format of
+    the root's own handler (the command's: timestamp, level, logger), so that ``top``, the
+    demo and ``--plain`` log alike."""
     root = logging.getLogger()
     saved = root.handlers[:]
-    rich = RichHandler(console=console, show_path=False)
+    formatter = next((h.formatter for h in saved if h.formatter is not None), None)
+    live = LiveLog(console, formatter or logging.Formatter(LOG_FORMAT))
     for h in saved:
         root.removeHandler(h)
-    root.addHandler(rich)
+    root.addHandler(live)
     try:
         yield
     finally:
-        root.removeHandler(rich)
+        root.removeHandler(live)
         for h in saved:
             root.addHandler(h)

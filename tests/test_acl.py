@@ -30,7 +30,7 @@ from shared.servers import start_redis_server
 from shared.settings import Settings
 from tests.conftest import wait_until
 from tests.helpers import stored
-from tests.proc import CLI_TIMEOUT_S, cli_env, common_flags, run_cli, spawn_cli
+from tests.proc import CLI_TIMEOUT_S, cli_env, common_flags, one_line, run_cli, spawn_cli
 
 SHIPPED = Path(__file__).resolve().parents[1] / "deploy" / "redis-acl.conf"
 POISON: list[dict[str, str]] = [{"schema": "1", "payload": "{bad"}, {"foo": "bar"}]
@@ -220,6 +220,25 @@ async def test_operator_cannot_replay_exit_3_naming_the_command(
     assert await client.exists(s.stream) == 0
 
 
+@pytest.mark.parametrize("command", [["produce", "--once"], ["consume", "--drain"],
+                                     ["pending"], ["top", "--once"]], ids=" ".join)
+async def test_refused_credentials_exit_3_in_one_line(
+        client: aioredis.Redis, settings: Settings, users: dict[str, User],
+        command: list[str]) -> None:
+    """A wrong password, or a user an admin disabled: no restart fixes it, so exit 3 (a
+    supervisor does not restart-loop on it), one line, the password never shown."""
+    name, password = users[OPERATOR]
+    wrong = (name, password[::-1])
+    done = await cli([*command, *flags_as(settings, wrong)])
+    line = one_line(done, 3)
+    assert "refused the credentials in the URL (WRONGPASS" in line, line
+    assert password not in line and wrong[1] not in line
+    await client.execute_command("ACL", "SETUSER", name, "off")
+    line = one_line(await cli([*command, *flags_as(settings, users[OPERATOR])]), 3)
+    assert "WRONGPASS" in line and password not in line, line
+    assert await client.exists(settings.stream) == 0  # refused before anything
+
+
 async def test_producer_cannot_read_or_write_snapshot_keys(
         client: aioredis.Redis, settings: Settings, users: dict[str, User]) -> None:
     keys = settings.keys
@@ -315,6 +334,9 @@ async def test_acl_command_prints_the_file_for_the_configured_names(
 
 
 def test_acl_command_through_the_real_cli() -> None:
-    done = run_cli(["acl", "--redis-url", "redis://127.0.0.1:1/0"])
+    done = run_cli(["acl"])
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert done.stdout.decode() == SHIPPED.read_text()
+    # connection flags are not offered (it connects to nothing), still accepted: port 1
+    same = run_cli(["acl", "--redis-url", "redis://127.0.0.1:1/0"])
+    assert same.returncode == 0 and same.stdout == done.stdout

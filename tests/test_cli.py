@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -13,6 +15,7 @@ from collections.abc import Iterator
 
 import msgspec
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from harness import wait
@@ -51,8 +54,30 @@ from tests.proc import Proc, cli_env, common_flags, one_line, run_cli
     (["top", "--refresh", "0.05"], "--refresh: must be at least 0.1 s"),
     (["demo", "--duration", "-5"], "--duration: must be a number > 0"),
     (["demo", "--duration", "nan"], "--duration: must be a number > 0"),
-    (["replay", "--range", "foo", "bar"], "replay: --range START: not a stream id: 'foo'"),
-    (["replay", "--range", "(1700000000000-3", "x"], "--range END: not a stream id: 'x'"),
+    (["replay", "--range", "foo", "bar"],
+     "replay: --range START: not a stream id or a time: 'foo'"),
+    (["replay", "--range", "(1700000000000-3", "x"], "--range END: not a stream id or a time: 'x'"),
+    (["replay", "--range", "2026-13-01T00:00:00Z", "+"], "--range START: not a stream id or a"),
+    # a flag of another replay mode: refused, not ignored
+    (["replay", "--range", "-", "+", "--consumer", "bob"],
+     "replay: --consumer applies to replay --pending, not to replay --range"),
+    (["replay", "--range", "-", "+", "--limit", "1"],
+     "replay: --limit applies to replay --dlq, not to replay --range"),
+    (["replay", "--pending", "--reason", "x"],
+     "replay: --reason applies to replay --dlq, not to replay --pending"),
+    (["replay", "--pending", "--region", "mena"],
+     "replay: --region applies to replay --dlq, not to replay --pending"),
+    (["replay", "--dlq", "--consumer", "bob"],
+     "replay: --consumer applies to replay --pending, not to replay --dlq"),
+    (["replay", "--dlq", "--min-idle-ms", "0"],
+     "replay: --min-idle-ms applies to replay --pending, not to replay --dlq"),
+    # a misspelled flag, command or choice: the nearest one
+    (["consume", "--bach", "5"],
+     "regionstream consume: unrecognized arguments: --bach 5; did you mean --batch?"),
+    (["replay", "--dlq", "--dry-rn"], "--dry-rn; did you mean --dry-run?"),
+    (["prodcue", "--once"], "invalid choice: 'prodcue'"),
+    (["prodcue", "--once"], "; did you mean produce?"),
+    (["top", "--shard-by", "regoin"], "; did you mean region?"),
 ])
 def test_bad_flag_is_one_line_naming_it_exit_2(args: list[str], names: str) -> None:
     done = run_cli(args)
@@ -93,7 +118,7 @@ def _options_and_dests() -> set[tuple[str, str]]:
 
 def test_every_command_has_its_parser() -> None:
     assert list(commands()) == ["produce", "consume", "show", "top", "demo", "pending",
-                                "replay", "acl"]
+                                "replay", "acl", "schema"]
     assert commands()["consume"].options()["--grace"] == "grace_s"
 
 
@@ -193,12 +218,6 @@ def test_unresolvable_metrics_host_is_one_line(settings: Settings) -> None:
     assert "--metrics-host" in line and "no-such-host.invalid" in line
 
 
-def test_replay_pending_without_the_group_says_so(settings: Settings) -> None:
-    line = one_line(run_cli(["replay", "--pending", *common_flags(settings)]), 1)
-    assert line == (f"regionstream: stream {settings.stream!r} has no group "
-                    f"{settings.group!r}")
-
-
 @pytest.fixture(scope="module")
 def locked_redis_port() -> Iterator[int]:
     """A private redis-server that requires the password "pw"."""
@@ -211,10 +230,12 @@ def locked_redis_port() -> Iterator[int]:
     (":badpass@", "refused the credentials in the URL (WRONGPASS"),
     ("someone:badpass@", "refused the credentials in the URL (WRONGPASS"),
 ])
-def test_authentication_failures_are_one_line(locked_redis_port: int, userinfo: str,
-                                              says: str) -> None:
+def test_authentication_failures_are_one_line_exit_3(locked_redis_port: int, userinfo: str,
+                                                     says: str) -> None:
+    """Credentials refused (or none given where one is required): no retry fixes it, so exit
+    3, on which a supervisor does not restart in a loop."""
     url = f"redis://{userinfo}127.0.0.1:{locked_redis_port}/0"
-    line = one_line(run_cli(["pending", "--redis-url", url]), 1)
+    line = one_line(run_cli(["pending", "--redis-url", url]), 3)
     shown = url.replace(":badpass@", ":***@")
     assert line.startswith(f"regionstream: Redis at {shown} {says}"), line
     assert "badpass" not in line and "HELLO" not in line
@@ -253,9 +274,9 @@ async def test_produce_once_consume_drain_show(client: aioredis.Redis, settings:
 
 
 def test_show_without_snapshot_exits_1(settings: Settings) -> None:
-    done = run_cli(["show", "mena", *common_flags(settings)])
-    assert done.returncode == 1
-    assert b"no snapshot" in done.stderr
+    line = one_line(run_cli(["show", "mena", *common_flags(settings)]), 1)
+    assert line == (f"regionstream show: no snapshot persisted for mena under prefix "
+                    f"{settings.prefix!r}")
 
 
 def test_show_unknown_region_exits_2(settings: Settings) -> None:
@@ -495,6 +516,9 @@ def test_every_long_running_command_stops_on_a_signal_and_exits_on_a_second(
     """The real processes: once running, a SIGTERM stops each gracefully (exit 0); two
     signals at once (SIGINT and SIGTERM delivered together on SIGCONT) exit 130 at once."""
     args, running = LONG_RUNNING[command]
+    if command == "top":  # it reads a deployment that exists (a missing one is exit 1)
+        with redis.Redis.from_url(settings.redis_url) as admin:
+            admin.xgroup_create(settings.stream, settings.group, id="0", mkstream=True)
     proc = Proc([*args, *common_flags(settings)], tmp_path / "out.log")
     try:
         wait.until(wait.holds(lambda: running in proc.output() or proc.proc.poll() is not None,
@@ -510,5 +534,63 @@ def test_every_long_running_command_stops_on_a_signal_and_exits_on_a_second(
         code = proc.proc.wait(30)
     finally:
         proc.kill()
+        if command == "top":
+            with redis.Redis.from_url(settings.redis_url) as admin:
+                admin.delete(settings.stream)
     assert code == (130 if twice else 0), proc.output()[-2000:]
     assert ("exiting now" in proc.output()) is twice
+
+
+# -- the exit codes: one table (regionstream.parser.EXIT_CODES), listed by --help, in the README
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+def exit_codes_in(text: str) -> set[int]:
+    """The codes of the paragraph that starts with "Exit codes:" (any case) up to the next
+    blank line, read loosely: a number after that colon, a ';' or ',' or at a line's start,
+    followed by its meaning ("0 ok; 1 runtime failure (...); ...", or one per line)."""
+    found = re.search(r"exit codes:(.*?)(?:\n\s*\n|\Z)", text, re.IGNORECASE | re.DOTALL)
+    assert found, "no paragraph starting 'Exit codes:'"
+    return {int(code) for code in re.findall(r"(?:^|[;,]|\n)\s*(\d{1,3})\s+[A-Za-z(]",
+                                             found.group(1))}
+
+
+def test_the_readme_and_help_name_the_same_exit_codes() -> None:
+    """``regionstream --help`` (its epilog, from EXIT_CODES) and the README's "Exit codes:"
+    paragraph name the same codes, which are the ones the commands exit with."""
+    from regionstream import runtime
+    from regionstream.parser import EXIT_CODES
+
+    table = {code for code, _ in EXIT_CODES}
+    helped = run_cli(["--help"])
+    assert helped.returncode == 0
+    assert exit_codes_in(helped.stdout.decode()) == table
+    for code, meaning in EXIT_CODES:  # each with its meaning (argparse re-wraps the lines)
+        assert " ".join(meaning.split()[:3]) in " ".join(helped.stdout.decode().split()), code
+    assert exit_codes_in(README.read_text()) == table, (
+        "README.md: its paragraph starting 'Exit codes:' must name every code of "
+        "regionstream.parser.EXIT_CODES, as '<code> <meaning>' separated by ';'")
+    assert {runtime.EXIT_OK, runtime.EXIT_FAILURE, runtime.EXIT_USAGE, runtime.EXIT_PERMANENT,
+            runtime.EXIT_REJECTED, runtime.EXIT_INTERRUPTED} == table
+
+
+# Each documented exit code and the test above that gets it from a real process.
+EXIT_CODE_TESTS = {
+    0: "test_produce_once_consume_drain_show",
+    1: "test_unreachable_redis_is_a_clear_message",
+    2: "test_bad_flag_is_one_line_naming_it_exit_2",
+    3: "test_authentication_failures_are_one_line_exit_3",
+    4: "test_jsonl_source_reports_bad_lines_and_publishes_the_rest",
+    130: "test_every_long_running_command_stops_on_a_signal_and_exits_on_a_second",
+}
+
+
+def test_every_documented_exit_code_is_tested_on_a_real_process() -> None:
+    from regionstream.parser import EXIT_CODES
+
+    assert set(EXIT_CODE_TESTS) == {code for code, _ in EXIT_CODES}
+    for code, name in EXIT_CODE_TESTS.items():
+        source = inspect.getsource(globals()[name])
+        assert "run_cli" in source or "Proc(" in source, name  # a real process
+        assert re.search(rf"\b{code}\b", source), (code, name)

@@ -197,11 +197,11 @@ def test_writers_refuse_a_redis_that_may_evict_unless_told(policy: str) -> None:
                 "it deletes keys (stored snapshots, or the stream with its group and pending "
                 "entries); set maxmemory-policy noeviction, or pass --allow-eviction "
                 "(REGIONSTREAM_ALLOW_EVICTION=1) to accept losing data"), command
-        dry = run_cli(["replay", "--dlq", "--dry-run", *flags])  # writes nothing: allowed
-        assert dry.returncode == 0, dry.stderr.decode()[-2000:]
         produced = run_cli(["produce", "--once", "--allow-eviction", *flags])
         assert produced.returncode == 0, produced.stderr.decode()[-2000:]
         assert f"maxmemory-policy {policy}" in produced.stderr.decode()  # said, not silent
+        dry = run_cli(["replay", "--dlq", "--dry-run", *flags])  # writes nothing: allowed
+        assert dry.returncode == 0, dry.stderr.decode()[-2000:]
         env = cli_env() | {"REGIONSTREAM_ALLOW_EVICTION": "1"}
         consumed = run_cli(["consume", "--drain", "--block-ms", "100", *flags], env=env)
         assert consumed.returncode == 0, consumed.stderr.decode()[-2000:]

@@ -408,6 +408,7 @@ async def test_show_of_a_payload_that_is_not_a_snapshot_is_one_line(
 async def test_top_escapes_region_rows_and_survives_an_unreadable_payload(
         client: aioredis.Redis, settings: Settings) -> None:
     keys = settings.keys
+    await client.xgroup_create(settings.stream, settings.group, id="0", mkstream=True)
     head = {"generated_at": int(time.time() * 1000), "region_id": "mena",
             "meta": {"snapshot_id": f"id{CONTROL}", "trigger_reason": f"t{CONTROL}"},
             "regime": {"label": f"[bold]{CONTROL}"}}

@@ -5,18 +5,33 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
+import itertools
 import logging
 import time
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 from rich.console import Console
 from rich.live import Live
 
+from consumer.ops import ShardRow
 from regionstream.cli import main
 from regionstream.demo import Sample, rate_window_s, windowed_rates
+from regionstream.parser import RATES_WINDOW_S
 from regionstream.top import frames, run_top
-from regionstream.view import Frame, collect, logs_through, rates_between, render, summary_line
+from regionstream.view import (
+    Frame,
+    RegionRow,
+    ShardStat,
+    collect,
+    logs_through,
+    rates_between,
+    rates_over,
+    render,
+    summary_line,
+)
+from shared.group import ConsumerStat, GroupStats
 from shared.keys import Keys
 from shared.schema import REGIONS
 from shared.settings import Settings
@@ -79,13 +94,73 @@ async def test_empty_deployment_renders(client: aioredis.Redis, settings: Settin
 
 
 def test_rates_from_redis_counters() -> None:
-    before = Frame(100.0, "s", "g", pending=2, entries_added=10, entries_read=8, dlq_added=0)
+    before = Frame(100.0, "s", "g", pending=2, entries_added=10, entries_read=8, dlq_added=0,
+                   regions=[RegionRow("mena", stored=3), RegionRow("europe", stored=1)])
     after = dataclasses.replace(before, at=102.0, pending=4, entries_added=30, entries_read=20,
-                                dlq_added=2)
+                                dlq_added=2,
+                                regions=[RegionRow("mena", stored=5), RegionRow("europe",
+                                                                               stored=2)])
+    # acked 5/s: 1.5/s persisted, 1/s dead-lettered, the other 2.5/s duplicates
     assert rates_between(before, after) == {"published": 10.0, "delivered": 6.0, "acked": 5.0,
+                                            "persisted": 1.5, "duplicates": 2.5,
                                             "dead_lettered": 1.0}
-    assert "dead_lettered" not in rates_between(dataclasses.replace(before, dlq_added=None),
-                                                after)
+    no_dlq_counter = rates_between(dataclasses.replace(before, dlq_added=None), after)
+    assert "dead_lettered" not in no_dlq_counter and "duplicates" not in no_dlq_counter
+    # more stored than acked between two frames (a consumer's ack lands in the next): never < 0
+    stored_more = dataclasses.replace(after, regions=[RegionRow("mena", stored=30)])
+    assert rates_between(before, stored_more)["duplicates"] == 0.0
+
+
+def test_duplicates_count_only_the_shards_read() -> None:
+    """With --shards, acked counts only the selected shards: so does stored (the other
+    regions' snapshots are not counted as this deployment's)."""
+    def shard(region: str) -> ShardStat:
+        return ShardStat(ShardRow(region, f"s:{{{region}}}", "d", True, 0, 0, 0, 0, None),
+                         GroupStats(0.0, True))
+
+    frame = Frame(0.0, "s", "g", regions=[RegionRow("mena", stored=4),
+                                          RegionRow("europe", stored=7)],
+                  shards=(shard("mena"),))
+    assert frame.stored == 4
+    assert dataclasses.replace(frame, shards=()).stored == 11
+
+
+def burst_frames(interval_s: float, every: float, until: float) -> list[Frame]:
+    """Frames every ``every`` s while a producer publishes 8 entries every ``interval_s`` s,
+    each stored at once (the counters jump just after each cycle starts)."""
+    out = []
+    for i in range(int(until / every) + 1):
+        t = i * every
+        n = 8 * int((t + interval_s - 0.1) // interval_s)
+        out.append(Frame(t, "s", "g", entries_added=n, entries_read=n, dlq_added=0,
+                         regions=[RegionRow("mena", stored=n)]))
+    return out
+
+
+@pytest.mark.parametrize(("interval_s", "every"), [(3.0, 1.0), (2.0, 0.5), (5.0, 1.0),
+                                                   (3.0, 3.0)])
+def test_top_rates_are_steady_over_the_window(interval_s: float, every: float) -> None:
+    """A producer every 3 s read 8.0/s, 0.0, 0.0, 0.0, 8.0 between frames: over the window
+    a steady pipeline shows a steady rate near the true one, never 0."""
+    history = burst_frames(interval_s, every, until=60.0)
+    between = [rates_between(a, b)["published"] for a, b in itertools.pairwise(history)]
+    if every < interval_s:
+        assert 0.0 in between  # what consecutive frames gave
+    true_rate = 8 / interval_s
+    for n in range(2, len(history) + 1):
+        rates = rates_over(history[:n], RATES_WINDOW_S)
+        if history[n - 1].at >= RATES_WINDOW_S:  # once a whole window has been seen
+            for name in ("published", "delivered", "acked", "persisted"):
+                assert 0.6 * true_rate <= rates[name] <= 1.6 * true_rate, (n, name, rates)
+            assert rates["duplicates"] == 0.0 and rates["dead_lettered"] == 0.0
+
+
+def test_top_rates_use_the_newest_frame_a_window_old() -> None:
+    history = [Frame(t, "s", "g", entries_added=n) for t, n in
+               ((0.0, 0), (1.0, 10), (2.5, 20), (3.0, 40))]
+    assert rates_over(history, 2.0)["published"] == 30 / 2.0  # from t=1.0
+    assert rates_over(history, 10.0)["published"] == 40 / 3.0  # from the oldest
+    assert rates_over(history[:1], 2.0) == {}
 
 
 def test_demo_hooks_still_work() -> None:
@@ -114,7 +189,10 @@ async def test_top_frames_carry_rates(client: aioredis.Redis, settings: Settings
         if len(seen) == 2:
             stop.set()
     assert seen[0].rates == {}
-    assert set(seen[1].rates) == {"published", "delivered", "acked", "dead_lettered"}
+    assert set(seen[1].rates) == {"published", "delivered", "acked", "persisted", "duplicates",
+                                  "dead_lettered"}
+    assert 0 < seen[1].rates_window_s <= RATES_WINDOW_S
+    assert "per s, last " in text_of(seen[1]) and "duplicates " in text_of(seen[1])
 
 
 async def test_top_waits_out_a_failover(client: aioredis.Redis, settings: Settings, keys: Keys,
@@ -144,13 +222,89 @@ async def test_top_waits_out_a_failover(client: aioredis.Redis, settings: Settin
     assert len(seen) == 1 and calls["n"] == 3
 
 
-def test_top_command_once_plain(settings: Settings, capsys: object) -> None:
-    code = main(["top", "--once", "--plain", "--redis-url", settings.redis_url,
-                 "--stream", settings.stream, "--group", settings.group,
-                 "--prefix", settings.prefix])
+def test_top_command_once_plain(settings: Settings, capsys: pytest.CaptureFixture[str]
+                                ) -> None:
+    admin = redis.Redis.from_url(settings.redis_url)
+    try:
+        admin.xgroup_create(settings.stream, settings.group, id="0", mkstream=True)
+        code = main(["top", "--once", "--plain", "--redis-url", settings.redis_url,
+                     "--stream", settings.stream, "--group", settings.group,
+                     "--prefix", settings.prefix])
+    finally:
+        admin.delete(settings.stream)
+        admin.close()
     assert code == 0
-    out = capsys.readouterr().out  # type: ignore[attr-defined]
-    assert "stream=0 lag=None pending=0" in out
+    out = capsys.readouterr().out
+    assert "stream=0 lag=0 pending=0" in out
+
+
+# -- 80x24 first -----------------------------------------------------------------------------
+
+def lines_at(renderable: object, width: int = 80, height: int = 24) -> list[str]:
+    out = io.StringIO()
+    Console(file=out, width=width, height=height, color_system=None).print(renderable)
+    return out.getvalue().splitlines()
+
+
+FULL_RATES = {"published": 1234.5, "delivered": 1234.5, "acked": 1234.5, "persisted": 0.0,
+              "duplicates": 1234.5, "dead_lettered": 0.0}
+
+
+async def test_the_view_fits_80x24(client: aioredis.Redis, settings: Settings,
+                                   keys: Keys) -> None:
+    """A real frame (8 regions, the 4 workers and the reclaimer that drained the first cycle,
+    a consumer holding entries, dead letters) with every rate: no line wider than 80, at most
+    24 lines, the header's figures each whole, and the consumer table whole, above the
+    regions."""
+    await known_state(client, settings, keys)
+    frame = await collect(deployed(client, settings), keys, settings.regions)
+    assert len(frame.consumer_rows) == 6
+    frame = dataclasses.replace(frame, rates=FULL_RATES, rates_window_s=RATES_WINDOW_S)
+    for height in (None, 24):
+        lines = lines_at(render(frame, height))
+        assert max(map(len, lines)) <= 80, lines
+        assert len(lines) <= 24, lines
+        text = "\n".join(lines)
+        for whole in (f"stream {keys.stream}", f"group {keys.group}", "length 16", "lag 5",
+                      "pending 3", "dead letters 1", "consumers ", "oldest pending ",
+                      "per s, last 10s:", "published 1,234.5/s", "acked 1,234.5/s",
+                      "persisted 0.0/s", "duplicates 1,234.5/s", "dead-lettered 0.0/s"):
+            assert whole in text, whole
+        for c in frame.consumer_rows:  # every consumer, with what it holds
+            assert any(c.name in line and f" {c.pending} " in line for line in lines), c
+        for row in frame.regions:
+            assert any(line.startswith(row.region) and str(row.regime) in line
+                       for line in lines), row.region
+        assert text.index("consumer") < text.index("region")
+
+
+def test_a_tall_view_leaves_out_the_regions_then_consumer_rows_in_a_short_terminal() -> None:
+    """A sharded deployment with a dozen consumers (shard table, consumers, regions): at 80x24
+    live (``height``) it fits, the consumers before the regions, the rest counted; printed
+    once (no height) nothing is left out."""
+    regions = [RegionRow(r, "01a249dbb5d8-133bbaaad651", "managed_deescalation",
+                         "trigger_activation", 3700.0, 123) for r in REGIONS]
+    consumers = tuple(ConsumerStat(f"worker-{i}", i, 1.0) for i in range(12))
+    shards = tuple(ShardStat(ShardRow(r, f"s:{{{r}}}", "d", True, 10, 1, 1, 0, 5.0),
+                             GroupStats(0.0, True, consumers=consumers)) for r in REGIONS)
+    frame = Frame(0.0, "test-stream:abcdef123456", "g-abcdef123456", regions=regions,
+                  rates=FULL_RATES, consumers=12, consumer_rows=consumers, shards=shards)
+    lines = lines_at(render(frame, height=24))
+    assert len(lines) <= 24 and max(map(len, lines)) <= 80, lines
+    text = "\n".join(lines)
+    assert "worker-11" in text and "more (regionstream pending)" in text  # most pending kept
+    assert "8 regions left out" in text and "total" in text
+    everything = "\n".join(lines_at(render(frame)))
+    assert all(f"worker-{i}" in everything for i in range(12)) and "more" not in everything
+    assert all(r in everything for r in REGIONS)
+
+
+def test_the_header_breaks_between_figures_never_inside_one() -> None:
+    frame = Frame(0.0, "s" * 100, "g" * 30, stream_length=10**9, rates=FULL_RATES)
+    lines = lines_at(render(frame))
+    assert max(map(len, lines)) <= 80
+    assert lines[0].startswith("stream sss") and lines[0].endswith("…")  # cut, not wrapped
+    assert "length 1000000000" in lines[1] and f"group {'g' * 30}" in "\n".join(lines)
 
 
 def steady_samples(interval_s: float, every: float, until: float) -> list[Sample]:
