@@ -1,4 +1,4 @@
-"""A markdown table of a results document (pasted into the README's Benchmarks section)."""
+"""A markdown table of a results document (pasted into docs/benchmarks.md)."""
 
 from __future__ import annotations
 

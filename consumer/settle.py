@@ -404,7 +404,7 @@ class Settler:
             self.said_ahead = True
             log.error("%s: entry %s has an id %.0f s ahead of this clock: an outside XADD with "
                       "an explicit id? Every later entry of the stream inherits it (latency "
-                      "figures leave them out; see README Operations)", self.consumer,
+                      "figures leave them out; see docs/operations.md)", self.consumer,
                       ids[0].decode("ascii", "replace"), id_seconds(ids[0]) - now)
 
 

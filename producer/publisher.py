@@ -121,7 +121,7 @@ class Publisher:
         """Redis keeps a stream's ids increasing: after one outside ``XADD`` with an explicit
         id far in the future, every id it gives carries that future time. Latency figures
         and time-based trimming (MINID) cannot work on such a stream: said once, as an error
-        naming the remedy (README Operations), and exported as a gauge
+        naming the remedy (docs/operations.md), and exported as a gauge
         (``regionstream_stream_ids_ahead_seconds``, RegionstreamStreamIdsAhead)."""
         ahead_s = max(id_seconds(i) for i in ids) - time.time() if ids else 0.0
         if self.metrics is not None:
@@ -131,7 +131,7 @@ class Publisher:
             log.error("the stream gives ids %.0f s ahead of this clock (entry %s): an outside "
                       "XADD with an explicit id; latencies cannot work on it, and it is trimmed "
                       "to what the groups still need, keeping no acknowledged history (see "
-                      "README Operations: start the stream anew)", ahead_s,
+                      "docs/operations.md: start the stream anew)", ahead_s,
                       max(ids, key=id_key).decode("ascii", "replace"))
 
     def _count(self, published: Sequence[Snapshot]) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # An entry id more than this ahead of a clock (Redis's, a consumer's, the producer's) is an
-# anomaly, not skew (README Operations, "Stream ids ahead of the clock"): the one bound the
+# anomaly, not skew (docs/operations.md, "Stream ids ahead of the clock"): the one bound the
 # group stats, the consumer's latencies and the producer's report and trim all use.
 CLOCK_AHEAD_S = 60.0
 

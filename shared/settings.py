@@ -455,7 +455,7 @@ def unknown_variables(env: Mapping[str, str]) -> list[str]:
         close = difflib.get_close_matches(var.removeprefix(ENV_PREFIX),
                                           [k.removeprefix(ENV_PREFIX) for k in known], n=1)
         hint = (f"did you mean {ENV_PREFIX}{close[0]}?" if close
-                else "no setting is named like it; see the README's Configuration")
+                else "no setting is named like it; see docs/configuration.md")
         lines.append(f"ignoring {var}: not a regionstream variable ({hint})")
     return lines
 
