@@ -28,7 +28,7 @@ LOCKED_INSTALL = $(PY) -c '$(NEEDS_PYTHON)' \
 	&& $(PIP) install --no-deps --no-build-isolation --no-index -e . \
 	&& touch $@
 
-.PHONY: help setup system-deps test test-fast test-latest lint typecheck demo bench bench-quick \
+.PHONY: help setup dashboard system-deps test test-fast test-latest lint typecheck demo bench bench-quick \
 	soak fuzz crash failover cluster-chaos lock export-lock clean
 
 help:
@@ -62,13 +62,16 @@ STAMP := $(VENV)/.stamp-dev
 
 setup: $(STAMP)
 
-# Servers the tests need. As root a missing one is installed; otherwise say what to install.
+# Servers and tools the tests need (Debian package names; systemd brings systemd-analyze, which
+# checks the units of deploy/: nothing is started). As root a missing one is installed;
+# otherwise say what to install.
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v prometheus >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	command -v redis-sentinel >/dev/null 2>&1 || missing="$$missing redis-sentinel"; \
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \
@@ -147,6 +150,10 @@ demo: $(VENV)/.stamp-demo
 
 # Benchmarks (bench/): JSON + PNG plots under bench/results/. Speed targets live here, never in
 # unit tests. `bench-quick` is the under-a-minute smoke variant (also run inside `make test`).
+# The Grafana dashboard is generated (grafana/dashboard.py); the suite checks the JSON matches.
+dashboard: $(PY)
+	$(PY) grafana/dashboard.py
+
 bench: $(VENV)/.stamp-bench system-deps
 	$(PY) -m bench $(BENCH_ARGS)
 

@@ -1,8 +1,12 @@
 """Every Prometheus metric of regionstream, defined against a registry passed in (tests get
-their own). Labels are bounded: region, shard (a region, or ``all``), outcome, stream and group yes; message, snapshot or
-consumer id never. Label sets are pre-created so every series exists from the first scrape.
+their own). Labels are bounded: region, shard (a region, or ``all``), outcome, stream and
+group yes; message, snapshot or consumer id never. Label sets are pre-created so every series
+exists from the first scrape, and only real ones: a shard's failure series are made when a
+worker of that shard starts.
+No ``_created`` series are exported (``disable_created_metrics`` at import, for every
+registry of the process): Prometheus does not need them, and they doubled the series count.
 
-Two kinds of series, aggregated differently across processes (see the README):
+Two kinds of series, aggregated differently across processes (see docs/metrics.md):
 
 * per-process counters and histograms (messages, failures, latencies): each process counts its
   own work, so dashboards ``sum`` them over instances;
@@ -18,12 +22,25 @@ import math
 import weakref
 from bisect import bisect_left
 from collections import Counter as Tally
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import cast
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
 
 from shared.keys import ALL_SHARD
 from shared.schema import REGIONS
+
+# prometheus-client reads this process-wide flag at every scrape, for every registry: the
+# commands' own registries included. Every module that defines a metric imports this one.
+# (Called through a cast: prometheus-client leaves it unannotated.)
+cast(Callable[[], None], disable_created_metrics)()
 
 NAMESPACE = "regionstream"
 CONSUMER_OUTCOMES = ("persisted", "duplicate", "redelivered", "invalid", "dead_lettered")
@@ -103,6 +120,24 @@ class OutcomeChildren(dict[tuple[str, str], Counter]):
         return child
 
 
+class FailureChildren(dict[str, dict[str, Counter]]):
+    """``regionstream_failures_total`` children by shard, then kind. A shard's children (every
+    kind) are made when first asked for, by the workers and settlers of that shard as they
+    start: the process exports the shards it serves (one ``all`` with --shard-by none, its
+    regions with --shard-by region), not every shard there could be."""
+
+    def __init__(self, family: Counter) -> None:
+        super().__init__()
+        self.family = family
+
+    def __missing__(self, shard: str) -> dict[str, Counter]:
+        if shard not in shard_labels(REGIONS):
+            raise KeyError(shard)  # a bug: labels stay bounded
+        children = {k: self.family.labels(k, shard) for k in FAILURE_KINDS}
+        self[shard] = children
+        return children
+
+
 class ConsumerMetrics:
     def __init__(self, registry: CollectorRegistry, regions: Iterable[str] = REGIONS) -> None:
         ns = NAMESPACE
@@ -137,8 +172,8 @@ class ConsumerMetrics:
         for r in _labels(regions):
             for o in CONSUMER_OUTCOMES:
                 self.outcome[r, o] = self.messages.labels(r, o)
-        self.failure = {shard: {k: self.failures.labels(k, shard) for k in FAILURE_KINDS}
-                        for shard in shard_labels(regions)}
+        # Per served shard, made as its workers start (the layout is known only then).
+        self.failure = FailureChildren(self.failures)
         self.rtt = {op: self.redis_rtt.labels(op) for op in REDIS_OPS}
         # What this process settled, per outcome over all regions, kept beside the counters
         # (prometheus-client offers no public read of a child's value).
@@ -171,8 +206,6 @@ class ProducerMetrics:
         self.region = {r: self.published.labels(r) for r in regions}
         # The process's shared round-trip histogram: "publish" and "trim" are the producer's.
         self.rtt = {op: redis_roundtrip(registry).labels(op) for op in REDIS_OPS}
-
-
 
 
 def shard_labels(regions: Iterable[str]) -> tuple[str, ...]:

@@ -15,6 +15,7 @@ PROMETHEUS_DIR = Path(__file__).resolve().parent.parent / "prometheus"
 RULES = PROMETHEUS_DIR / "alerts.yml"
 RULE_TESTS = PROMETHEUS_DIR / "alerts_test.yml"
 CONFIG = PROMETHEUS_DIR / "prometheus.yml"
+TARGETS = PROMETHEUS_DIR / "targets"
 REQUIRED_ALERTS = {"RegionstreamLagGrowing", "RegionstreamOldestPendingTooOld",
                    "RegionstreamDeadLettersGrowing", "RegionstreamErrorRate",
                    "RegionstreamNoActiveConsumers", "RegionstreamProducerStalled"}
@@ -41,6 +42,29 @@ def test_promtool_check_rules() -> None:
 def test_promtool_check_config() -> None:
     done = promtool("check", "config", str(CONFIG))
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def targets(path: Path) -> list[str]:
+    """The host:port targets of a file-based discovery file (its ``- targets: [...]`` lines)."""
+    lines = [ln for ln in path.read_text().splitlines() if not ln.lstrip().startswith("#")]
+    return [t for ln in lines for group in re.findall(r"^- targets:\s*\[(.*)\]\s*$", ln)
+            for t in re.findall(r'"([^"]+)"', group)]
+
+
+def test_targets_come_from_files_one_consumer_by_default() -> None:
+    """No port of a process that may not run is hard-coded in the config: each job reads its
+    targets from files (promtool check config above parses them), and the shipped files list
+    one producer and one consumer, on the documented ports."""
+    config = CONFIG.read_text()
+    assert "static_configs" not in config
+    jobs = re.findall(r"- job_name:\s*(\S+)\s*\n(?:\s*#.*\n)*\s*file_sd_configs:\s*\n"
+                      r"\s*- files:\s*\[\s*\"([^\"]+)\"\s*\]", config)
+    assert dict(jobs) == {"regionstream-producer": "targets/producer.yml",
+                          "regionstream-consumer": "targets/consumer*.yml"}, jobs
+    found = {pattern: sorted(PROMETHEUS_DIR.glob(pattern)) for _, pattern in jobs}
+    assert [targets(f) for f in found["targets/producer.yml"]] == [["127.0.0.1:9101"]]
+    assert [targets(f) for f in found["targets/consumer*.yml"]] == [["127.0.0.1:9102"]]
+    assert sorted(TARGETS.iterdir()) == sorted(f for fs in found.values() for f in fs)
 
 
 def test_promtool_test_rules() -> None:

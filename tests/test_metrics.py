@@ -33,7 +33,7 @@ from shared.servers import free_port
 from shared.settings import Settings
 from shared.shards import single_server
 from tests.conftest import wait_until
-from tests.helpers import deployed, publish_cycle
+from tests.helpers import deployed, drain, publish_cycle
 
 GHOST_READ = 3  # entries a never-acking consumer takes, so they stay pending
 
@@ -62,13 +62,76 @@ def test_every_labelled_series_exists_before_any_work() -> None:
                          region=region, outcome=outcome) == 0
     for region in REGIONS:
         assert value(registry, "regionstream_published_total", region=region) == 0
-    for shard in (*REGIONS, "all"):
-        for kind in FAILURE_KINDS:
-            assert value(registry, "regionstream_failures_total", kind=kind, shard=shard) == 0
     for op in REDIS_OPS:
         assert value(registry, "regionstream_redis_roundtrip_seconds_count", operation=op) == 0
     assert value(registry, "regionstream_build_info", version="0.0.0") == 1
     assert value(registry, "regionstream_producer_interval_seconds") == 21600
+
+
+def failure_labels(registry: CollectorRegistry) -> set[tuple[str, str]]:
+    """(shard, kind) of every ``regionstream_failures_total`` series of ``registry``."""
+    return {(x.labels["shard"], x.labels["kind"]) for m in registry.collect() for x in m.samples
+            if x.name == "regionstream_failures_total"}
+
+
+def test_failure_series_are_made_per_shard_served() -> None:
+    """No shard's failure series before a worker of that shard asks for them; then every kind
+    of that shard at 0, and of no other; a shard label that cannot exist is a bug."""
+    registry = CollectorRegistry()
+    metrics = ConsumerMetrics(registry)
+    assert failure_labels(registry) == set()
+    children = metrics.failure["all"]
+    assert metrics.failure["all"] is children  # made once
+    assert failure_labels(registry) == {("all", k) for k in FAILURE_KINDS}
+    for kind in FAILURE_KINDS:
+        assert value(registry, "regionstream_failures_total", kind=kind, shard="all") == 0
+    metrics.failure[REGIONS[0]]["persist"].inc()
+    assert value(registry, "regionstream_failures_total", kind="persist",
+                 shard=REGIONS[0]) == 1
+    assert {s for s, _ in failure_labels(registry)} == {"all", REGIONS[0]}
+    with pytest.raises(KeyError):
+        metrics.failure["mars"]
+
+
+def sample_lines(registry: CollectorRegistry) -> list[str]:
+    return [ln for ln in generate_latest(registry).decode().splitlines()
+            if not ln.startswith("#")]
+
+
+async def test_no_created_series_from_a_consumer_or_a_producer(
+        client: aioredis.Redis, settings: Settings) -> None:
+    """prometheus-client's ``*_created`` series (one per counter and histogram child) roughly
+    doubled what a process exports: none, from the registries the commands make, after real
+    work (counters and histograms observed)."""
+    producer_registry = CollectorRegistry()
+    await Producer(settings, registry=producer_registry).run(deployed(client, settings),
+                                                               once=True)
+    consumer = await drain(settings)
+    assert consumer.totals()["persisted"] == len(REGIONS)
+    assert value(consumer.registry, "regionstream_end_to_end_latency_seconds_count") == len(
+        REGIONS)
+    assert value(producer_registry, "regionstream_published_total", region=REGIONS[0]) == 1
+    for registry in (consumer.registry, producer_registry, full_registry()):
+        lines = sample_lines(registry)
+        assert lines and not [ln for ln in lines if "_created" in ln]
+
+
+@pytest.mark.parametrize("shard_by, served", [("none", ()), ("region", REGIONS[:2])],
+                         ids=["one-stream", "two-region-shards"])
+async def test_a_consumer_exports_failures_of_its_shards_only(
+        client: aioredis.Redis, settings: Settings, shard_by: str,
+        served: tuple[str, ...]) -> None:
+    """A consumer on one stream exports ``regionstream_failures_total`` with shard="all"
+    only (not 9 shards x every kind); one serving two region shards, those two."""
+    s = dataclasses.replace(settings, shard_by=shard_by, shards=served)
+    await Producer(s).run(deployed(client, dataclasses.replace(s, shards=())), once=True)
+    consumer = await drain(s)
+    assert consumer.totals()["persisted"] == len(served or REGIONS)
+    assert failure_labels(consumer.registry) == {
+        (shard, kind) for shard in (served or ("all",)) for kind in FAILURE_KINDS}
+    assert len([ln for ln in sample_lines(consumer.registry)
+                if ln.startswith("regionstream_failures_total{")]) == len(
+                    served or ("all",)) * len(FAILURE_KINDS)
 
 
 def test_group_gauges_are_unknown_until_read_from_redis() -> None:

@@ -32,10 +32,8 @@ from shared.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "grafana" / "dashboards" / "regionstream.json"
-DATASOURCES = ROOT / "grafana" / "provisioning" / "datasources"
-DASHBOARD_PROVIDERS = ROOT / "grafana" / "provisioning" / "dashboards"
-RULES = ROOT / "prometheus" / "alerts.yml"
-MIN_SCHEMA_VERSION = 39  # Grafana 10.4 / 11
+PROMETHEUS_DIR = ROOT / "prometheus"
+RULES = PROMETHEUS_DIR / "alerts.yml"
 SCRAPE_S = 1
 # Grafana's $__rate_interval for a 1 s scrape is about 4 scrapes; a little wider here, so a
 # rate() over the first seconds of the run already has two samples.
@@ -74,9 +72,12 @@ def queries(dash: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def variable_queries(dash: dict[str, Any]) -> list[tuple[str, str]]:
-    """Grafana's ``label_values(selector, label)`` as the PromQL it stands for."""
+    """Grafana's ``label_values(selector, label)`` as the PromQL it stands for (the
+    ``$datasource`` variable lists data sources, not series)."""
     out = []
     for v in dash["templating"]["list"]:
+        if v["type"] == "datasource":
+            continue
         m = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", v["definition"])
         assert m, v["definition"]
         out.append((f"${v['name']}", f"group by ({m.group(2)}) ({m.group(1)})"))
@@ -93,32 +94,7 @@ def metric_names(text: str) -> set[str]:
     return {m for m in METRIC_NAME.findall(text) if not m.endswith(":")}
 
 
-def datasource_uid() -> str:
-    uids = [m for f in DATASOURCES.glob("*.yaml")
-            for m in re.findall(r"^\s*uid:\s*(\S+)", f.read_text(), re.MULTILINE)]
-    assert len(uids) == 1, uids
-    return str(uids[0])
-
-
-# ---- static checks -------------------------------------------------------------------------
-
-def test_dashboard_is_provisionable() -> None:
-    dash = dashboard()
-    assert dash["id"] is None and dash["uid"] == "regionstream-overview"
-    assert "__inputs" not in dash and "__requires" not in dash
-    assert dash["schemaVersion"] >= MIN_SCHEMA_VERSION
-    uid = datasource_uid()
-    for p in panels(dash):
-        if p["type"] != "row":
-            assert p["datasource"] == {"type": "prometheus", "uid": uid}, p["title"]
-            assert all(t["datasource"]["uid"] == uid for t in p["targets"]), p["title"]
-    variables = {v["name"]: v for v in dash["templating"]["list"]}
-    assert set(variables) == {"job", "instance", "shard"}
-    assert all(v["datasource"]["uid"] == uid for v in variables.values())
-    assert list(DASHBOARD_PROVIDERS.glob("*.yaml"))
-    ids = [p["id"] for p in panels(dash)]
-    assert len(ids) == len(set(ids))
-
+# ---- static checks (the dashboard's import shape: tests/test_dashboard.py) ------------------
 
 def test_dashboard_covers_the_issue() -> None:
     text = " ".join(f"{title} {expr}" for title, expr in queries(dashboard())).lower()
@@ -270,6 +246,15 @@ def test_promtool_check_metrics_on_real_scrapes(deployment: Deployment) -> None:
                                                                    done.stderr)
         assert "regionstream_build_info{" in text
         assert "regionstream_group_lag{" in text and "regionstream_dlq_length{" in text
+        assert "_created" not in text  # prometheus-client's, off: they doubled the series
+    # One stream (--shard-by none on a single server): failures of shard "all" only, made as
+    # the workers start.
+    consumer = deployment.procs["consumer-a"]
+    wait_for(lambda: "regionstream_failures_total{" in consumer.metrics(), START_TIMEOUT_S,
+             "the consumer's workers to start")
+    shards = set(re.findall(r'^regionstream_failures_total\{[^}]*shard="([^"]+)"',
+                            consumer.metrics(), re.MULTILINE))
+    assert shards == {"all"}, shards
     assert "regionstream_producer_interval_seconds 1.0" in deployment.procs["producer"].metrics()
 
 
@@ -292,23 +277,30 @@ class Prometheus:
         return bool(self.query(expr))
 
 
+def shipped_config(into: Path, producer: list[str], consumers: list[list[str]]) -> Path:
+    """prometheus/prometheus.yml and its rules, copied to ``into`` with the test's scrape and
+    evaluation interval, and its file-discovered targets written as the config's comments say
+    to for N consumers: here one file per consumer process."""
+    text, n = re.subn(r"^(\s*(?:scrape|evaluation)_interval:\s*)\S+$",
+                      rf"\g<1>{SCRAPE_S}s", (PROMETHEUS_DIR / "prometheus.yml").read_text(),
+                      flags=re.MULTILINE)
+    assert n == 2, "prometheus.yml: no global scrape_interval and evaluation_interval"
+    cfg = into / "prometheus.yml"
+    cfg.write_text(text)
+    shutil.copy(RULES, into / RULES.name)
+    (into / "targets").mkdir()
+    (into / "targets" / "producer.yml").write_text(json.dumps([{"targets": producer}]))
+    for i, group in enumerate(consumers, 1):
+        (into / "targets" / f"consumer-{i}.yml").write_text(json.dumps([{"targets": group}]))
+    return cfg
+
+
 @pytest.fixture
 def prometheus(deployment: Deployment, tmp_path: Path) -> Iterator[Prometheus]:
+    """A real Prometheus on the shipped config: its rules, its jobs, its file-based discovery."""
     procs = deployment.procs
-    config = {
-        "global": {"scrape_interval": f"{SCRAPE_S}s", "evaluation_interval": f"{SCRAPE_S}s",
-                   "scrape_timeout": f"{SCRAPE_S}s"},
-        "rule_files": [str(RULES)],
-        "scrape_configs": [
-            {"job_name": "regionstream-producer",
-             "static_configs": [{"targets": [procs["producer"].target]}]},
-            {"job_name": "regionstream-consumer",
-             "static_configs": [{"targets": [procs["consumer-a"].target,
-                                             procs["consumer-b"].target]}]},
-        ],
-    }
-    cfg = tmp_path / "prometheus.yml"
-    cfg.write_text(json.dumps(config))  # YAML is a superset of JSON
+    cfg = shipped_config(tmp_path, [procs["producer"].target],
+                         [[procs[name].target] for name in ("consumer-a", "consumer-b")])
     port = free_port()
     with (tmp_path / "prometheus.log").open("wb") as log:
         popen = subprocess.Popen(
@@ -351,6 +343,10 @@ def test_every_dashboard_query_returns_series(deployment: Deployment,
     wait_for(lambda: prometheus.has(f"sum(regionstream_messages_total{{{sel}}}) > 0"),
              SERIES_TIMEOUT_S,
              "the consumer to be killed to have settled entries, as Prometheus saw it")
+    # Every process found through the shipped config's targets files, one file per consumer.
+    wait_for(lambda: prometheus.has('count(up{job="regionstream-consumer"} == 1) == 2'
+                                    ' and on() count(up{job="regionstream-producer"} == 1) == 1'),
+             SERIES_TIMEOUT_S, "every process to be discovered and scraped")
     victim.popen.send_signal(signal.SIGKILL)
     victim.popen.wait()
     # After the kill: poison the killed process held would stay pending (nothing reclaims it
