@@ -223,7 +223,8 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from regionstream import opscli
 
     async with session(settings, writes=not args.dry_run) as deployment:
-        await require_existing(deployment, settings, dlq=args.dlq)
+        # --range re-drives the stream's history and acknowledges nothing: no group needed.
+        await require_existing(deployment, settings, dlq=args.dlq, group=not args.range)
         return await opscli.cmd_replay(args, settings, deployment)
 
 

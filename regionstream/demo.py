@@ -139,6 +139,29 @@ class Failures:
         self.watched: set[EntryKey] = set()  # the killed worker's entries
         self.outcomes: dict[EntryKey, Outcome] = {}  # dead letters, and the watched entries'
         self.changed = asyncio.Event()
+        self.held: list[Shard] = []  # the shards the killed worker read from
+
+    async def tidy(self, deployment: Deployment) -> None:
+        """At the end, whenever it comes (Ctrl-C before the reclaim): what the killed worker
+        still holds goes to the demo's first worker, which settles it first at the next start
+        (dropping it from the group would lose it: the group has read past it), and the
+        killed worker is forgotten: no consumer that never existed is left on a Redis the
+        user pointed the demo at."""
+        worker = self.s.keys.consumer_name(self.s.name, 0)
+        try:
+            for shard in self.held:
+                client, k = deployment.client_for(shard), shard.keys
+                rows: Any = await client.xpending_range(k.stream, k.group, "-", "+", 10_000,
+                                                        self.crashed)
+                if rows:
+                    await client.xclaim(k.stream, k.group, worker, 0,
+                                        [r["message_id"] for r in rows])
+                await scripts.call(client, scripts.forget_consumer(), [k.stream],
+                                   [k.group, self.crashed, 0])
+        except (RedisError, OSError) as exc:
+            log.warning("could not hand the killed worker's entries to %s (%s): they stay "
+                        "pending under %s, reclaimed after --min-idle-ms", worker, exc,
+                        self.crashed)
 
     def on_settled(self, settled: Settled) -> None:
         """The consumer's seam: called with every batch settled, by workers and reclaimers."""
@@ -172,7 +195,7 @@ class Failures:
             return
         if not await self._poison(deployment, deployment.shards[0]):
             return
-        held = await self._kill_a_worker(deployment)
+        held = self.held = await self._kill_a_worker(deployment)
         killed_at = time.monotonic()
         n = len(self.watched)
         self.events.say(f"worker {self.crashed} killed holding {n} entries it never "
@@ -348,6 +371,7 @@ async def run_demo(settings: Settings, *, duration: float | None, interval_s: fl
                 for t in (*tasks, staged):
                     t.cancel()
                 await asyncio.gather(*tasks, staged, return_exceptions=True)
+                await failures.tidy(deployment)
                 final = await collect(deployment, consumer.keys, s.regions)
         print("final: " + summary_line(final), flush=True)
         with_latest = sum(1 for r in final.regions if r.snapshot_id)

@@ -226,7 +226,7 @@ def _idle_ms(text: str) -> int:
 
 # A stream id as XRANGE takes it: -, +, <ms> or <ms>-<seq>, the numbers after an optional "("
 # (exclusive). Each part is a 64-bit unsigned integer.
-_STREAM_ID = re.compile(r"\(?(\d+)(?:-(\d+))?")
+_STREAM_ID = re.compile(r"\(?([0-9]+)(?:-([0-9]+))?")
 
 
 def is_stream_id(text: str) -> bool:
@@ -237,7 +237,7 @@ def is_stream_id(text: str) -> bool:
 
 
 # A relative time, "that long ago": -30s, -15m, -1h, -1.5h, -2d, -1w.
-_RELATIVE_TIME = re.compile(r"-(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_RELATIVE_TIME = re.compile(r"-([0-9]{1,12}(?:\.[0-9]{1,9})?)(ms|s|m|h|d|w)")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000,
             "w": 604_800_000}
 RANGE_HELP = ("re-drive stream entries START..END through dedup (idempotent); each a stream id "
@@ -544,7 +544,8 @@ def _add_replay(sub: Any, into: dict[str, Parser]) -> None:
                  "--pending claims what a (dead) consumer holds and settles it now (with "
                  "--consumer, --min-idle-ms); --range re-drives history through dedup. A flag "
                  "of another mode is refused (exit 2). Exit 1 when the stream or its group "
-                 "does not exist (--dlq: neither the stream nor its dead-letter stream).")
+                 "does not exist (--dlq: neither the stream nor its dead-letter stream; "
+                 "--range: the stream).")
     what = r.add_mutually_exclusive_group(required=True)
     what.add_argument("--dlq", action="store_true", help="move dead letters back onto the stream")
     what.add_argument("--pending", action="store_true",

@@ -287,12 +287,13 @@ def _listen(settings: Settings, registry: CollectorRegistry) -> None:
                          f"{exc.strerror}") from None
 
 
-async def require_existing(deployment: Deployment, settings: Settings, *, dlq: bool = False
-                           ) -> None:
+async def require_existing(deployment: Deployment, settings: Settings, *, dlq: bool = False,
+                           group: bool = True) -> None:
     """Raise ``NotFound`` when what an operator command reads exists on no shard of
     ``deployment`` (``top``, ``pending`` and ``replay`` showed an empty deployment, "moved 0"
     or "no group" and exited 0 on a misspelled --stream or --group): the stream and its group;
-    with ``dlq`` (``replay --dlq``, which needs no group), the stream or its dead-letter stream.
+    with ``dlq`` (``replay --dlq``, which needs no group), the stream or its dead-letter stream;
+    without ``group`` (``replay --range``, which acknowledges nothing), the stream alone.
     One XINFO GROUPS per shard (and XINFO STREAM of its DLQ), which every ACL role may run.
 
     Not a failure: a deployment whose streams do not exist in this layout but do in the other
@@ -305,7 +306,7 @@ async def require_existing(deployment: Deployment, settings: Settings, *, dlq: b
     found = await read_each(deployment, lambda shard, client: _probe(client, shard.keys, dlq))
     if dlq and any(p.stream or p.dlq for p in found):
         return
-    if not dlq and any(p.group for p in found):
+    if not dlq and any(p.group or (not group and p.stream) for p in found):
         return
     for p in found:  # a key of ours holding another type: that is the failure (exit 3)
         if p.wrong_type is not None:
@@ -318,10 +319,10 @@ async def require_existing(deployment: Deployment, settings: Settings, *, dlq: b
     if await _exists_in_other_layout(deployment, settings):
         return
     where = describe_url(settings.redis_url)
-    nor = (f"nor its dead-letter stream {keys.dlq!r}" if dlq
-           else f"nor its group {keys.group!r}")
+    nor = (f", nor its dead-letter stream {keys.dlq!r}" if dlq
+           else f", nor its group {keys.group!r}" if group else "")
     check = "--stream, --shard-by and --redis-url" if sharded else "--stream and --redis-url"
-    raise NotFound(f"stream {keys.stream!r} does not exist{on} at {where}, {nor}: check {check}")
+    raise NotFound(f"stream {keys.stream!r} does not exist{on} at {where}{nor}: check {check}")
 
 
 class _Found:

@@ -130,23 +130,25 @@ async def test_replay_range_takes_times(client: aioredis.Redis, settings: Settin
 
 # -- a stream or group that does not exist -----------------------------------------------------
 
-OPERATOR_COMMANDS = [["top", "--once"], ["top", "--once", "--plain"], ["pending"],
-                     ["pending", "--json"], ["replay", "--pending"],
-                     ["replay", "--range", "-", "+"], ["replay", "--range", "-1h", "+",
-                                                       "--dry-run"]]
+# The commands that read the group; replay --range re-drives the stream alone (and --dlq
+# needs the stream or its dead-letter stream: below).
+GROUP_COMMANDS = [["top", "--once"], ["top", "--once", "--plain"], ["pending"],
+                  ["pending", "--json"], ["replay", "--pending"]]
+RANGE_COMMANDS = [["replay", "--range", "-", "+"], ["replay", "--range", "-1h", "+", "--dry-run"]]
 
 
-def _missing(settings: Settings, on: str = "", check: str = "--stream and --redis-url") -> str:
+def _missing(settings: Settings, on: str = "", check: str = "--stream and --redis-url",
+             group: bool = True) -> str:
+    nor = f", nor its group {settings.group!r}" if group else ""
     return (f"regionstream: stream {settings.stream!r} does not exist{on} at "
-            f"{describe_url(settings.redis_url)}, nor its group {settings.group!r}: "
-            f"check {check}")
+            f"{describe_url(settings.redis_url)}{nor}: check {check}")
 
 
-@pytest.mark.parametrize("command", OPERATOR_COMMANDS, ids=" ".join)
+@pytest.mark.parametrize("command", GROUP_COMMANDS + RANGE_COMMANDS, ids=" ".join)
 def test_a_stream_that_does_not_exist_is_one_line_exit_1(settings: Settings,
                                                          command: list[str]) -> None:
     line = one_line(run_cli([*command, *common_flags(settings)]), 1)
-    assert line == _missing(settings)
+    assert line == _missing(settings, group=command[:2] != ["replay", "--range"])
 
 
 @pytest.mark.parametrize("dry_run", [[], ["--dry-run"]], ids=["move", "dry-run"])
@@ -158,7 +160,7 @@ def test_replay_dlq_of_a_stream_that_does_not_exist_is_one_line_exit_1(
                     f"{settings.keys.dlq!r}: check --stream and --redis-url")
 
 
-@pytest.mark.parametrize("command", OPERATOR_COMMANDS, ids=" ".join)
+@pytest.mark.parametrize("command", GROUP_COMMANDS, ids=" ".join)
 async def test_a_group_that_does_not_exist_is_one_line_exit_1(
         client: aioredis.Redis, settings: Settings, command: list[str]) -> None:
     await client.xgroup_create(settings.stream, "another-group", id="0", mkstream=True)
@@ -223,3 +225,29 @@ def test_show_region_help_names_every_region() -> None:
     region = next(a for a in commands()["show"]._actions if a.dest == "region")
     assert region.help is not None
     assert re.findall(r"[a-z-]+", region.help.split("one of ", 1)[1]) == list(REGIONS)
+
+
+def test_replay_range_needs_the_stream_not_its_group(settings: Settings) -> None:
+    """Re-driving history acknowledges nothing: a stream whose group was destroyed (or that
+    another group reads) can be replayed; a stream that does not exist is still exit 1."""
+    import redis
+
+    flags = common_flags(settings)
+    assert run_cli(["produce", "--once", *flags]).returncode == 0
+    with redis.Redis.from_url(settings.redis_url) as r:
+        r.xgroup_destroy(settings.stream, settings.group)
+    done = run_cli(["replay", "--range", "-", "+", "--json", *flags])
+    assert done.returncode == 0, done.stderr.decode()
+    assert json.loads(done.stdout)["outcomes"] == {"persisted": 8}
+    missing = [*flags[:flags.index("--stream")], "--stream", settings.stream + "-none",
+               *flags[flags.index("--stream") + 2:]]
+    line = one_line(run_cli(["replay", "--range", "-", "+", *missing]), 1)
+    assert "does not exist" in line and "group" not in line, line
+
+
+@pytest.mark.parametrize("bound", ["-" + "9" * 400 + "w", "-99999999999999h", "\u0663"])
+def test_a_range_bound_out_of_range_or_not_ascii_is_a_usage_error(
+        settings: Settings, bound: str) -> None:
+    line = one_line(run_cli(["replay", "--range", bound, "+", "--dry-run",
+                             *common_flags(settings)]), 2)
+    assert "--range" in line

@@ -133,3 +133,32 @@ def test_the_live_view_logs_in_the_commands_format() -> None:
         assert root.handlers == [mine, *saved]
     finally:
         root.handlers = saved
+
+
+async def test_a_demo_stopped_before_the_reclaim_leaves_no_killed_worker_behind(
+        client: aioredis.Redis, settings: Settings, tmp_path: Any) -> None:
+    """Ctrl-C between the staged crash and its reclaim, on a Redis the user pointed the demo
+    at: what the killed worker held goes to the demo's first worker (settled first at the next
+    start: nothing lost), and no consumer that never existed is left in the group."""
+    import signal
+
+    from harness import wait
+    from tests.proc import Proc
+
+    proc = Proc(["demo", "--plain", *common_flags(settings)], tmp_path / "demo.log")
+    try:
+        wait.until(wait.holds(lambda: "killed holding" in proc.output()
+                              or proc.proc.poll() is not None, "not yet"), 60,
+                   "the staged crash")
+        proc.proc.send_signal(signal.SIGINT)
+        code = proc.proc.wait(60)
+    finally:
+        proc.kill()
+    out = proc.output()
+    assert code == 0, out[-3000:]
+    assert "reclaimed after" not in out, "the reclaim came first: this test needs it later"
+    names = {c["name"].decode(): int(c["pending"])
+             for c in await client.xinfo_consumers(settings.stream, settings.group)}
+    assert not [n for n in names if n.endswith("-crashed")], names
+    # Handed to the demo's first worker (<name>-0), still pending: replayed at its start.
+    assert any(n.endswith("-0") and held >= 8 for n, held in names.items()), names
