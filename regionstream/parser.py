@@ -165,10 +165,7 @@ class _Version(argparse.Action):
 
 
 def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    value = _int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0 (got {value})")
     return value

@@ -13,6 +13,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from tests.test_prometheus import dashboard, panels
+
 ROOT = Path(__file__).resolve().parent.parent
 GENERATOR = ROOT / "grafana" / "dashboard.py"
 DASHBOARD = ROOT / "grafana" / "dashboards" / "regionstream.json"
@@ -30,17 +32,6 @@ def generator() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def dashboard() -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads(DASHBOARD.read_text())
-    return loaded
-
-
-def panels(dash: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    for p in dash["panels"]:
-        yield p
-        yield from p.get("panels", [])
 
 
 def datasource_refs(node: Any) -> Iterator[Any]:
