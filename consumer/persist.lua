@@ -3,37 +3,43 @@
 -- Runs inside MULTI ... EXEC, right after an MSET that wrote the batch's payloads to staging keys:
 --   MULTI; MSET incoming_1 payload_1 ... incoming_n payload_n; EVALSHA persist ...; EXEC
 -- The payloads never pass through Lua: a 9 KB string handed to this script and written on
--- from it cost Redis ~20 µs of CPU (Lua's cost grows with every byte it is handed), twice
--- what the whole rest of this script costs per message. A persisted message's staging key is
--- RENAMEd to its by-id key (O(1), no bytes copied) and given its expiry; every other staging
--- key is deleted, so after EXEC none is left. The by-id key is thus written once, by the
--- message that persisted the snapshot: a later entry carrying the same snapshot id (a
--- redelivery, or a different payload under a reused id) never overwrites it. MULTI makes the
--- MSET and this script one unit: never one without the other.
+-- from it cost Redis ~20 µs of CPU (Lua's cost grows with every byte it is handed). A
+-- persisted message's staging key is RENAMEd to its by-id key (O(1), no bytes copied) and given
+-- its expiry; every other staging key is deleted, so after EXEC none is left. The by-id key is
+-- thus written once, by the message that persisted the snapshot: a later entry carrying the
+-- same snapshot id (a redelivery, or a different payload under a reused id) never overwrites
+-- it. MULTI makes the MSET and this script one unit: never one without the other.
+--
+-- What a message costs here is what the guarantee needs and no more: the batch's markers are
+-- read with ONE MGET and its snapshot ids looked up in the index with ONE ZMSCORE, the index
+-- written with ONE ZADD and `latest` at most once; per persisted message remain the RENAME, its
+-- PEXPIREAT and its marker. (Each redis.call costs ~1 µs of Redis CPU whatever it does: one
+-- per message for each of seven steps was most of what a message cost Redis.)
 --
 -- KEYS[1] stream (the region's shard stream with --shard-by region: then EVERY key of the call
 --         shares the region's hash tag and cluster slot)
 -- KEYS[2] snapshot index (ZSET generated_at -> snapshot_id)   all of one region: one hash tag,
 -- KEYS[3] latest pointer (snapshot_id)                         so one cluster slot
--- KEYS[4+3i], KEYS[5+3i], KEYS[6+3i]  dedup marker, by-id key, staging key of message i
+-- KEYS[1+3i], KEYS[2+3i], KEYS[3+3i]  dedup marker, by-id key, staging key of message i (1..n)
 -- ARGV[1] group, ARGV[2] "1" acknowledge what settled, "0" do not (``replay --range``
 --         re-drives history the group has accounted for already), ARGV[3] dedup TTL s,
 -- ARGV[4] retention s, ARGV[5] retention ms
--- ARGV[6+3i .. 8+3i]  entry id, snapshot id, generated_at ms of message i
+-- ARGV[3+3i .. 5+3i]  entry id, snapshot id, generated_at ms of message i (1..n)
 --
 -- The stream is declared in KEYS even when nothing is acknowledged: a key the script may
 -- touch is always declared (cluster routing and ACL key patterns both rely on it).
 --
 -- Returns one status per message: "p" persisted, "d" duplicate (another snapshot owns the
 -- bucket), "r" redelivered (this very snapshot is stored already), or "E<error>" when a write
--- failed; a failed message is NOT acknowledged, so it is delivered again.
+-- failed; a failed message is NOT acknowledged, so it is delivered again. Then one "A<error>"
+-- per failed XACK.
 --
--- Write order per message: by-id (the RENAME), index, latest, dedup marker LAST. Redis does not
--- roll a script back when a command fails half-way, so the order is what makes the marker a
--- commit record: a marker never exists without its data (the by-id key is written before
--- anything else), and a failed message leaves no marker to make its retry
--- look like a duplicate (upstream's bug). An index entry likewise proves the by-id key was
--- written, which recognizes a redelivery after the marker expired.
+-- Write order: every persisted message's by-id key (the RENAME), then the index, then
+-- `latest`, then the dedup markers LAST. Redis does not roll a script back when a command
+-- fails half-way, so the order is what makes the marker a commit record: a marker never
+-- exists without its data, and a failed message leaves no marker to make its retry look like
+-- a duplicate (upstream's bug). An index entry likewise proves the by-id key was written,
+-- which recognizes a redelivery after the marker expired.
 --
 -- A snapshot is kept until generated_at + retention: the by-id key expires then, and the index
 -- entry is pruned then, so a redelivery restores exactly the expiry it had.
@@ -42,6 +48,7 @@ local stream, index, latest = KEYS[1], KEYS[2], KEYS[3]
 local group, ack = ARGV[1], ARGV[2] == '1'
 local dedup_ttl, retention_s, retention_ms = ARGV[3], ARGV[4], tonumber(ARGV[5])
 local n = (#ARGV - 5) / 3
+if n < 1 then return {} end
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -49,75 +56,121 @@ local function failed(r)
   return type(r) == 'table' and r.err ~= nil
 end
 
--- The latest pointer only moves forward in generated_at (ties broken by snapshot id, which is
--- time-sortable), whatever order parallel workers and replays persist snapshots in.
-local cur_id, cur_gen = nil, nil
-local function load_latest()
-  local id = redis.pcall('GET', latest)
-  if failed(id) then return id end
-  if id then
-    cur_id = id
-    local s = redis.pcall('ZSCORE', index, id)
-    if failed(s) then return s end
-    cur_gen = tonumber(s) or -1  -- pruned from the index: older than anything retained
-  end
-  return nil
+local out, gens, sids, dedups = {}, {}, {}, {}
+for i = 1, n do
+  dedups[i], sids[i], gens[i] = KEYS[1 + 3 * i], ARGV[4 + 3 * i], tonumber(ARGV[5 + 3 * i])
 end
-local latest_err = load_latest()
+-- A marker key of another type reads as absent here (MGET), and is replaced by the marker.
+local markers = redis.pcall('MGET', unpack(dedups))
+local scores = redis.pcall('ZMSCORE', index, unpack(sids))
+local lookup_err = (failed(markers) and markers.err) or (failed(scores) and scores.err)
 
-local function persist(dedup, byid, staged, sid, gen, expire_at)
-  if expire_at <= now_ms then
-    return {err = 'past retention: generated_at ' .. gen .. ' + retention is before now'}
+-- Which message persists, and which is a duplicate or a redelivery, also among the messages
+-- of this call: two entries of one bucket (the first wins), or of one snapshot id.
+-- persisted: the i persisted; here: snapshot id -> the i that stored it; taken: marker key ->
+-- the i that took the bucket; dep: i -> the i its fate rests on (failed with it, below);
+-- best_*: the candidate for `latest`.
+local persisted, here, taken, dep = {}, {}, {}, {}
+local best_i, best_gen = nil, nil
+local function candidate(i, gen)
+  if best_i == nil or gen > best_gen or (gen == best_gen and sids[i] > sids[best_i]) then
+    best_i, best_gen = i, gen
   end
-  local r = redis.pcall('RENAME', staged, byid)
-  if failed(r) then
-    return {err = 'staged payload missing: the MSET before this script did not write it (' .. r.err .. ')'}
-  end
-  r = redis.pcall('PEXPIREAT', byid, expire_at)
-  if failed(r) then return r end
-  r = redis.pcall('ZADD', index, gen, sid)
-  if failed(r) then return r end
-  if latest_err then return latest_err end
-  if cur_id == nil or gen > cur_gen or (gen == cur_gen and sid > cur_id) then
-    r = redis.pcall('SET', latest, sid, 'EX', retention_s)
-    if failed(r) then return r end
-    cur_id, cur_gen = sid, gen
-  end
-  r = redis.pcall('SET', dedup, sid, 'EX', dedup_ttl)
-  if failed(r) then return r end
-  return nil
 end
-
-local out, acks = {}, {}
-for i = 0, n - 1 do
-  local dedup, byid, staged = KEYS[4 + 3 * i], KEYS[5 + 3 * i], KEYS[6 + 3 * i]
-  local eid, sid, gen = ARGV[6 + 3 * i], ARGV[7 + 3 * i], tonumber(ARGV[8 + 3 * i])
-  local expire_at = gen + retention_ms
-  local status
-  local marker = redis.pcall('GET', dedup)
-  if failed(marker) then
-    status = 'E' .. marker.err
-  elseif marker == sid then
-    status = 'r'
-  elseif marker then
-    status = 'd'
+for i = 1, n do
+  local sid, gen, dedup = sids[i], gens[i], dedups[i]
+  -- The bucket's marker as it stands now: written by this call, or found at its start.
+  local by = taken[dedup]
+  local owner = not lookup_err and ((by and sids[by]) or markers[i])
+  if lookup_err then
+    out[i] = 'E' .. lookup_err
+  elseif owner == sid then
+    out[i], dep[i] = 'r', by
+  elseif owner then
+    out[i], dep[i] = 'd', by  -- another snapshot owns the bucket (even if this one is stored)
+  elseif here[sid] then
+    out[i], dep[i] = 'r', here[sid]  -- stored by this call, from an entry of another bucket
+  elseif scores[i] then
+    out[i] = 'r'  -- stored before; its marker expired (or a replay of old history)
+    candidate(i, tonumber(scores[i]))
+  elseif gen + retention_ms <= now_ms then
+    out[i] = 'Epast retention: generated_at ' .. gen .. ' + retention is before now'
   else
-    local score = redis.pcall('ZSCORE', index, sid)
-    if failed(score) then
-      status = 'E' .. score.err
-    elseif score then
-      status = 'r'  -- stored before; its marker expired (or a replay of old history)
+    local r = redis.pcall('RENAME', KEYS[3 + 3 * i], KEYS[2 + 3 * i])
+    if failed(r) then
+      out[i] = 'Estaged payload missing: the MSET before this script did not write it ('
+        .. r.err .. ')'
     else
-      local err = persist(dedup, byid, staged, sid, gen, expire_at)
-      status = err and ('E' .. err.err) or 'p'
+      r = redis.pcall('PEXPIREAT', KEYS[2 + 3 * i], gen + retention_ms)
+      if failed(r) then
+        out[i] = 'E' .. r.err
+      else
+        out[i] = 'p'
+        persisted[#persisted + 1], here[sid], taken[dedup] = i, i, i
+      end
     end
   end
-  -- Whatever happened above, no staging key outlives the call (a persisted one was renamed;
-  -- DEL of a missing key does nothing). A failed message's MSET is sent again on its retry.
-  if status ~= 'p' then redis.pcall('DEL', staged) end
-  out[i + 1] = status
-  if string.sub(status, 1, 1) ~= 'E' then acks[#acks + 1] = eid end
 end
+
+-- A step failing after the by-id writes fails every message persisted so far, and every
+-- message whose fate rested on one of them: no marker is written for them, and their retry
+-- finds what was stored (or writes it again).
+local function fail_persisted(err)
+  for _, i in ipairs(persisted) do out[i] = 'E' .. err end
+  for i = 1, n do
+    if dep[i] and string.sub(out[dep[i]], 1, 1) == 'E' then out[i] = 'E' .. err end
+  end
+  persisted = {}
+end
+
+if #persisted > 0 then
+  local members = {}
+  for _, i in ipairs(persisted) do
+    members[#members + 1], members[#members + 2] = gens[i], sids[i]
+  end
+  local r = redis.pcall('ZADD', index, unpack(members))
+  if failed(r) then fail_persisted(r.err) end
+  for _, i in ipairs(persisted) do candidate(i, gens[i]) end
+end
+
+-- The latest pointer only moves forward in generated_at (ties broken by snapshot id, which is
+-- time-sortable), whatever order parallel workers and replays persist snapshots in. A
+-- redelivered snapshot is a candidate too: a retry repairs a `latest` an earlier failure left
+-- behind.
+if best_i ~= nil then
+  local err, newer = nil, true
+  local cur = redis.pcall('GET', latest)
+  if failed(cur) then
+    err = cur.err
+  elseif cur then
+    local s = redis.pcall('ZSCORE', index, cur)
+    if failed(s) then
+      err = s.err
+    else
+      local cur_gen = tonumber(s) or -1  -- pruned from the index: older than anything retained
+      newer = best_gen > cur_gen or (best_gen == cur_gen and sids[best_i] > cur)
+    end
+  end
+  if not err and newer then
+    local r = redis.pcall('SET', latest, sids[best_i], 'EX', retention_s)
+    if failed(r) then err = r.err end
+  end
+  if err then fail_persisted(err) end
+end
+
+for _, i in ipairs(persisted) do
+  local r = redis.pcall('SET', dedups[i], sids[i], 'EX', dedup_ttl)
+  if failed(r) then out[i] = 'E' .. r.err end
+end
+
+-- No staging key outlives the call (a persisted one was renamed). A failed message's MSET is
+-- sent again on its retry.
+local leftover, acks = {}, {}
+for i = 1, n do
+  if out[i] ~= 'p' then leftover[#leftover + 1] = KEYS[3 + 3 * i] end
+  if string.sub(out[i], 1, 1) ~= 'E' then acks[#acks + 1] = ARGV[3 + 3 * i] end
+end
+if #leftover > 0 then redis.pcall('DEL', unpack(leftover)) end
 
 -- Prune index entries past retention, once per call.
 redis.pcall('ZREMRANGEBYSCORE', index, '-inf', '(' .. (now_ms - retention_ms))
