@@ -16,7 +16,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from redis.exceptions import AskError, MovedError, NoScriptError, RedisError, TryAgainError
 
@@ -26,7 +26,7 @@ from consumer.shard_group import Command, Entry, ShardGroup
 from shared.connection import ErrorKind, PermanentError, classify
 from shared.failpoints import failpoint
 from shared.ids import CLOCK_AHEAD_S, id_seconds
-from shared.keys import Keys, dedup_bucket
+from shared.keys import Keys
 from shared.metrics import ConsumerMetrics, observe_many
 from shared.settings import Settings
 
@@ -56,7 +56,8 @@ PERSISTED, DUPLICATE, REDELIVERED, DEAD_LETTERED, FAILED, SETTLED_ELSEWHERE, INV
 # until the stored snapshots were dead-lettered as max-deliveries). Calls of one batch still
 # go out in one pipelined round trip.
 MAX_MESSAGES_PER_CALL = 1000
-_STATUS = {"p": PERSISTED, "d": DUPLICATE, "r": REDELIVERED}
+_STATUS = {b"p": PERSISTED, b"d": DUPLICATE, b"r": REDELIVERED,
+           "p": PERSISTED, "d": DUPLICATE, "r": REDELIVERED}  # bytes, or str if decoded
 # Refusals that say "the server, not this entry": retried without spending a delivery.
 NOT_THE_ENTRYS_FAULT = frozenset({ErrorKind.TRANSIENT, ErrorKind.OOM})
 # Failures no retry of the entry can fix: the worker stops on them (entries stay pending).
@@ -64,8 +65,10 @@ FATAL_PERSIST = frozenset({ErrorKind.PERMANENT})
 FATAL_DEAD_LETTER = frozenset({ErrorKind.PERMANENT, ErrorKind.WRONGTYPE})
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
+    """What became of one entry. (A named tuple: one is made per message, and a frozen
+    dataclass of these nine fields cost 0.9 µs to make, this 0.26.)"""
+
     entry_id: bytes
     region: str
     fate: Fate
@@ -154,15 +157,16 @@ class _Call:
 
 def _persist_call(keys: Keys, s: Settings, region: str, batch: list[Valid], ack: bool
                   ) -> _Call:
-    k: list[str] = [keys.stream, keys.index(region), keys.latest(region)]
+    names = keys.of_region(region)
+    k: list[Any] = [keys.stream, names.index, names.latest]
     a: list[Any] = [keys.group, "1" if ack else "0", s.dedup_window_s, s.retention_s,
                     s.retention_ms]
     staged: list[Any] = []
     window = s.dedup_window_ms
+    dedup, by_id, incoming = names.dedup, names.by_id, names.incoming
     for v in batch:
-        staging_key = keys.incoming(region, v.entry_id)
-        bucket = dedup_bucket(v.generated_at, window)
-        k += (keys.dedup(region, v.trigger_reason, bucket), keys.by_id(region, v.snapshot_id),
+        staging_key = incoming + v.entry_id
+        k += (f"{dedup}{v.trigger_reason}:{v.generated_at // window}", by_id + v.snapshot_id,
               staging_key)
         a += (v.entry_id, v.snapshot_id, v.generated_at)
         staged += (staging_key, v.payload)
@@ -431,15 +435,19 @@ def _interpret(calls: Sequence[_Call], results: Sequence[Any]) -> Settled:
             settled.outcomes += [failed(v.entry_id, v.region, result, FATAL_PERSIST)
                                  for v in call.members]
             continue
-        statuses = [x.decode() if isinstance(x, bytes) else str(x) for x in result]
-        for v, status in zip(call.members, statuses, strict=False):
+        outcomes = settled.outcomes
+        for v, status in zip(call.members, result, strict=False):
             assert isinstance(v, Valid)
-            if status[0] == "E":
-                settled.outcomes.append(failed(v.entry_id, v.region, status[1:], FATAL_PERSIST))
-            else:
-                settled.outcomes.append(Outcome(v.entry_id, v.region, _STATUS[status]))
-        settled.ack_errors += [x[1:] for x in statuses[len(call.members):]]
+            if (fate := _STATUS.get(status)) is not None:
+                outcomes.append(Outcome(v.entry_id, v.region, fate))
+            else:  # b"E<error>"
+                outcomes.append(failed(v.entry_id, v.region, _text(status)[1:], FATAL_PERSIST))
+        settled.ack_errors += [_text(x)[1:] for x in result[len(call.members):]]
     return settled
+
+def _text(status: bytes | str) -> str:
+    return status.decode("utf-8", "replace") if isinstance(status, bytes) else str(status)
+
 
 def _describe(error: RedisError) -> str:
     """The error as Redis said it: redis-py drops the code from ASK and MOVED replies."""

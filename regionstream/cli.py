@@ -182,13 +182,14 @@ async def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
-    from consumer.service import Consumer
+    from consumer.service import Consumer, tune_gc
     from consumer.service import log as consumer_log
 
     def finishing(signal: str) -> None:
         consumer_log.info("%s: finishing in-flight work (grace %.1fs)", signal, settings.grace_s)
 
     consumer = Consumer(settings)
+    tune_gc()
     async with session(settings, writes=True, stop=consumer.stop, registry=consumer.registry,
                        on_first=finishing) as deployment:
         # Its workers get clients of their own made from it: see Consumer.run.

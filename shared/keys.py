@@ -53,6 +53,19 @@ def dedup_bucket(generated_at_ms: int, window_ms: int) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class RegionKeys:
+    """One region's key names (``index``, ``latest``) and the prefixes its per-snapshot key
+    names continue: ``dedup`` + ``<trigger_reason>:<bucket>``, ``by_id`` + ``<snapshot id>``,
+    ``incoming`` + ``<entry id>`` (bytes, as entry ids are read)."""
+
+    index: str
+    latest: str
+    dedup: str
+    by_id: str
+    incoming: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Keys:
     """Names for one deployment: a key prefix, a stream and a consumer group."""
 
@@ -77,21 +90,32 @@ class Keys:
     def _tag(self, region: str) -> str:
         return "{" + region + "}"
 
+    def of_region(self, region: str) -> RegionKeys:
+        """``region``'s key names, and the prefixes of its per-snapshot ones (the persist call
+        builds three keys per message from them: a method call and a format each cost more)."""
+        tag = self._tag(region)
+        return RegionKeys(
+            index=f"{self.prefix}:snapshot-index:v1:{tag}",
+            latest=f"{self.prefix}:snapshot:v1:{tag}:latest",
+            dedup=f"{self.prefix}:dedup:v1:{tag}:",
+            by_id=f"{self.prefix}:snapshot-by-id:v1:{tag}:",
+            incoming=f"{self.prefix}:incoming:v1:{tag}:".encode())
+
     def dedup(self, region: str, trigger_reason: str, bucket: int) -> str:
-        return f"{self.prefix}:dedup:v1:{self._tag(region)}:{trigger_reason}:{bucket}"
+        return f"{self.of_region(region).dedup}{trigger_reason}:{bucket}"
 
     def by_id(self, region: str, snapshot_id: str) -> str:
-        return f"{self.prefix}:snapshot-by-id:v1:{self._tag(region)}:{snapshot_id}"
+        return self.of_region(region).by_id + snapshot_id
 
     def latest(self, region: str) -> str:
-        return f"{self.prefix}:snapshot:v1:{self._tag(region)}:latest"
+        return self.of_region(region).latest
 
     def index(self, region: str) -> str:
-        return f"{self.prefix}:snapshot-index:v1:{self._tag(region)}"
+        return self.of_region(region).index
 
     def incoming(self, region: str, entry_id: bytes | str) -> str:
-        eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-        return f"{self.prefix}:incoming:v1:{self._tag(region)}:{eid}"
+        eid = entry_id if isinstance(entry_id, bytes) else entry_id.encode()
+        return (self.of_region(region).incoming + eid).decode()
 
     def consumer_name(self, base: str, worker: int | str) -> str:
         """Stable per-worker consumer name: a restarted worker gets its old name back, and with

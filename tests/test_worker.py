@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -208,3 +210,16 @@ async def test_the_grace_deadline_ends_a_worker_giving_up_its_read(
 
 async def _is_set(event: asyncio.Event) -> bool:
     return event.is_set()
+
+
+def test_a_consumer_process_tunes_the_cycle_collector() -> None:
+    """``tune_gc`` (called by ``regionstream consume``): what the process made at start is
+    frozen out of the collector's walks, and the young generation waits for more objects. In a
+    subprocess: the suite's own collector stays as it is."""
+    probe = ("import gc; from consumer.service import GC_YOUNG_THRESHOLD, tune_gc; "
+             "frozen = gc.get_freeze_count(); tune_gc(); "
+             "print(gc.get_freeze_count() > frozen, gc.get_threshold()[0] == GC_YOUNG_THRESHOLD, "
+             "gc.isenabled())")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True, timeout=60)
+    assert out.stdout.split() == ["True", "True", "True"]
