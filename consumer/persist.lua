@@ -57,6 +57,8 @@ local function failed(r)
 end
 
 local out, gens, sids, dedups = {}, {}, {}, {}
+-- Numbers go back to Redis as the strings they came as, or formatted as integers: Redis
+-- formats a Lua number it is handed with %.17g, which cost ~4% of its CPU here.
 for i = 1, n do
   dedups[i], sids[i], gens[i] = KEYS[1 + 3 * i], ARGV[4 + 3 * i], tonumber(ARGV[5 + 3 * i])
 end
@@ -101,7 +103,7 @@ for i = 1, n do
       out[i] = 'Estaged payload missing: the MSET before this script did not write it ('
         .. r.err .. ')'
     else
-      r = redis.pcall('PEXPIREAT', KEYS[2 + 3 * i], gen + retention_ms)
+      r = redis.pcall('PEXPIREAT', KEYS[2 + 3 * i], string.format('%d', gen + retention_ms))
       if failed(r) then
         out[i] = 'E' .. r.err
       else
@@ -126,7 +128,7 @@ end
 if #persisted > 0 then
   local members = {}
   for _, i in ipairs(persisted) do
-    members[#members + 1], members[#members + 2] = gens[i], sids[i]
+    members[#members + 1], members[#members + 2] = ARGV[5 + 3 * i], sids[i]
   end
   local r = redis.pcall('ZADD', index, unpack(members))
   if failed(r) then fail_persisted(r.err) end
