@@ -37,7 +37,7 @@ from bench.runner import (
     settings_of,
     stdin_lines,
 )
-from consumer.service import Consumer
+from consumer.service import Consumer, tune_gc
 from shared.settings import Settings
 from shared.shards import open_deployment
 
@@ -75,6 +75,7 @@ async def run(args: argparse.Namespace) -> None:
                              else (settings.shard_by, 0, 0))
     tracker = CpuTracker()
     consumer = Consumer(settings, registry=CollectorRegistry(), on_settled=count_acks(tracker))
+    tune_gc()  # as `regionstream consume` does
     stdin = await stdin_lines()
     emit("ready", pid=os.getpid(), layout=layout, shards=shards, nodes=nodes)
     if await read_command(stdin) != "go":

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from bench.data import CHUNK, Load
-from consumer.service import Consumer
+from consumer.service import Consumer, tune_gc
 from shared import wire
 from shared.connection import connect
 from shared.servers import start_redis_server
@@ -51,6 +51,7 @@ async def measure(n: int) -> str:
                     pipe.xadd(s.stream, wire.entry_fields(snap, payload))  # type: ignore[arg-type]
                 await pipe.execute()
             consumer = Consumer(s, registry=CollectorRegistry())
+            tune_gc()  # as `regionstream consume` does
             redis0, cpu0, t0 = await server_cpu_s(client), cpu_s(), time.monotonic()
             await consumer.run(drain=True)
             cpu1, t1, redis1 = cpu_s(), time.monotonic(), await server_cpu_s(client)

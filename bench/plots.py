@@ -10,15 +10,20 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after use("Agg"): the backend is chosen first
 
+from bench.drain import PHASES, TARGET_CPU_US_PER_MSG, phase_figure
+
 DPI = 110
 WIDE = (9.0, 4.8)
+WIDE_TALL = (10.0, 5.4)
 COLORS = {"consumer": "tab:blue", "baseline": "tab:red", "ceiling": "tab:gray",
-          "unchecked": "lightsteelblue"}
+          "unchecked": "lightsteelblue", "batched": "tab:orange"}
+PHASE_HATCH = {"cold": "", "warm": "//"}
+PHASE_WIDTH = 0.4  # a role's cold and warm bars side by side
 LINESTYLES = ("-", "--", ":", "-.")
 HEADROOM = 1.2  # y-axis room above the highest point
 CLUSTER_SINGLE_COLOR = "tab:green"
 CLUSTER_NODE_COLORS = ("tab:blue", "tab:orange", "tab:purple")
-CLUSTER_GROUP_WIDTH = 0.8
+GROUP_WIDTH = 0.8
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -35,26 +40,52 @@ def _subtitle(doc: dict[str, Any]) -> str:
 
 
 def throughput(doc: dict[str, Any], out: Path) -> Path | None:
+    """The drain: msg/s of every role, cold and warm (left); CPU per message of the contender's
+    process and of Redis against the target, for the consumer, the batched contender and the
+    floor (right; the baseline's hundreds of µs would flatten them)."""
     d = doc["scenarios"].get("drain")
     if not d:
         return None
-    names = {"baseline": "baseline\n(upstream shape)", "consumer": "consumer",
-             "unchecked": "diagnostic: consumer\nwithout payload check",
-             "ceiling": "ceiling\n(read + ack only)"}
-    roles = [r for r in names if r in d]  # "unchecked" is absent from older results
-    rates = [d[r]["msgs_per_s"] for r in roles]
-    fig, ax = plt.subplots(figsize=WIDE)
-    bars = ax.bar([names[r] for r in roles], rates, color=[COLORS[r] for r in roles])
-    for bar, r in zip(bars, roles, strict=True):
-        label = f"{d[r]['msgs_per_s']:,.0f}/s\n{d[r]['cpu_us_per_msg']} CPU-µs/msg"
-        ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center", va="bottom", fontsize=9)
-    ax.set_yscale("log")
-    ax.set_ylabel("messages / s (log)")
-    ax.set_title(f"Drain rate, {d['messages']:,} snapshots (~{d['mean_payload_bytes']} B): "
-                 f"{d['ratio_vs_baseline']}x baseline, {d['fraction_of_ceiling']:.0%} of "
-                 f"ceiling\n{_subtitle(doc)}", fontsize=10)
-    ax.margins(y=0.3)
+    names = {"baseline": "baseline\n(upstream)", "consumer": "consumer",
+             "batched": "batched\n(hand-written)", "unchecked": "consumer without\npayload check",
+             "ceiling": "floor\n(read + ack)"}
+    fig, (left, right) = plt.subplots(1, 2, figsize=WIDE_TALL)
+    for i, role in enumerate(names):
+        for j, phase in enumerate(PHASES):
+            rate = phase_figure(d, role, phase, "msgs_per_s")
+            if rate is None:
+                continue
+            bar = left.bar(i + (j - 0.5) * PHASE_WIDTH, rate, PHASE_WIDTH * 0.9,
+                           color=COLORS[role], hatch=PHASE_HATCH[phase],
+                           edgecolor="white")
+            left.annotate(f"{rate:,.0f}", (bar[0].get_x() + bar[0].get_width() / 2, rate),
+                          ha="center", va="bottom", fontsize=7, rotation=90)
+    left.set_xticks(range(len(names)), list(names.values()), fontsize=8)
+    left.set_yscale("log")
+    left.set_ylabel("messages / s (log); plain: cold, hatched: warm")
+    left.margins(y=0.3)
+    left.set_title(f"{d['ratio_vs_baseline']}x baseline, {d['vs_batched']['cold']['msgs_per_s']}"
+                   f"x batched (cold)", fontsize=9)
+    roles = ("consumer", "batched", "ceiling")
+    sides = (("consumer process", "cpu_us_per_msg", "tab:blue"),
+             ("Redis", "redis_cpu_us_per_msg", "tab:red"))
+    width = GROUP_WIDTH / (len(sides) * len(PHASES))
+    for i, role in enumerate(roles):
+        for k, (side, key, color) in enumerate(sides):
+            for j, phase in enumerate(PHASES):
+                at = i - GROUP_WIDTH / 2 + width * (k * len(PHASES) + j + 0.5)
+                right.bar(at, phase_figure(d, role, phase, key) or 0, width * 0.9, color=color,
+                          hatch=PHASE_HATCH[phase], edgecolor="white",
+                          label=f"{side}, {phase}" if i == 0 else None)
+    right.axhline(TARGET_CPU_US_PER_MSG, color="black", linewidth=0.8, linestyle=":",
+                  label=f"target: {TARGET_CPU_US_PER_MSG:g}")
+    right.set_xticks(range(len(roles)), [names[r] for r in roles], fontsize=8)
+    right.set_ylabel("CPU-µs per message")
+    right.margins(y=0.2)
+    right.legend(fontsize=7, loc="upper right")
+    right.set_title("CPU per message, consumer process and Redis", fontsize=9)
+    fig.suptitle(f"Drain, {d['messages']:,} snapshots (~{d['mean_payload_bytes']} B), each role "
+                 f"on a fresh redis-server\n{_subtitle(doc)}", fontsize=9)
     return _save(fig, out / "throughput.png")
 
 
@@ -176,16 +207,16 @@ def cluster_drain(doc: dict[str, Any], out: Path) -> Path | None:
     fig, (left, right) = plt.subplots(1, 2, figsize=WIDE)
     for x, (_, run) in enumerate(groups):
         nodes = run["nodes"]
-        width = CLUSTER_GROUP_WIDTH / (len(nodes) + 1)  # the nodes, then the consumer
+        width = GROUP_WIDTH / (len(nodes) + 1)  # the nodes, then the consumer
         for j, node in enumerate(nodes):
-            at = x - CLUSTER_GROUP_WIDTH / 2 + width * (j + 0.5)
+            at = x - GROUP_WIDTH / 2 + width * (j + 0.5)
             bar = left.bar(at, node["redis_cpu_us_per_msg"] or 0, width * 0.9,
                            color=CLUSTER_NODE_COLORS[j % len(CLUSTER_NODE_COLORS)],
                            label="Redis node (1st, 2nd, 3rd)" if x == 0 else None)
             share = node["share_of_redis_cpu"]
             left.annotate(f"{len(node['shards'])} sh\n{share:.0%}" if share is not None else "",
                           (at, bar[0].get_height()), ha="center", va="bottom", fontsize=7)
-        left.bar(x + CLUSTER_GROUP_WIDTH / 2 - width / 2, run["consumer_cpu_us_per_msg"] or 0,
+        left.bar(x + GROUP_WIDTH / 2 - width / 2, run["consumer_cpu_us_per_msg"] or 0,
                  width * 0.9, color="white", edgecolor="black", hatch="//",
                  label="consumer process" if x == 0 else None)
     left.set_xticks(range(len(groups)), [g[0] for g in groups])

@@ -5,8 +5,9 @@ Protocol, one JSON object or word per line: the runner connects and prepares, pr
 ``{"event": "ready"}``; the parent writes ``go``; the runner works until the parent writes
 ``stop`` (or closes stdin, or ``--max-seconds`` pass), then prints ``{"event": "done", ...}``
 with its ack count, wall times, CPU seconds and RSS. Roles: ``consumer`` (the real
-``consumer.service.Consumer``), ``baseline`` and ``ceiling`` (``bench.contenders``), and
-``unchecked``, a diagnostic: the real consumer without its payload check.
+``consumer.service.Consumer``), ``baseline``, ``batched`` and ``ceiling``
+(``bench.contenders``), and ``unchecked``, a diagnostic: the real consumer without its payload
+check.
 """
 
 from __future__ import annotations
@@ -26,17 +27,19 @@ from typing import Any
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from bench.contenders import Baseline, Ceiling, Tracker, unchecked_entry
+from bench.contenders import BATCHED_LUA, Baseline, Batched, Ceiling, Tracker, unchecked_entry
 from consumer import scripts
 from consumer.message import check_entry
-from consumer.service import Consumer
+from consumer.service import Consumer, tune_gc
 from consumer.settle import Fate, Settled
 from shared.connection import connect
 from shared.group import ensure_group
 from shared.keys import Keys
 from shared.settings import Settings
 
-ROLES = ("consumer", "baseline", "ceiling", "unchecked")
+CONTENDERS: dict[str, type[Baseline | Batched | Ceiling]] = {
+    "baseline": Baseline, "batched": Batched, "ceiling": Ceiling}
+ROLES = ("consumer", "unchecked", *CONTENDERS)
 DEFAULT_MAX_SECONDS = 900.0  # a runner never outlives a forgotten parent by much
 PROFILE_INTERVAL_S = 0.0005
 MS_PER_S = 1000
@@ -72,10 +75,13 @@ def count_acks(tracker: Tracker) -> Callable[[Settled], None]:
 
 
 async def prepare(role: str, redis: aioredis.Redis, keys: Keys) -> None:
+    """The group, and the role's scripts loaded before ``go``: no load in what is measured."""
     await ensure_group(redis, keys)
     if role in ("consumer", "unchecked"):
         for name in scripts.ALL:
             await redis.script_load(scripts.script(name).body)
+    elif role == "batched":
+        await redis.script_load(BATCHED_LUA)
 
 
 def make_work(role: str, redis: aioredis.Redis, keys: Keys, settings: Settings,
@@ -86,9 +92,9 @@ def make_work(role: str, redis: aioredis.Redis, keys: Keys, settings: Settings,
         consumer = Consumer(settings, registry=CollectorRegistry(),
                             check=unchecked_entry if role == "unchecked" else check_entry,
                             on_settled=count_acks(tracker))
+        tune_gc()  # as `regionstream consume` does
         return consumer.run, consumer.stop
-    cls = Baseline if role == "baseline" else Ceiling
-    contender = cls(redis, keys, settings, settings.name, tracker)
+    contender = CONTENDERS[role](redis, keys, settings, settings.name, tracker)
     return contender.run, contender.stop
 
 

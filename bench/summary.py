@@ -5,11 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench.drain import PHASES, phase_figure
+
 SUMMARY_FILE = "summary.md"
 
 
 def _yes(met: bool | None) -> str:
     return {True: "yes", False: "**no**", None: "-"}[met]
+
+
+def _na(v: object) -> str:
+    """A figure as measured, or "n/a" for one that was not (a drain that did not run)."""
+    return "n/a" if v is None else str(v)
 
 
 def _seed(d: dict[str, Any]) -> list[str]:
@@ -31,21 +38,46 @@ def _cycle_rows(title: str, c: dict[str, Any], t: dict[str, Any], compared: str,
 
 
 def _drain(d: dict[str, Any]) -> list[str]:
-    c, b, ce, t = d["consumer"], d["baseline"], d["ceiling"], d["targets"]
-    return [
-        f"| 2 drain {d['messages']:,} x ~{d['mean_payload_bytes'] / 1024:.1f} KB | msg/s | "
-        f"{c['msgs_per_s']:,.0f} (baseline {b['msgs_per_s']:,.0f}, ceiling "
-        f"{ce['msgs_per_s']:,.0f}) | >= 15x baseline | {_yes(t['vs_baseline']['met'])} | "
-        f"{d['ratio_vs_baseline']}x |",
-        f"| | share of read+ack ceiling | {d['fraction_of_ceiling']:.0%} | >= 25% | "
-        f"{_yes(t['of_ceiling']['met'])} | |",
-        f"| | CPU-µs/msg (consumer / baseline / ceiling) | {c['cpu_us_per_msg']} / "
-        f"{b['cpu_us_per_msg']} / {ce['cpu_us_per_msg']} | - | - | "
-        f"{d['cpu_ratio_baseline_vs_consumer']}x less |",
-        f"| | diagnostic: consumer without the payload check (decode + validation) | "
-        f"{d['unchecked']['msgs_per_s']:,.0f} msg/s, {d['unchecked']['cpu_us_per_msg']} "
-        f"CPU-µs/msg: the check costs {d['check_cpu_us_per_msg']} | - | - | |",
-    ]
+    """Per phase (cold, warm): msg/s, then CPU per message of the consumer's process and of
+    Redis, each beside the batched contender's and the floor's (the ceiling: read + ack)."""
+    t = d["targets"]
+    rows = []
+    for phase in PHASES:
+        vs = d["vs_batched"][phase]
+        rates = " / ".join(_count(phase_figure(d, role, phase, "msgs_per_s"))
+                           for role in ("consumer", "batched", "ceiling", "baseline"))
+        cold = phase == "cold"
+        head = f"| {_drain_title(d)} |" if cold else "| |"
+        tail = (f">= 15x baseline | {_yes(t['vs_baseline']['met'])} | "
+                f"{d['ratio_vs_baseline']}x (cold) |") if cold else "- | - | |"
+        rows.append(f"{head} {phase}: msg/s, consumer / batched / floor / baseline | {rates} "
+                    f"({_na(vs['msgs_per_s'])}x batched) | {tail}")
+        for side, key, of in (("consumer", "cpu_us_per_msg", "consumer_cpu"),
+                              ("Redis", "redis_cpu_us_per_msg", "redis_cpu")):
+            cpu = " / ".join(_na(phase_figure(d, role, phase, key))
+                             for role in ("consumer", "batched", "ceiling"))
+            target = t[f"{of}_{phase}"]
+            rows.append(f"| | {phase}: {side} CPU-µs/msg, consumer / batched / floor | {cpu} "
+                        f"(batched / consumer {_na(vs[of])}x) | {target['target']} | "
+                        f"{_yes(target['met'])} | |")
+        if cold:
+            rows.append(f"| | cold: share of read+ack ceiling | {d['fraction_of_ceiling']:.0%} "
+                        f"| >= 25% | {_yes(t['of_ceiling']['met'])} | |")
+    check = d["check_cpu_us_per_msg"]
+    unchecked = " / ".join(f"{_count(phase_figure(d, 'unchecked', p, 'msgs_per_s'))} msg/s, "
+                           f"{_na(phase_figure(d, 'unchecked', p, 'cpu_us_per_msg'))} "
+                           "CPU-µs/msg" for p in PHASES)
+    rows.append(f"| | diagnostic: consumer without the payload check (decode + validation), "
+                f"cold / warm | {unchecked}: the check costs {_na(check['cold'])} / "
+                f"{_na(check['warm'])} CPU-µs/msg | - | - | |")
+    if "note" in d:
+        rows.append(f"| | note | {d['note']} | - | - | |")
+    return rows
+
+
+def _drain_title(d: dict[str, Any]) -> str:
+    return (f"2 drain {d['messages']:,} x ~{d['mean_payload_bytes'] / 1024:.1f} KB, each role "
+            "on a fresh redis-server")
 
 
 def _ms(v: float | None) -> str:
