@@ -81,8 +81,18 @@ class Events:
         # The first frame is on screen: the staging waits for it, so that the demo opens on
         # the happy path (and --plain's first line is a summary line, as before).
         self.shown = asyncio.Event()
+        self.said = 0  # changes begun and events said so far (see _fresh)
+        self.busy = False  # a change has begun and is not said yet
+
+    def begin(self) -> None:
+        """A change the next event will tell of starts on Redis: frames collected from now
+        until it is said are not shown (see _fresh)."""
+        self.said += 1
+        self.busy = True
 
     def say(self, line: str) -> None:
+        self.said += 1
+        self.busy = False
         self.lines.append(line)
         if self.plain:
             print(f"event: {line}", flush=True)
@@ -188,6 +198,8 @@ class Failures:
             log.warning("staging the demo's failures failed (%s); the demo goes on", exc)
         except Exception:  # a bug: said with its traceback (the task's end is awaited by no one)
             log.exception("staging the demo's failures failed; the demo goes on")
+        finally:
+            self.events.busy = False  # a change begun and never said: the view goes on
 
     async def _run(self, deployment: Deployment) -> None:
         await _either(self.events.shown, self.stop)
@@ -195,6 +207,7 @@ class Failures:
             return
         if not await self._poison(deployment, deployment.shards[0]):
             return
+        self.events.begin()
         held = self.held = await self._kill_a_worker(deployment)
         killed_at = time.monotonic()
         n = len(self.watched)
@@ -203,6 +216,7 @@ class Failures:
         if not n or not await self._until(lambda: self.watched <= self.outcomes.keys()):
             return
         idle_s = time.monotonic() - killed_at
+        self.events.begin()
         for shard in held:  # none of them pending any more: forgotten (forget_consumer.lua)
             await scripts.call(deployment.client_for(shard), scripts.forget_consumer(),
                                [shard.keys.stream], [shard.keys.group, self.crashed, 0])
@@ -378,17 +392,30 @@ async def run_demo(settings: Settings, *, duration: float | None, interval_s: fl
         return EXIT_OK if with_latest == len(s.regions) else EXIT_FAILURE
 
 
+async def _fresh(frames: AsyncIterator[Frame], events: Events) -> AsyncIterator[Frame]:
+    """``frames`` but those collected while a change was under way on Redis or an event was
+    said: such a frame may show Redis half-way (the killed worker counted before its event
+    is said, or still counted after its entries were reclaimed), on the wrong side of the
+    event's line. The next frame comes one interval later."""
+    said = events.said
+    async for frame in frames:
+        if events.said == said and not events.busy:
+            yield frame
+        said = events.said
+
+
 async def _show(client: Deployment, keys: Keys, s: Settings,
                 totals: Callable[[], dict[str, int]], stop: asyncio.Event, events: Events
                 ) -> None:
     if events.plain:
-        async for frame in _frames(client, keys, s, totals, stop, max(s.interval_s, 1.0)):
+        async for frame in _fresh(_frames(client, keys, s, totals, stop,
+                                          max(s.interval_s, 1.0)), events):
             print(summary_line(frame), flush=True)
             events.shown.set()
         return
     console = Console(file=sys.stdout)
     with Live(console=console, refresh_per_second=4) as live, logs_through(console):
-        async for frame in _frames(client, keys, s, totals, stop, REFRESH_S):
+        async for frame in _fresh(_frames(client, keys, s, totals, stop, REFRESH_S), events):
             live.update(screen(frame, events, console.height))
             events.shown.set()
 

@@ -9,13 +9,14 @@ import io
 import logging
 import re
 import socket
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from rich.console import Console
 
-from regionstream.demo import DEMO_MIN_IDLE_MS, Events, screen
+from regionstream.demo import DEMO_MIN_IDLE_MS, Events, _fresh, screen
 from regionstream.runtime import LOG_FORMAT
 from regionstream.view import Frame, logs_through
 from shared.settings import Settings
@@ -162,3 +163,22 @@ async def test_a_demo_stopped_before_the_reclaim_leaves_no_killed_worker_behind(
     assert not [n for n in names if n.endswith("-crashed")], names
     # Handed to the demo's first worker (<name>-0), still pending: replayed at its start.
     assert any(n.endswith("-0") and held >= 8 for n, held in names.items()), names
+
+
+async def test_a_frame_collected_across_a_change_is_not_shown() -> None:
+    """The view drops a frame whose collection overlapped a change on Redis (begun, not said
+    yet) or an event: shown, it could put the killed worker on the wrong side of its line."""
+    events = Events(plain=True)
+    # what happens on Redis and in the staging while each frame is made
+    steps: list[str] = ["", "begin", "", "say", "", ""]
+
+    async def frames() -> AsyncIterator[Frame]:
+        for at, step in enumerate(steps):
+            if step == "begin":
+                events.begin()
+            elif step == "say":
+                events.say("x")
+            yield Frame(at=float(at), stream="s", group="g")
+
+    shown = [f.at async for f in _fresh(frames(), events)]
+    assert shown == [0.0, 4.0, 5.0]
