@@ -165,3 +165,23 @@ async def test_a_consumer_starts_while_redis_is_full() -> None:
         finally:
             await client.config_set("maxmemory", 0)
             await client.aclose()
+
+
+async def test_a_retry_sets_the_latest_an_earlier_failure_left_behind(
+        client: aioredis.Redis, settings: Settings, keys: Keys) -> None:
+    """`latest` of another type (an outside actor) fails the call after its by-id and index
+    writes: no marker, nothing acknowledged. Once the key is fixed, the retry finds the
+    snapshots stored (redelivered) and still moves `latest` to the newest of them."""
+    t = now_ms()
+    a, b = (valid(s, b"1-%d" % i) for i, s in enumerate(
+        [SyntheticSource(("mena",), seed=9).cycle(t)[0],
+         SyntheticSource(("mena",), seed=10).cycle(t + settings.dedup_window_ms)[0]], 1))
+    await client.rpush(keys.latest("mena"), "not a pointer")
+    first = await settler(client, settings).send([a, b], (), ack=False)
+    assert [o.fate for o in first.outcomes] == [Fate.FAILED, Fate.FAILED]
+    assert await client.exists(keys.dedup("mena", a.trigger_reason,
+                                          a.generated_at // settings.dedup_window_ms)) == 0
+    await client.delete(keys.latest("mena"))
+    again = await settler(client, settings).send([a, b], (), ack=False)
+    assert [o.fate for o in again.outcomes] == [Fate.REDELIVERED, Fate.REDELIVERED]
+    assert await client.get(keys.latest("mena")) == b.snapshot_id.encode()
