@@ -22,7 +22,7 @@
 -- KEYS[3] latest pointer (snapshot_id)                         so one cluster slot
 -- KEYS[1+3i], KEYS[2+3i], KEYS[3+3i]  dedup marker, by-id key, staging key of message i (1..n)
 -- ARGV[1] group, ARGV[2] "1" acknowledge what settled, "0" do not (``replay --range``
---         re-drives history the group has accounted for already), ARGV[3] dedup TTL s,
+--         re-drives history the group has accounted for already), ARGV[3] dedup window ms,
 -- ARGV[4] retention s, ARGV[5] retention ms
 -- ARGV[3+3i .. 5+3i]  entry id, snapshot id, generated_at ms of message i (1..n)
 --
@@ -39,14 +39,19 @@
 -- fails half-way, so the order is what makes the marker a commit record: a marker never
 -- exists without its data, and a failed message leaves no marker to make its retry look like
 -- a duplicate (upstream's bug). An index entry likewise proves the by-id key was written,
--- which recognizes a redelivery after the marker expired.
+-- which recognizes a redelivery whose marker is gone (a failed call, an outside DEL): such a
+-- redelivery takes its bucket back (its marker is written again), so a duplicate after it is
+-- still a duplicate.
 --
 -- A snapshot is kept until generated_at + retention: the by-id key expires then, and the index
--- entry is pruned then, so a redelivery restores exactly the expiry it had.
+-- entry is pruned then (first thing in every call, so an index entry always has its by-id key).
+-- A marker lives until the end of its bucket + retention: until then an entry of that bucket
+-- is accepted (later ones are dead-lettered as past-retention), so a duplicate, however late
+-- it comes, finds the marker.
 
 local stream, index, latest = KEYS[1], KEYS[2], KEYS[3]
 local group, ack = ARGV[1], ARGV[2] == '1'
-local dedup_ttl, retention_s, retention_ms = ARGV[3], ARGV[4], tonumber(ARGV[5])
+local window_ms, retention_s, retention_ms = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
 local n = (#ARGV - 5) / 3
 if n < 1 then return {} end
 local t = redis.call('TIME')
@@ -55,6 +60,10 @@ local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function failed(r)
   return type(r) == 'table' and r.err ~= nil
 end
+
+-- Index entries past retention first: their by-id keys have expired (Redis expires a key
+-- once now > its time: the same bound).
+redis.pcall('ZREMRANGEBYSCORE', index, '-inf', '(' .. string.format('%d', now_ms - retention_ms))
 
 local out, gens, sids, dedups = {}, {}, {}, {}
 -- Numbers go back to Redis as the strings they came as, or formatted as integers: Redis
@@ -65,14 +74,16 @@ end
 -- A marker key of another type reads as absent here (MGET), and is replaced by the marker.
 local markers = redis.pcall('MGET', unpack(dedups))
 local scores = redis.pcall('ZMSCORE', index, unpack(sids))
-local lookup_err = (failed(markers) and markers.err) or (failed(scores) and scores.err)
+local markers_err = failed(markers) and markers.err
+local scores_err = failed(scores) and scores.err
 
 -- Which message persists, and which is a duplicate or a redelivery, also among the messages
 -- of this call: two entries of one bucket (the first wins), or of one snapshot id.
--- persisted: the i persisted; here: snapshot id -> the i that stored it; taken: marker key ->
--- the i that took the bucket; dep: i -> the i its fate rests on (failed with it, below);
--- best_*: the candidate for `latest`.
-local persisted, here, taken, dep = {}, {}, {}, {}
+-- persisted: the i persisted; found: the i found stored (in the index); retaken: those of
+-- them whose bucket had no marker (written again); here: snapshot id -> the i that stored it;
+-- taken: marker key -> the i that took the bucket in this call; dep: i -> the i its verdict
+-- rests on (failed with it, below); best_*: the candidate for `latest`.
+local persisted, found, retaken, here, taken, dep = {}, {}, {}, {}, {}, {}
 local best_i, best_gen = nil, nil
 local function candidate(i, gen)
   if best_i == nil or gen > best_gen or (gen == best_gen and sids[i] > sids[best_i]) then
@@ -83,18 +94,25 @@ for i = 1, n do
   local sid, gen, dedup = sids[i], gens[i], dedups[i]
   -- The bucket's marker as it stands now: written by this call, or found at its start.
   local by = taken[dedup]
-  local owner = not lookup_err and ((by and sids[by]) or markers[i])
-  if lookup_err then
-    out[i] = 'E' .. lookup_err
+  local owner = (by and sids[by]) or (not markers_err and markers[i])
+  if markers_err then
+    out[i] = 'E' .. markers_err
   elseif owner == sid then
     out[i], dep[i] = 'r', by
   elseif owner then
     out[i], dep[i] = 'd', by  -- another snapshot owns the bucket (even if this one is stored)
   elseif here[sid] then
     out[i], dep[i] = 'r', here[sid]  -- stored by this call, from an entry of another bucket
+  elseif scores_err then
+    out[i] = 'E' .. scores_err  -- only the index can tell
   elseif scores[i] then
-    out[i] = 'r'  -- stored before; its marker expired (or a replay of old history)
-    candidate(i, tonumber(scores[i]))
+    -- Stored before, its marker gone: the bucket is taken back, if the stored snapshot is of
+    -- this bucket (the same id under another generated_at is no claim on this one).
+    out[i] = 'r'
+    found[#found + 1] = i
+    local stored_gen = tonumber(scores[i])
+    if stored_gen == gen then retaken[#retaken + 1], taken[dedup] = i, i end
+    candidate(i, stored_gen)
   elseif gen + retention_ms <= now_ms then
     out[i] = 'Epast retention: generated_at ' .. gen .. ' + retention is before now'
   else
@@ -114,15 +132,14 @@ for i = 1, n do
   end
 end
 
--- A step failing after the by-id writes fails every message persisted so far, and every
--- message whose fate rested on one of them: no marker is written for them, and their retry
--- finds what was stored (or writes it again).
-local function fail_persisted(err)
-  for _, i in ipairs(persisted) do out[i] = 'E' .. err end
+-- A step failing after the by-id writes fails what it concerns, and every message whose
+-- verdict rested on one of those: no marker is written for them, and their retry finds what
+-- was stored (or writes it again).
+local function fail(list, err)
+  for _, i in ipairs(list) do out[i] = 'E' .. err end
   for i = 1, n do
     if dep[i] and string.sub(out[dep[i]], 1, 1) == 'E' then out[i] = 'E' .. err end
   end
-  persisted = {}
 end
 
 if #persisted > 0 then
@@ -131,14 +148,17 @@ if #persisted > 0 then
     members[#members + 1], members[#members + 2] = ARGV[5 + 3 * i], sids[i]
   end
   local r = redis.pcall('ZADD', index, unpack(members))
-  if failed(r) then fail_persisted(r.err) end
+  if failed(r) then
+    fail(persisted, r.err)
+    persisted = {}
+  end
   for _, i in ipairs(persisted) do candidate(i, gens[i]) end
 end
 
 -- The latest pointer only moves forward in generated_at (ties broken by snapshot id, which is
 -- time-sortable), whatever order parallel workers and replays persist snapshots in. A
--- redelivered snapshot is a candidate too: a retry repairs a `latest` an earlier failure left
--- behind.
+-- snapshot found stored is a candidate too, and fails with the rest when `latest` cannot be
+-- written: a retry repairs a `latest` an earlier failure left behind.
 if best_i ~= nil then
   local err, newer = nil, true
   local cur = redis.pcall('GET', latest)
@@ -157,13 +177,23 @@ if best_i ~= nil then
     local r = redis.pcall('SET', latest, sids[best_i], 'EX', retention_s)
     if failed(r) then err = r.err end
   end
-  if err then fail_persisted(err) end
+  if err then
+    fail(persisted, err)
+    fail(found, err)
+    persisted, retaken = {}, {}
+  end
 end
 
-for _, i in ipairs(persisted) do
-  local r = redis.pcall('SET', dedups[i], sids[i], 'EX', dedup_ttl)
-  if failed(r) then out[i] = 'E' .. r.err end
+-- The markers, last: until the end of the bucket + retention (see the top).
+local function mark(list)
+  for _, i in ipairs(list) do
+    local expire_at = (math.floor(gens[i] / window_ms) + 1) * window_ms + retention_ms
+    local r = redis.pcall('SET', dedups[i], sids[i], 'PXAT', string.format('%d', expire_at))
+    if failed(r) then out[i] = 'E' .. r.err end
+  end
 end
+mark(persisted)
+mark(retaken)
 
 -- No staging key outlives the call (a persisted one was renamed). A failed message's MSET is
 -- sent again on its retry.
@@ -173,9 +203,6 @@ for i = 1, n do
   if string.sub(out[i], 1, 1) ~= 'E' then acks[#acks + 1] = ARGV[3 + 3 * i] end
 end
 if #leftover > 0 then redis.pcall('DEL', unpack(leftover)) end
-
--- Prune index entries past retention, once per call.
-redis.pcall('ZREMRANGEBYSCORE', index, '-inf', '(' .. (now_ms - retention_ms))
 
 -- Acknowledged in slices: Lua's unpack() fails near 8,000 values, and a failure here, after
 -- the writes above, would leave stored snapshots unacknowledged on every retry (the caller

@@ -58,8 +58,9 @@ PERSISTED, DUPLICATE, REDELIVERED, DEAD_LETTERED, FAILED, SETTLED_ELSEWHERE, INV
 MAX_MESSAGES_PER_CALL = 1000
 _STATUS = {b"p": PERSISTED, b"d": DUPLICATE, b"r": REDELIVERED,
            "p": PERSISTED, "d": DUPLICATE, "r": REDELIVERED}  # bytes, or str if decoded
-# Refusals that say "the server, not this entry": retried without spending a delivery.
-NOT_THE_ENTRYS_FAULT = frozenset({ErrorKind.TRANSIENT, ErrorKind.OOM})
+# Refusals that say "the server, not this entry" (a slot moving, a failover, Redis full, its
+# script cache flushed again after the reload): retried without spending a delivery.
+NOT_THE_ENTRYS_FAULT = frozenset({ErrorKind.TRANSIENT, ErrorKind.OOM, ErrorKind.NOSCRIPT})
 # Failures no retry of the entry can fix: the worker stops on them (entries stay pending).
 FATAL_PERSIST = frozenset({ErrorKind.PERMANENT})
 FATAL_DEAD_LETTER = frozenset({ErrorKind.PERMANENT, ErrorKind.WRONGTYPE})
@@ -99,6 +100,13 @@ def failed(entry_id: bytes, region: str, error: RedisError | str, fatal_kinds: f
     kind = classify(error)
     text = _describe(error) if isinstance(error, RedisError) else error
     return Outcome(entry_id, region, FAILED, kind, text, fatal=kind in fatal_kinds)
+
+
+# Redis's words when a script runs a command the ACL user lacks: they do not name it.
+SCRIPT_REFUSED = "can't run this command or subcommand"
+SCRIPT_REFUSED_HINT = (" (a command one of regionstream's scripts runs: the consumer's user "
+                       "needs every command `regionstream acl` grants it; this release's "
+                       "persist script added +mget and +zmscore)")
 
 
 @dataclass(slots=True)
@@ -154,12 +162,22 @@ class _Call:
         refused = [r for r in replies[1:-1] if isinstance(r, Exception)]
         return refused[0] if refused else executed
 
+    def staging_left(self, replies: Sequence[Any]) -> list[Any]:
+        """The staging keys this call's replies say are left: the MSET ran, the script did
+        not (NOSCRIPT, or an error that stopped it), so nothing deleted them."""
+        if self.staged is None:
+            return []
+        executed = replies[-1]
+        if isinstance(executed, list) and isinstance(executed[1], Exception):
+            return self.staged[::2]
+        return []
+
 
 def _persist_call(keys: Keys, s: Settings, region: str, batch: list[Valid], ack: bool
                   ) -> _Call:
     names = keys.of_region(region)
     k: list[Any] = [keys.stream, names.index, names.latest]
-    a: list[Any] = [keys.group, "1" if ack else "0", s.dedup_window_s, s.retention_s,
+    a: list[Any] = [keys.group, "1" if ack else "0", s.dedup_window_ms, s.retention_s,
                     s.retention_ms]
     staged: list[Any] = []
     window = s.dedup_window_ms
@@ -279,22 +297,39 @@ class Settler:
         calls = plan(self.keys, self.settings, self.consumer, valid, poison, ack)
         if not calls:
             return Settled()
-        results = await self._round_trip(calls)
+        left: list[Any] = []
+        results = await self._round_trip(calls, left)
         refused = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if refused:
             await self.group.load_scripts({calls[i].script.name for i in refused})
-            again = await self._round_trip([calls[i] for i in refused])
+            again = await self._round_trip([calls[i] for i in refused], left)
             for i, r in zip(refused, again, strict=True):
                 results[i] = r
+        if left:
+            await self._delete_staging(left)
         settled = _interpret(calls, results)
         settled.scripts_reloaded = bool(refused)
         return settled
 
-    async def _round_trip(self, calls: Sequence[_Call]) -> list[Any]:
+    async def _round_trip(self, calls: Sequence[_Call], left: list[Any]) -> list[Any]:
+        """The calls' results; the staging keys their MSETs left behind added to ``left``."""
         replies = await self.group.send(
             [c.commands() for c in calls],
             dead_letters=any(c.script.name == "dead_letter" for c in calls))
+        for c, r in zip(calls, replies, strict=True):
+            left += c.staging_left(r)
         return [c.result(r) for c, r in zip(calls, replies, strict=True)]
+
+    async def _delete_staging(self, keys: list[Any]) -> None:
+        """A script that did not run left its call's staging keys (the MSET before it ran):
+        deleted, or an entry dead-lettered meanwhile would leave its payload there for good. A
+        key its retry staged again and renamed since is gone already (DEL of it does nothing).
+        Best effort: a key this fails to delete is deleted by the entry's next persist."""
+        try:
+            await self.group.delete(keys)
+        except RedisError as exc:
+            log.warning("%s: could not delete %d staging keys a failed persist left (%s)",
+                        self.consumer, len(keys), exc)
 
     def _stop_on_fatal(self, outcomes: list[Outcome]) -> None:
         """A failure no retry fixes (a missing permission, the dead-letter stream of the wrong
@@ -302,8 +337,9 @@ class Settler:
         The entries stay pending, to be settled once an operator fixed the cause."""
         for o in outcomes:
             if o.fatal:
+                hint = SCRIPT_REFUSED_HINT if SCRIPT_REFUSED in o.error else ""
                 raise PermanentError(f"settling entry {o.entry_id.decode()} ({o.region})",
-                                     o.error)
+                                     o.error + hint)
 
     async def _later(self, settled: Settled, read: int) -> None:
         """A refusal that says "not now" (a slot migrating: ASK, TRYAGAIN; MOVED; a failover;

@@ -91,6 +91,10 @@ class ShardGroup:
         acked: int = await self.redis.xack(self.keys.stream, self.keys.group, *ids)
         return acked
 
+    async def delete(self, keys: Sequence[Any]) -> None:
+        """DEL of keys in this shard's slot (staging keys a failed persist left)."""
+        await self.redis.delete(*keys)
+
     async def consumers(self) -> list[dict[str, Any]]:
         listed: Any = await self.redis.xinfo_consumers(self.keys.stream, self.keys.group)
         return list(listed)

@@ -93,7 +93,8 @@ COMMANDS: dict[str, tuple[tuple[str, str], ...]] = {
         ("zadd", "persist script: the region's index"),
         ("zremrangebyscore", "persist script: pruning the index past the retention"),
         ("set", "persist script: latest pointer and dedup marker"),
-        ("del", "persist script: staging keys of messages not persisted"),
+        ("del", "persist script: staging keys of messages not persisted; those a persist "
+         "whose script did not run left"),
     ),
     OPERATOR: (
         *_CONNECTION,

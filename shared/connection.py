@@ -227,15 +227,16 @@ class HiredisPacking:
             return [_hiredis_pack(args)]
         encode = self.encoder.encode  # type: ignore[attr-defined]  # redis-py's, for the rest
         chunks: list[bytes] = []
-        head = b"*%d\r\n" % len(args)
+        head = [b"*%d\r\n" % len(args)]
         for a in args:
             if type(a) is bytes and len(a) > LARGE_ARG_BYTES:
-                chunks += (head + b"$%d\r\n" % len(a), a)
-                head = b"\r\n"
+                head.append(b"$%d\r\n" % len(a))
+                chunks += (b"".join(head), a)
+                head = [b"\r\n"]
             else:
                 b = a if type(a) is bytes else encode(a)
-                head += b"$%d\r\n%s\r\n" % (len(b), b)
-        chunks.append(head)
+                head.append(b"$%d\r\n%s\r\n" % (len(b), b))
+        chunks.append(b"".join(head))
         return chunks
 
 

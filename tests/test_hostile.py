@@ -280,7 +280,7 @@ async def test_max_entry_fields_is_far_above_a_real_entry() -> None:
 
 # -- 4. a permanent error is said once, and the process exits ----------------------------------
 
-@pytest.mark.parametrize("forbidden", ["evalsha", "xreadgroup"])
+@pytest.mark.parametrize("forbidden", ["evalsha", "xreadgroup", "zmscore"])  # zmscore: in a script
 async def test_consume_without_a_permission_exits_3_saying_what_is_missing(
         client: aioredis.Redis, settings: Settings, acl_user: tuple[str, str],
         forbidden: str) -> None:

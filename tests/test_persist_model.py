@@ -69,7 +69,9 @@ class Model:
             return REDELIVERED
         if owner is not None:
             return DUPLICATE
-        if sid in self.index:
+        if sid in self.index:  # stored, its marker gone: it takes its bucket back
+            if self.index[sid] == gen:
+                self.markers[bucket] = sid
             self.candidate(sid, self.index[sid])
             return REDELIVERED
         self.by_id[sid] = (payload, gen + retention_ms)

@@ -185,3 +185,90 @@ async def test_a_retry_sets_the_latest_an_earlier_failure_left_behind(
     again = await settler(client, settings).send([a, b], (), ack=False)
     assert [o.fate for o in again.outcomes] == [Fate.REDELIVERED, Fate.REDELIVERED]
     assert await client.get(keys.latest("mena")) == b.snapshot_id.encode()
+
+
+def one_bucket(settings: Settings, t: int, seeds: tuple[int, ...]) -> list[Valid]:
+    """Snapshots of "mena" with one trigger, generated in one dedup bucket (other ids)."""
+    base = SyntheticSource(("mena",), seed=seeds[0]).cycle(t)[0]
+    return [valid(msgspec.structs.replace(base, generated_at=t + i, meta=msgspec.structs.replace(
+        base.meta, snapshot_id=f"{t + i:012x}-{seed:012x}")), b"1-%d" % i)
+        for i, seed in enumerate(seeds)]
+
+
+async def test_a_stored_snapshot_found_again_takes_its_bucket_back(
+        client: aioredis.Redis, settings: Settings, keys: Keys) -> None:
+    """A call fails after its data writes (no marker); its retry finds the first snapshot
+    stored and must not store the second of the same bucket (two per bucket before)."""
+    t = now_ms() // settings.dedup_window_ms * settings.dedup_window_ms  # a bucket's start
+    first, second = one_bucket(settings, t, (11, 12))
+    await client.rpush(keys.latest("mena"), "not a pointer")
+    failed_call = await settler(client, settings).send([first], (), ack=False)
+    assert [o.fate for o in failed_call.outcomes] == [Fate.FAILED]
+    await client.delete(keys.latest("mena"))
+    retry = await settler(client, settings).send([first, second], (), ack=False)
+    assert [o.fate for o in retry.outcomes] == [Fate.REDELIVERED, Fate.DUPLICATE]
+    assert await client.zrange(keys.index("mena"), 0, -1) == [first.snapshot_id.encode()]
+    marker = keys.dedup("mena", first.trigger_reason, t // settings.dedup_window_ms)
+    assert await client.get(marker) == first.snapshot_id.encode()
+    later = await settler(client, settings).send([second], (), ack=False)  # its own retry
+    assert [o.fate for o in later.outcomes] == [Fate.DUPLICATE]
+
+
+async def test_an_index_of_another_type_fails_only_what_needs_the_index(
+        client: aioredis.Redis, settings: Settings, keys: Keys) -> None:
+    """An outside actor's key at the index: entries their bucket's marker decides are settled
+    as before (a duplicate is no failure to dead-letter); the others stay pending."""
+    t = now_ms() // settings.dedup_window_ms * settings.dedup_window_ms
+    stored, dup = one_bucket(settings, t, (13, 14))
+    (other,) = one_bucket(settings, t + settings.dedup_window_ms, (15,))
+    assert [o.fate for o in (await settler(client, settings).send([stored], (), ack=False))
+            .outcomes] == [Fate.PERSISTED]
+    await client.delete(keys.index("mena"))
+    await client.set(keys.index("mena"), "not an index")
+    call = await settler(client, settings).send([stored, dup, other], (), ack=False)
+    assert [o.fate for o in call.outcomes] == [Fate.REDELIVERED, Fate.DUPLICATE, Fate.FAILED]
+    assert "WRONGTYPE" in call.outcomes[2].error
+
+
+async def test_latest_is_repaired_however_many_retries_fail_first(
+        client: aioredis.Redis, settings: Settings, keys: Keys) -> None:
+    """A snapshot found stored stays pending as long as `latest` cannot be written (it was
+    acknowledged on the second try, and `latest` stayed empty for good)."""
+    (a,) = one_bucket(settings, now_ms(), (16,))
+    await client.rpush(keys.latest("mena"), "not a pointer")
+    for _ in range(3):
+        tried = await settler(client, settings).send([a], (), ack=False)
+        assert [o.fate for o in tried.outcomes] == [Fate.FAILED]
+    await client.delete(keys.latest("mena"))
+    healed = await settler(client, settings).send([a], (), ack=False)
+    assert [o.fate for o in healed.outcomes] == [Fate.REDELIVERED]
+    assert await client.get(keys.latest("mena")) == a.snapshot_id.encode()
+
+
+async def test_an_index_entry_past_retention_is_no_stored_snapshot(
+        client: aioredis.Redis, settings: Settings, keys: Keys) -> None:
+    """The index entry of a snapshot whose by-id key has expired (past retention, not pruned
+    yet) made an entry of that id "redelivered" with nothing stored."""
+    (a,) = one_bucket(settings, now_ms(), (17,))
+    await client.zadd(keys.index("mena"), {a.snapshot_id: now_ms() - settings.retention_ms - 1})
+    call = await settler(client, settings).send([a], (), ack=False)
+    assert [o.fate for o in call.outcomes] == [Fate.PERSISTED]
+    assert await client.get(keys.by_id("mena", a.snapshot_id)) == a.payload
+
+
+async def test_a_script_lost_again_leaves_no_staging_key_and_spends_no_delivery(
+        client: aioredis.Redis, settings: Settings, keys: Keys,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """NOSCRIPT on the resend too (the cache flushed again): the MSET ran twice, the script
+    never; its staging keys are deleted, and the entries fail as Redis's fault, not theirs."""
+    batch = one_bucket(settings, now_ms(), (18, 19))
+    await client.script_flush()
+    s = settler(client, settings)
+
+    async def load_nothing(names: set[str]) -> None:
+        return None
+
+    monkeypatch.setattr(s.group, "load_scripts", load_nothing)
+    call = await s.send(batch, (), ack=False)
+    assert [(o.fate, o.transient) for o in call.outcomes] == [(Fate.FAILED, True)] * 2
+    assert [k async for k in client.scan_iter(match=f"{settings.prefix}:incoming:*")] == []
