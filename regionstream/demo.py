@@ -141,6 +141,10 @@ class Failures:
     def __init__(self, s: Settings, producer: Producer, events: Events, stop: asyncio.Event
                  ) -> None:
         self.s, self.producer, self.events, self.stop = s, producer, events, stop
+        # The killed worker's cycle is generated one dedup window before the demo began: the
+        # producer's cycles take a bucket each from then on, and one of them in its bucket
+        # would make the reclaimed snapshots duplicates (stored none, rightly).
+        self.crash_cycle_ms = now_ms() - s.dedup_window_ms
         self.crashed = s.keys.consumer_name(s.name, CRASHED)
         self.reclaimer = s.keys.reclaimer_name(s.name)
         self.started = False  # the consumer settled something: the first cycle is stored
@@ -242,7 +246,7 @@ class Failures:
         """A cycle published and read by ``<name>-crashed``, in one MULTI per shard; what it
         read (all of the cycle, and any entry not yet delivered before it) is watched. The
         shards where it holds entries."""
-        snaps = self.producer.source.cycle(now_ms())
+        snaps = self.producer.source.cycle(self.crash_cycle_ms)
 
         async def publish_and_read(shard: Shard) -> list[EntryKey]:
             mine = [x for x in snaps if shard.region in (None, x.region_id)]
