@@ -8,6 +8,7 @@ from typing import Any
 from bench.drain import PHASES, phase_figure
 
 SUMMARY_FILE = "summary.md"
+README_DRAIN_FILE = "readme-drain.md"
 
 
 def _yes(met: bool | None) -> str:
@@ -158,6 +159,43 @@ def _cluster_drain(d: dict[str, Any]) -> list[str]:
     return rows
 
 
+README_ROLES = (("regionstream `consume`", "consumer"),
+                ("hand-written batched consumer", "batched"),
+                ("floor: reading and acking alone", "ceiling"))
+
+
+def readme_drain(doc: dict[str, Any]) -> str:
+    """The README's Performance table: the drain of one run (``doc``), cold and warm, the
+    consumer beside the batched contender and the floor (tests/test_examples.py checks that
+    the README shows this for the committed bench/results/results.json)."""
+    d = doc["scenarios"]["drain"]
+
+    def pair(role: str, key: str) -> str:
+        cold, warm = (phase_figure(d, role, p, key) for p in PHASES)
+        fmt = _count if key == "msgs_per_s" else _na
+        return f"{fmt(cold)} / {fmt(warm)}"
+
+    target = d['targets']['consumer_cpu_cold']['target']
+    rows = [f"| {name} | {pair(role, 'msgs_per_s')} | {pair(role, 'cpu_us_per_msg')} | "
+            f"{pair(role, 'redis_cpu_us_per_msg')} |" for name, role in README_ROLES]
+    vs = d["vs_batched"]
+    return "\n".join([
+        f"Drain of {d['messages']:,} snapshots (~{d['mean_payload_bytes'] / 1024:.1f} KB), each "
+        f"on a fresh redis-server, cold / warm; {doc['machine']['cpus_available']} CPUs, "
+        f"{doc['started_at'][:10]}:",
+        "",
+        "| | msg/s | consumer CPU-µs/msg | Redis CPU-µs/msg |",
+        "|---|---|---|---|",
+        *rows,
+        f"| target | | {target} | {target} |",
+        "",
+        f"Against the batched consumer, cold / warm: {_na(vs['cold']['msgs_per_s'])}x / "
+        f"{_na(vs['warm']['msgs_per_s'])}x the rate, {_na(vs['cold']['consumer_cpu'])}x / "
+        f"{_na(vs['warm']['consumer_cpu'])}x less consumer CPU, "
+        f"{_na(vs['cold']['redis_cpu'])}x / {_na(vs['warm']['redis_cpu'])}x less Redis CPU.",
+    ]) + "\n"
+
+
 def table(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     lines = [
@@ -177,6 +215,10 @@ def table(doc: dict[str, Any]) -> str:
 
 
 def write(doc: dict[str, Any], out: Path) -> Path:
+    """``summary.md`` (for docs/benchmarks.md) and, when the drain ran, ``readme-drain.md``
+    (the README's Performance table)."""
     path = out / SUMMARY_FILE
     path.write_text(table(doc))
+    if "drain" in doc["scenarios"]:
+        (out / README_DRAIN_FILE).write_text(readme_drain(doc))
     return path

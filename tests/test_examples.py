@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.summary import readme_drain
 from shared.schema import (
     REGIME_LABELS,
     REGIONS,
@@ -110,3 +111,10 @@ def test_the_configuration_section_states_the_real_defaults() -> None:
             assert value == float(said.split()[0]), (name, said, value)
         else:
             assert str(value) == said, (name, said, value)
+
+
+def test_the_performance_table_is_the_committed_benchmark_run() -> None:
+    """The README's Performance figures are those of bench/results/results.json, the run
+    committed with them (`make bench` writes the table beside it: readme-drain.md)."""
+    doc = json.loads((ROOT / "bench" / "results" / "results.json").read_text())
+    assert readme_drain(doc) in section("Performance")
