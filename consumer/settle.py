@@ -481,6 +481,7 @@ def _interpret(calls: Sequence[_Call], results: Sequence[Any]) -> Settled:
         settled.ack_errors += [_text(x)[1:] for x in result[len(call.members):]]
     return settled
 
+
 def _text(status: bytes | str) -> str:
     return status.decode("utf-8", "replace") if isinstance(status, bytes) else str(status)
 
