@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from functools import cache
+from functools import cache, lru_cache
 
 from shared.schema import REGIONS, TRIGGER_REASONS
 
@@ -65,6 +65,17 @@ class RegionKeys:
     incoming: bytes
 
 
+@lru_cache(maxsize=1024)  # prefixes x regions of a process: a handful
+def _region_keys(prefix: str, region: str) -> RegionKeys:
+    tag = Keys._tag(region)
+    return RegionKeys(
+        index=f"{prefix}:snapshot-index:v1:{tag}",
+        latest=f"{prefix}:snapshot:v1:{tag}:latest",
+        dedup=f"{prefix}:dedup:v1:{tag}:",
+        by_id=f"{prefix}:snapshot-by-id:v1:{tag}:",
+        incoming=f"{prefix}:incoming:v1:{tag}:".encode())
+
+
 @dataclass(frozen=True, slots=True)
 class Keys:
     """Names for one deployment: a key prefix, a stream and a consumer group."""
@@ -87,19 +98,15 @@ class Keys:
         """The keys of ``region``'s shard: its own stream (and DLQ) in the slot of its data."""
         return replace(self, stream=f"{self.stream}:{self._tag(region)}")
 
-    def _tag(self, region: str) -> str:
+    @staticmethod
+    def _tag(region: str) -> str:
         return "{" + region + "}"
 
     def of_region(self, region: str) -> RegionKeys:
         """``region``'s key names, and the prefixes of its per-snapshot ones (the persist call
-        builds three keys per message from them: a method call and a format each cost more)."""
-        tag = self._tag(region)
-        return RegionKeys(
-            index=f"{self.prefix}:snapshot-index:v1:{tag}",
-            latest=f"{self.prefix}:snapshot:v1:{tag}:latest",
-            dedup=f"{self.prefix}:dedup:v1:{tag}:",
-            by_id=f"{self.prefix}:snapshot-by-id:v1:{tag}:",
-            incoming=f"{self.prefix}:incoming:v1:{tag}:".encode())
+        builds three keys per message from them: a method call and a format each cost more).
+        Made once per prefix and region: the single-key methods below ask for them too."""
+        return _region_keys(self.prefix, region)
 
     def dedup(self, region: str, trigger_reason: str, bucket: int) -> str:
         return f"{self.of_region(region).dedup}{trigger_reason}:{bucket}"
